@@ -1,0 +1,81 @@
+//! The HTTP edges: `GET /ws` (the WebSocket handshake), `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Handlers here translate HTTP to the domain and back; they hold no state of their own beyond
+//! [`AppState`], which `server` builds. A refused request gets a JSON body
+//! `{"error": "<code>", "reason": "<text>"}` with the status of PROTOCOL.md §1.
+
+mod health;
+mod ws;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use actix_web::{HttpResponse, http::StatusCode, web};
+use serde_json::json;
+
+use crate::auth::AuthChain;
+use crate::connection::ConnectionSettings;
+use crate::hub::{ConnectionKey, Hub};
+use crate::metrics::Metrics;
+
+/// Limits applied at the handshake, before a connection exists.
+#[derive(Debug, Clone)]
+pub struct HandshakeLimits {
+    pub max_connections: usize,
+    pub allowed_origins: Vec<String>,
+    pub max_frame_bytes: usize,
+    pub outbound_queue: usize,
+}
+
+/// Allocates connection keys and their public ids (`c_<node><counter>`), unique per node run.
+#[derive(Debug)]
+pub struct ConnectionIds {
+    node: u32,
+    next: AtomicU64,
+}
+
+impl ConnectionIds {
+    pub fn new() -> Self {
+        Self {
+            node: fastrand::u32(..),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub fn allocate(&self) -> (ConnectionKey, Arc<str>) {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        (key, Arc::from(format!("c_{:08x}{key:x}", self.node)))
+    }
+}
+
+impl Default for ConnectionIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What every handler can reach.
+pub struct AppState {
+    pub hub: Hub,
+    pub auth: Arc<AuthChain>,
+    pub settings: Arc<ConnectionSettings>,
+    pub limits: HandshakeLimits,
+    pub metrics: Metrics,
+    /// Set when the server starts draining: `/readyz` fails and handshakes are refused.
+    pub draining: Arc<AtomicBool>,
+    pub connection_ids: ConnectionIds,
+}
+
+/// Registers every route.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/ws", web::get().to(ws::upgrade))
+        .route("/metrics", web::get().to(health::metrics))
+        .route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz));
+}
+
+/// A JSON error response: `{"error": code, "reason": reason}`.
+pub(crate) fn error_response(status: StatusCode, code: &str, reason: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "error": code, "reason": reason }))
+}

@@ -1,0 +1,188 @@
+//! `GET /ws`: checks a handshake, authenticates it once, and starts a [`Connection`] actor with
+//! its writer task. Every refusal happens here, before the upgrade, as an HTTP error.
+
+use std::sync::atomic::Ordering;
+
+use actix::Actor;
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::{AppState, error_response};
+use crate::auth::{AuthError, Handshake};
+use crate::connection::{Connection, ConnectionParts, writer};
+use crate::hub::outbound_queue;
+use crate::metrics as names;
+use crate::protocol::Encoding;
+
+/// Why a handshake was refused; `code` is also the metric label.
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    reason: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+pub(super) async fn upgrade(
+    request: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    match accept(&request, body, &state).await {
+        Ok(response) => {
+            metrics::counter!(names::CONNECTIONS_ACCEPTED).increment(1);
+            response
+        }
+        Err(refusal) => {
+            metrics::counter!(names::HANDSHAKES_REFUSED, "reason" => refusal.code).increment(1);
+            tracing::debug!(code = refusal.code, reason = %refusal.reason, "handshake refused");
+            error_response(refusal.status, refusal.code, &refusal.reason)
+        }
+    }
+}
+
+async fn accept(
+    request: &HttpRequest,
+    body: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, Refusal> {
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server is draining for a restart; connect to another node",
+        ));
+    }
+    actix_http::ws::verify_handshake(request.head()).map_err(|err| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("not a WebSocket upgrade: {err}"),
+        )
+    })?;
+    check_origin(request, &state.limits.allowed_origins)?;
+    let encoding = negotiate_encoding(request)?;
+    let limit = state.limits.max_connections;
+    if limit != 0 && state.hub.connection_count() >= limit {
+        return Err(Refusal::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            format!("this node holds its maximum of {limit} connections"),
+        ));
+    }
+
+    let handshake = handshake_of(request);
+    let identity = state.auth.authenticate(&handshake).await.map_err(|err| match err {
+        AuthError::Unavailable(_) => {
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", err.to_string())
+        }
+        AuthError::Unauthorized(_) | AuthError::RefreshUnsupported => {
+            Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string())
+        }
+    })?;
+    let initial_channels = handshake.query_all("channel").map(str::to_owned).collect();
+
+    let (response, session, inbound) =
+        actix_ws::handle_with_protocols(request, body, &Encoding::PROTOCOLS).map_err(|err| {
+            Refusal::new(StatusCode::BAD_REQUEST, "bad_request", err.to_string())
+        })?;
+    let max_frame_bytes = state.limits.max_frame_bytes;
+    let inbound = inbound
+        .max_frame_size(max_frame_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(max_frame_bytes);
+    let (queue, queue_receiver) = outbound_queue(state.limits.outbound_queue);
+    let (closer, close_receiver) = tokio::sync::oneshot::channel();
+    actix_web::rt::spawn(writer::run(session, queue_receiver, close_receiver));
+
+    let (key, id) = state.connection_ids.allocate();
+    let parts = ConnectionParts {
+        key,
+        id,
+        identity,
+        encoding,
+        initial_channels,
+        inbound,
+        queue,
+        closer,
+    };
+    Connection::new(parts, state.hub.clone(), state.auth.clone(), state.settings.clone()).start();
+    Ok(response)
+}
+
+/// A browser's `Origin` must be allow-listed when a list is configured; no `Origin` header
+/// means not a browser, which is not checked.
+fn check_origin(request: &HttpRequest, allowed: &[String]) -> Result<(), Refusal> {
+    let Some(origin) = request.headers().get(header::ORIGIN) else {
+        return Ok(());
+    };
+    if allowed.is_empty() || allowed.iter().any(|entry| entry == "*") {
+        return Ok(());
+    }
+    let origin = origin.to_str().unwrap_or_default();
+    if allowed.iter().any(|entry| entry.eq_ignore_ascii_case(origin)) {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            format!("origin {origin:?} is not allowed"),
+        ))
+    }
+}
+
+/// JSON when the client offers no subprotocol; else the first one offered that we speak.
+fn negotiate_encoding(request: &HttpRequest) -> Result<Encoding, Refusal> {
+    let offered: Vec<&str> = request
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|protocol| !protocol.is_empty())
+        .collect();
+    if offered.is_empty() {
+        return Ok(Encoding::Json);
+    }
+    offered
+        .iter()
+        .find_map(|protocol| Encoding::from_protocol(protocol))
+        .ok_or_else(|| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!(
+                    "unsupported subprotocol {offered:?}; offer {} or {}",
+                    Encoding::JSON_PROTOCOL,
+                    Encoding::MESSAGEPACK_PROTOCOL
+                ),
+            )
+        })
+}
+
+fn handshake_of(request: &HttpRequest) -> Handshake {
+    Handshake {
+        peer: request.peer_addr().map(|address| address.ip()),
+        headers: request
+            .headers()
+            .iter()
+            .filter_map(|(name, value)| {
+                value
+                    .to_str()
+                    .ok()
+                    .map(|value| (name.as_str().to_owned(), value.to_owned()))
+            })
+            .collect(),
+        query: form_urlencoded::parse(request.query_string().as_bytes())
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+            .collect(),
+    }
+}

@@ -1,0 +1,466 @@
+//! The per-socket actor: one [`Connection`] per WebSocket.
+//!
+//! It reads the inbound `actix_ws` message stream (`ctx.add_stream`), decodes client frames,
+//! applies the protections (rate limit, strikes, channel limit, policy), talks to the hub, and
+//! answers through its bounded outbound queue, which [`writer`] drains into the socket. It owns
+//! the connection's timers (heartbeat ping, idle timeout) and closes itself with the right code.
+//!
+//! No handler awaits IO in place: joins, publishes and refreshes are spawned futures whose
+//! results are mapped back into the actor.
+//!
+//! What it is not: it does not encode publications (groups do, once) and it never writes to the
+//! socket directly (the writer does).
+
+pub mod rate_limit;
+pub mod writer;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_ws::{AggregatedMessage, AggregatedMessageStream, ProtocolError};
+use serde_json::{Value, json};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::oneshot;
+
+use crate::auth::{AuthChain, AuthError, Identity};
+use crate::broker::Publication;
+use crate::hub::{ChannelPolicy, ConnectionEntry, ConnectionKey, Disconnect, Hub, Member, Outbound, OutboundSender};
+use crate::metrics as names;
+use crate::protocol::codec::{decode_binary, decode_text};
+use crate::protocol::frame::FrameError;
+use crate::protocol::{ChannelName, ClientFrame, ClientRequest, CloseCode, Encoding, ErrorCode, ServerFrame};
+use rate_limit::{StrikeWindow, TokenBucket};
+use writer::CloseRequest;
+
+/// The window in which rate-limit and malformed-frame strikes are counted.
+const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+/// Malformed frames tolerated within `STRIKE_WINDOW` before closing with 1008.
+const MALFORMED_FRAME_LIMIT: u32 = 10;
+
+/// Per-connection limits and timings, from `[server]` and `[[channels]]`.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    pub max_channels: usize,
+    pub heartbeat_interval: Duration,
+    pub idle_timeout: Duration,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    pub policy: ChannelPolicy,
+}
+
+/// Everything a new connection is started with.
+pub struct ConnectionParts {
+    pub key: ConnectionKey,
+    pub id: Arc<str>,
+    pub identity: Identity,
+    pub encoding: Encoding,
+    pub initial_channels: Vec<String>,
+    pub inbound: AggregatedMessageStream,
+    pub queue: OutboundSender,
+    pub closer: oneshot::Sender<CloseRequest>,
+}
+
+pub struct Connection {
+    key: ConnectionKey,
+    id: Arc<str>,
+    identity: Identity,
+    encoding: Encoding,
+    hub: Hub,
+    auth: Arc<AuthChain>,
+    settings: Arc<ConnectionSettings>,
+    queue: OutboundSender,
+    closer: Option<oneshot::Sender<CloseRequest>>,
+    channels: HashSet<ChannelName>,
+    initial_channels: Vec<String>,
+    inbound: Option<AggregatedMessageStream>,
+    rate: TokenBucket,
+    rate_strikes: StrikeWindow,
+    malformed_strikes: StrikeWindow,
+    last_heard: Instant,
+}
+
+impl Connection {
+    pub fn new(parts: ConnectionParts, hub: Hub, auth: Arc<AuthChain>, settings: Arc<ConnectionSettings>) -> Self {
+        let now = Instant::now();
+        Self {
+            key: parts.key,
+            id: parts.id,
+            identity: parts.identity,
+            encoding: parts.encoding,
+            hub,
+            auth,
+            rate: TokenBucket::new(settings.rate_limit_per_second, settings.rate_limit_burst, now),
+            rate_strikes: StrikeWindow::new(
+                STRIKE_WINDOW,
+                settings.rate_limit_per_second.max(10),
+                now,
+            ),
+            malformed_strikes: StrikeWindow::new(STRIKE_WINDOW, MALFORMED_FRAME_LIMIT, now),
+            settings,
+            queue: parts.queue,
+            closer: Some(parts.closer),
+            channels: HashSet::new(),
+            initial_channels: parts.initial_channels,
+            inbound: Some(parts.inbound),
+            last_heard: now,
+        }
+    }
+
+    fn member(&self, ctx: &Context<Self>) -> Member {
+        Member {
+            connection: self.key,
+            encoding: self.encoding,
+            queue: self.queue.clone(),
+            on_overflow: ctx.address().recipient(),
+        }
+    }
+
+    /// Encodes and queues a frame for this client; a full queue closes it as a slow consumer.
+    fn send(&mut self, ctx: &mut Context<Self>, frame: &ServerFrame<'_>) {
+        match self.encoding.encode(frame) {
+            Ok(encoded) => self.enqueue(ctx, Outbound::Frame(encoded)),
+            Err(err) => tracing::error!(connection = %self.id, error = %err, "cannot encode frame"),
+        }
+    }
+
+    fn enqueue(&mut self, ctx: &mut Context<Self>, outbound: Outbound) {
+        match self.queue.try_send(outbound) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!(names::MESSAGES_DROPPED, "reason" => "slow_consumer").increment(1);
+                self.close(ctx, CloseCode::SlowConsumer, "outbound queue overflowed");
+            }
+            Err(TrySendError::Closed(_)) => ctx.stop(),
+        }
+    }
+
+    fn reply(&mut self, ctx: &mut Context<Self>, id: Option<u64>, data: &Value) {
+        if let Some(id) = id {
+            self.send(ctx, &ServerFrame::Reply { id, data });
+        }
+    }
+
+    fn error(&mut self, ctx: &mut Context<Self>, id: Option<u64>, code: ErrorCode, reason: &str) {
+        self.send(ctx, &ServerFrame::Error { id, code, reason });
+    }
+
+    /// Closes the socket with `code` (once) and stops the actor.
+    fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
+        if let Some(closer) = self.closer.take() {
+            metrics::counter!(names::CLOSES, "code" => code.code().to_string(), "reason" => code.name(), "initiator" => "server")
+                .increment(1);
+            tracing::debug!(connection = %self.id, %code, reason, "closing");
+            let _ = closer.send(CloseRequest {
+                code,
+                reason: reason.to_owned(),
+            });
+        }
+        ctx.stop();
+    }
+
+    /// Joins the channels named at the handshake, then sends `welcome` (the first frame), then
+    /// an `error` for each refused channel, then starts reading client frames.
+    fn join_initial_channels(&mut self, ctx: &mut Context<Self>) {
+        let mut refused = Vec::new();
+        let mut joining = Vec::new();
+        for name in std::mem::take(&mut self.initial_channels) {
+            match self.admit_join(&name) {
+                Ok(channel) => {
+                    if self.channels.insert(channel.clone()) {
+                        joining.push(channel);
+                    }
+                }
+                Err((code, reason)) => refused.push((code, reason)),
+            }
+        }
+        let member = self.member(ctx);
+        let joins = joining.into_iter().map(|channel| {
+            let join = self.hub.join(channel.clone(), member.clone());
+            async move { (channel, join.await) }
+        });
+        futures_util::future::join_all(joins)
+            .into_actor(self)
+            .map(move |results, connection, ctx| {
+                for (channel, result) in &results {
+                    if let Err(err) = result {
+                        connection.channels.remove(channel);
+                        refused.push((ErrorCode::BackendUnavailable, err.to_string()));
+                    }
+                }
+                let joined: Vec<&str> = results
+                    .iter()
+                    .filter(|(_, result)| result.is_ok())
+                    .map(|(channel, _)| channel.as_str())
+                    .collect();
+                let welcome = ServerFrame::Welcome {
+                    connection_id: &connection.id,
+                    user: connection.identity.user.as_deref(),
+                    channels: &joined,
+                    expires_at: connection.identity.expires_at,
+                };
+                let welcome = connection.encoding.encode(&welcome);
+                match welcome {
+                    Ok(frame) => connection.enqueue(ctx, Outbound::Frame(frame)),
+                    Err(err) => tracing::error!(error = %err, "cannot encode welcome"),
+                }
+                for (code, reason) in refused {
+                    connection.error(ctx, None, code, &reason);
+                }
+                if let Some(inbound) = connection.inbound.take() {
+                    ctx.add_stream(inbound);
+                }
+                connection.start_heartbeat(ctx);
+            })
+            .spawn(ctx);
+    }
+
+    /// The checks a join must pass before it reaches the hub.
+    fn admit_join(&self, name: &str) -> Result<ChannelName, (ErrorCode, String)> {
+        let channel = ChannelName::parse(name)
+            .map_err(|err| (ErrorCode::InvalidChannel, format!("{err}: {name:?}")))?;
+        if self.channels.contains(&channel) {
+            return Ok(channel);
+        }
+        if self.channels.len() >= self.settings.max_channels {
+            return Err((
+                ErrorCode::ChannelLimit,
+                format!(
+                    "may not join more than {} channels",
+                    self.settings.max_channels
+                ),
+            ));
+        }
+        if !self.settings.policy.may_join(&self.identity, name) {
+            return Err((ErrorCode::Forbidden, format!("may not join {name}")));
+        }
+        Ok(channel)
+    }
+
+    fn start_heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let interval = self.settings.heartbeat_interval;
+        // A jittered first tick, so sockets opened together do not ping together forever.
+        let first = interval.mul_f64(0.5 + fastrand::f64() * 0.5);
+        ctx.run_later(first, move |connection, ctx| {
+            connection.heartbeat(ctx);
+            ctx.run_interval(interval, |connection, ctx| connection.heartbeat(ctx));
+        });
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.last_heard.elapsed() > self.settings.idle_timeout {
+            self.close(ctx, CloseCode::GoingAway, "idle timeout");
+        } else {
+            self.enqueue(ctx, Outbound::Ping(bytes::Bytes::new()));
+        }
+    }
+
+    fn on_data_frame(&mut self, ctx: &mut Context<Self>, decoded: Result<ClientFrame, FrameError>) {
+        let now = Instant::now();
+        if !self.rate.try_take(now) {
+            metrics::counter!(names::FRAMES_RECEIVED, "action" => "rate_limited").increment(1);
+            if self.rate_strikes.strike(now) {
+                self.close(ctx, CloseCode::RateLimited, "sustained inbound rate above the limit");
+            } else {
+                let id = decoded.as_ref().map_or_else(|err| err.id, |frame| frame.id);
+                self.error(ctx, id, ErrorCode::RateLimited, "too many frames; slow down");
+            }
+            return;
+        }
+        match decoded {
+            Ok(frame) => {
+                metrics::counter!(names::FRAMES_RECEIVED, "action" => frame.request.metric_label())
+                    .increment(1);
+                self.dispatch(ctx, frame);
+            }
+            Err(err) => {
+                metrics::counter!(names::FRAMES_RECEIVED, "action" => "malformed").increment(1);
+                if self.malformed_strikes.strike(now) {
+                    self.close(ctx, CloseCode::Policy, "too many malformed frames");
+                } else {
+                    self.error(ctx, err.id, ErrorCode::BadRequest, &err.reason);
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, ctx: &mut Context<Self>, frame: ClientFrame) {
+        let id = frame.id;
+        match frame.request {
+            ClientRequest::Join { channel } => self.on_join(ctx, id, &channel),
+            ClientRequest::Leave { channel } => self.on_leave(ctx, id, &channel),
+            ClientRequest::Publish { channel, data } => self.on_publish(ctx, id, &channel, data),
+            ClientRequest::Ping => self.send(ctx, &ServerFrame::Pong { id }),
+            ClientRequest::Refresh { token } => self.on_refresh(ctx, id, token),
+            ClientRequest::Custom { action, .. } => self.error(
+                ctx,
+                id,
+                ErrorCode::UnknownAction,
+                &format!("no route handles action {action:?}"),
+            ),
+        }
+    }
+
+    fn on_join(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str) {
+        let channel = match self.admit_join(name) {
+            Ok(channel) => channel,
+            Err((code, reason)) => return self.error(ctx, id, code, &reason),
+        };
+        if !self.channels.insert(channel.clone()) {
+            return self.reply(ctx, id, &Value::Null);
+        }
+        let member = self.member(ctx);
+        self.hub
+            .join(channel.clone(), member)
+            .into_actor(self)
+            .map(move |result, connection, ctx| match result {
+                Ok(()) => connection.reply(ctx, id, &Value::Null),
+                Err(err) => {
+                    connection.channels.remove(&channel);
+                    connection.hub.leave(&channel, connection.key);
+                    connection.error(ctx, id, ErrorCode::BackendUnavailable, &err.to_string());
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn on_leave(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str) {
+        let channel = match ChannelName::parse(name) {
+            Ok(channel) => channel,
+            Err(err) => {
+                return self.error(ctx, id, ErrorCode::InvalidChannel, &format!("{err}: {name:?}"));
+            }
+        };
+        if self.channels.remove(&channel) {
+            self.hub.leave(&channel, self.key);
+            self.reply(ctx, id, &Value::Null);
+        } else {
+            self.error(ctx, id, ErrorCode::NotJoined, &format!("not joined to {name}"));
+        }
+    }
+
+    fn on_publish(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str, data: Value) {
+        let channel = match ChannelName::parse(name) {
+            Ok(channel) => channel,
+            Err(err) => {
+                return self.error(ctx, id, ErrorCode::InvalidChannel, &format!("{err}: {name:?}"));
+            }
+        };
+        if !self.settings.policy.may_publish(&self.identity, name) {
+            return self.error(ctx, id, ErrorCode::Forbidden, &format!("may not publish to {name}"));
+        }
+        let publication = Publication::new(channel, data, self.identity.user.clone());
+        self.hub
+            .publish(publication)
+            .into_actor(self)
+            .map(move |result, connection, ctx| match result {
+                Ok(()) => connection.reply(ctx, id, &Value::Null),
+                Err(err) => {
+                    connection.error(ctx, id, ErrorCode::BackendUnavailable, &err.to_string())
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn on_refresh(&mut self, ctx: &mut Context<Self>, id: Option<u64>, token: String) {
+        let auth = self.auth.clone();
+        async move { auth.refresh(&token).await }
+            .into_actor(self)
+            .map(move |result, connection, ctx| match result {
+                Ok(identity) if identity.user != connection.identity.user => connection.error(
+                    ctx,
+                    id,
+                    ErrorCode::Forbidden,
+                    "the new credential is for a different user",
+                ),
+                Ok(identity) => {
+                    let expires_at = identity.expires_at;
+                    connection.identity = identity;
+                    connection.reply(ctx, id, &json!({ "expires_at": expires_at }));
+                }
+                Err(err) => {
+                    let code = match err {
+                        AuthError::Unauthorized(_) => ErrorCode::Forbidden,
+                        AuthError::Unavailable(_) => ErrorCode::BackendUnavailable,
+                        AuthError::RefreshUnsupported => ErrorCode::BadRequest,
+                    };
+                    connection.error(ctx, id, code, &err.to_string());
+                }
+            })
+            .spawn(ctx);
+    }
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.hub.register(
+            self.key,
+            ConnectionEntry {
+                id: self.id.clone(),
+                user: self.identity.user.clone(),
+                session: self.identity.session.clone(),
+                disconnect: ctx.address().recipient(),
+            },
+        );
+        self.join_initial_channels(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for channel in self.channels.drain() {
+            self.hub.leave(&channel, self.key);
+        }
+        self.hub.unregister(self.key);
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
+    fn handle(&mut self, message: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match message {
+            Ok(AggregatedMessage::Text(text)) => self.on_data_frame(ctx, decode_text(&text)),
+            Ok(AggregatedMessage::Binary(bytes)) => self.on_data_frame(ctx, decode_binary(&bytes)),
+            Ok(AggregatedMessage::Ping(bytes)) => self.enqueue(ctx, Outbound::Pong(bytes)),
+            Ok(AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(reason)) => {
+                let code = reason
+                    .as_ref()
+                    .map_or(CloseCode::Normal, |reason| CloseCode::from_code(u16::from(reason.code)));
+                metrics::counter!(names::CLOSES, "code" => code.code().to_string(), "reason" => code.name(), "initiator" => "client")
+                    .increment(1);
+                // Echo the client's code, as RFC 6455 asks; not counted twice.
+                if let Some(closer) = self.closer.take() {
+                    let _ = closer.send(CloseRequest {
+                        code,
+                        reason: String::new(),
+                    });
+                }
+                ctx.stop();
+            }
+            Err(ProtocolError::Overflow) => {
+                self.close(ctx, CloseCode::TooBig, "frame exceeds max_frame_bytes");
+            }
+            Err(ProtocolError::Io(err)) if err.to_string().contains("continuation size") => {
+                self.close(ctx, CloseCode::TooBig, "message exceeds max_frame_bytes");
+            }
+            Err(err) => {
+                tracing::debug!(connection = %self.id, error = %err, "websocket protocol error");
+                self.close(ctx, CloseCode::ProtocolError, "websocket protocol error");
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<Disconnect> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, disconnect: Disconnect, ctx: &mut Self::Context) {
+        self.close(ctx, disconnect.code, &disconnect.reason);
+    }
+}

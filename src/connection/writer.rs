@@ -1,0 +1,70 @@
+//! The writer task: owns the `actix_ws::Session` and drains the connection's bounded outbound
+//! queue into it. A close request overtakes whatever is still queued.
+//!
+//! actix-ws encodes every message already waiting in its channel into one buffer per poll, so
+//! frames that pile up while the socket is busy leave in one write.
+
+use std::time::Duration;
+
+use actix_ws::{CloseReason, Message, Session};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::hub::Outbound;
+use crate::protocol::{CloseCode, OutboundFrame};
+
+/// How long a close frame may wait for a congested socket before the writer gives up on it.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The close frame the connection actor asks for.
+#[derive(Debug, Clone)]
+pub struct CloseRequest {
+    pub code: CloseCode,
+    pub reason: String,
+}
+
+impl From<CloseRequest> for CloseReason {
+    fn from(request: CloseRequest) -> Self {
+        CloseReason {
+            code: request.code.code().into(),
+            description: (!request.reason.is_empty()).then_some(request.reason),
+        }
+    }
+}
+
+/// Runs until the close request arrives (or its sender is dropped), or the socket is gone.
+pub async fn run(
+    mut session: Session,
+    mut queue: mpsc::Receiver<Outbound>,
+    mut close: oneshot::Receiver<CloseRequest>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            request = &mut close => {
+                let reason = request.ok().map(CloseReason::from);
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, session.close(reason)).await;
+                return;
+            }
+            sent = forward_next(&mut queue, &mut session) => {
+                if !sent {
+                    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, session.close(None)).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Moves one queued item to the socket; `false` when the queue or the socket is closed.
+async fn forward_next(queue: &mut mpsc::Receiver<Outbound>, session: &mut Session) -> bool {
+    let Some(outbound) = queue.recv().await else {
+        return false;
+    };
+    let message = match outbound {
+        Outbound::Frame(OutboundFrame::Text(text)) => Message::Text(text),
+        Outbound::Frame(OutboundFrame::Binary(bytes)) => Message::Binary(bytes),
+        Outbound::Ping(bytes) => Message::Ping(bytes),
+        Outbound::Pong(bytes) => Message::Pong(bytes),
+    };
+    futures_util::SinkExt::send(session, message).await.is_ok()
+}

@@ -1,0 +1,251 @@
+//! The channel-group actor: one per channel name with local members, on one of the hub's group
+//! arbiters.
+//!
+//! A group subscribes to its channel on the broker when it starts and unsubscribes when it stops;
+//! joins that arrive before the subscription is confirmed wait for it. It stops itself (after
+//! removing itself from the registry) when its last member leaves; a join that raced with that
+//! stop finds its reply channel dropped and is retried by the hub against a fresh group.
+//!
+//! Fan-out: a publication is encoded at most once per encoding, and the same reference-counted
+//! bytes are `try_send`-ed into each member's bounded queue. A full queue removes the member and
+//! tells its connection to close with 4010 `slow_consumer`; it never blocks the group.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::oneshot;
+
+use super::member::{ConnectionKey, Disconnect, Member, Outbound};
+use super::registry::GroupRegistry;
+use crate::broker::{Broker, Publication};
+use crate::metrics as names;
+use crate::protocol::{ChannelName, CloseCode, Encoding, OutboundFrame, ServerFrame};
+
+/// Why a join did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("cannot subscribe to the channel: {0}")]
+    BackendUnavailable(String),
+}
+
+pub(crate) type JoinReply = oneshot::Sender<Result<(), JoinError>>;
+
+/// Adds a member; answered on `reply` once the member will receive publications.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Join {
+    pub(crate) member: Member,
+    pub(crate) reply: JoinReply,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Leave {
+    pub(crate) connection: ConnectionKey,
+}
+
+/// A publication to fan out to every member.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Deliver(pub(crate) Arc<Publication>);
+
+enum Subscription {
+    Pending(Vec<(Member, JoinReply)>),
+    Active,
+    Failed,
+}
+
+pub(crate) struct Group {
+    name: ChannelName,
+    members: Vec<Member>,
+    index: HashMap<ConnectionKey, usize>,
+    subscription: Subscription,
+    registry: GroupRegistry,
+    broker: Arc<dyn Broker>,
+}
+
+impl Group {
+    pub(crate) fn new(name: ChannelName, registry: GroupRegistry, broker: Arc<dyn Broker>) -> Self {
+        Self {
+            name,
+            members: Vec::new(),
+            index: HashMap::new(),
+            subscription: Subscription::Pending(Vec::new()),
+            registry,
+            broker,
+        }
+    }
+
+    fn add(&mut self, member: Member) {
+        match self.index.get(&member.connection) {
+            Some(&position) => self.members[position] = member,
+            None => {
+                self.index.insert(member.connection, self.members.len());
+                self.members.push(member);
+            }
+        }
+    }
+
+    fn remove(&mut self, connection: ConnectionKey) {
+        if let Some(position) = self.index.remove(&connection) {
+            self.members.swap_remove(position);
+            if let Some(moved) = self.members.get(position) {
+                self.index.insert(moved.connection, position);
+            }
+        }
+    }
+
+    /// Stops the group once nobody is in it or waiting for it.
+    fn retire_if_empty(&mut self, ctx: &mut Context<Self>) {
+        let waiting = matches!(&self.subscription, Subscription::Pending(pending) if !pending.is_empty());
+        if self.members.is_empty() && !waiting {
+            self.registry.remove_if_same(&self.name, &ctx.address());
+            ctx.stop();
+        }
+    }
+
+    fn fan_out(&mut self, publication: &Publication) -> (u64, Vec<ConnectionKey>, Vec<ConnectionKey>) {
+        let mut json: Option<OutboundFrame> = None;
+        let mut msgpack: Option<OutboundFrame> = None;
+        let mut delivered = 0u64;
+        let mut overflowed = Vec::new();
+        let mut gone = Vec::new();
+        let frame = ServerFrame::Message {
+            channel: publication.channel.as_str(),
+            data: &publication.data,
+            from: publication.from.as_deref(),
+        };
+        for member in &self.members {
+            let slot = match member.encoding {
+                Encoding::Json => &mut json,
+                Encoding::MessagePack => &mut msgpack,
+            };
+            let encoded = match slot {
+                Some(encoded) => encoded,
+                None => match member.encoding.encode(&frame) {
+                    Ok(encoded) => slot.insert(encoded),
+                    Err(err) => {
+                        tracing::warn!(channel = %self.name, error = %err, "cannot encode publication");
+                        metrics::counter!(names::MESSAGES_DROPPED, "reason" => "encode_error").increment(1);
+                        continue;
+                    }
+                },
+            };
+            match member.queue.try_send(Outbound::Frame(encoded.clone())) {
+                Ok(()) => delivered += 1,
+                Err(TrySendError::Full(_)) => overflowed.push(member.connection),
+                Err(TrySendError::Closed(_)) => gone.push(member.connection),
+            }
+        }
+        (delivered, overflowed, gone)
+    }
+}
+
+impl Actor for Group {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::gauge!(names::CHANNELS).increment(1.0);
+        self.broker
+            .subscribe(&self.name)
+            .into_actor(self)
+            .map(|result, group, ctx| {
+                let pending = match std::mem::replace(&mut group.subscription, Subscription::Active) {
+                    Subscription::Pending(pending) => pending,
+                    _ => Vec::new(),
+                };
+                match result {
+                    Ok(()) => {
+                        for (member, reply) in pending {
+                            group.add(member);
+                            let _ = reply.send(Ok(()));
+                        }
+                        group.retire_if_empty(ctx);
+                    }
+                    Err(err) => {
+                        tracing::warn!(channel = %group.name, error = %err, "subscribe failed");
+                        group.subscription = Subscription::Failed;
+                        for (_, reply) in pending {
+                            let _ = reply.send(Err(JoinError::BackendUnavailable(err.to_string())));
+                        }
+                        group.registry.remove_if_same(&group.name, &ctx.address());
+                        ctx.stop();
+                    }
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        metrics::gauge!(names::CHANNELS).decrement(1.0);
+        if matches!(self.subscription, Subscription::Active) {
+            let unsubscribing = self.broker.unsubscribe(&self.name);
+            let name = self.name.clone();
+            actix::spawn(async move {
+                if let Err(err) = unsubscribing.await {
+                    tracing::warn!(channel = %name, error = %err, "unsubscribe failed");
+                }
+            });
+        }
+    }
+}
+
+impl Handler<Join> for Group {
+    type Result = ();
+
+    fn handle(&mut self, join: Join, _ctx: &mut Self::Context) {
+        match &mut self.subscription {
+            Subscription::Pending(pending) => pending.push((join.member, join.reply)),
+            Subscription::Active => {
+                self.add(join.member);
+                let _ = join.reply.send(Ok(()));
+            }
+            // Dropping the reply makes the hub retry against a fresh group.
+            Subscription::Failed => {}
+        }
+    }
+}
+
+impl Handler<Leave> for Group {
+    type Result = ();
+
+    fn handle(&mut self, leave: Leave, ctx: &mut Self::Context) {
+        self.remove(leave.connection);
+        if let Subscription::Pending(pending) = &mut self.subscription {
+            pending.retain(|(member, _)| member.connection != leave.connection);
+        }
+        self.retire_if_empty(ctx);
+    }
+}
+
+impl Handler<Deliver> for Group {
+    type Result = ();
+
+    fn handle(&mut self, Deliver(publication): Deliver, ctx: &mut Self::Context) {
+        let (delivered, overflowed, gone) = self.fan_out(&publication);
+        metrics::counter!(names::MESSAGES_DELIVERED).increment(delivered);
+        metrics::histogram!(names::PUBLISH_TO_DELIVER)
+            .record(publication.published_at.elapsed().as_secs_f64());
+        if !overflowed.is_empty() {
+            metrics::counter!(names::MESSAGES_DROPPED, "reason" => "slow_consumer")
+                .increment(overflowed.len() as u64);
+        }
+        for connection in overflowed {
+            if let Some(&position) = self.index.get(&connection) {
+                self.members[position].on_overflow.do_send(Disconnect {
+                    code: CloseCode::SlowConsumer,
+                    reason: "outbound queue overflowed".to_owned(),
+                });
+            }
+            self.remove(connection);
+        }
+        for connection in gone {
+            self.remove(connection);
+        }
+        if self.members.is_empty() {
+            self.retire_if_empty(ctx);
+        }
+    }
+}

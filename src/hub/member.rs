@@ -1,0 +1,46 @@
+//! What a channel group knows about each member: where to put its frames (a bounded queue) and
+//! whom to tell when that queue overflows. Also the messages the hub sends to connections.
+
+use actix::prelude::{Message, Recipient};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::protocol::{CloseCode, Encoding, OutboundFrame};
+
+/// One item in a connection's outbound queue.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Frame(OutboundFrame),
+    Ping(Bytes),
+    Pong(Bytes),
+}
+
+/// The producing end of a connection's bounded outbound queue. `try_send` only: a full queue is
+/// a slow consumer, never a reason to wait or grow.
+pub type OutboundSender = mpsc::Sender<Outbound>;
+
+/// Creates a connection's outbound queue holding at most `capacity` items.
+pub fn outbound_queue(capacity: usize) -> (OutboundSender, mpsc::Receiver<Outbound>) {
+    mpsc::channel(capacity.max(1))
+}
+
+/// Node-local key of a connection (the public id is a string derived from it).
+pub type ConnectionKey = u64;
+
+/// Asks a connection to close itself with `code`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    pub code: CloseCode,
+    pub reason: String,
+}
+
+/// A member of a channel group.
+#[derive(Clone)]
+pub struct Member {
+    pub connection: ConnectionKey,
+    pub encoding: Encoding,
+    pub queue: OutboundSender,
+    /// Told `Disconnect { SlowConsumer }` when `queue` is full.
+    pub on_overflow: Recipient<Disconnect>,
+}

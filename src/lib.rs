@@ -1,0 +1,41 @@
+//! # Switchboard
+//!
+//! A realtime WebSocket channel server. Every connection is an actix actor (over `actix-ws`),
+//! authenticates once at the handshake, joins channel-group actors keyed by name, and receives
+//! what is published to those channels. `ARCHITECTURE.md` is the guided tour; this is the map.
+//!
+//! ## Codemap (dependencies flow downward only)
+//!
+//! - [`protocol`]: the wire contract: frames, channel names, close and error codes, encodings.
+//!   No IO, no actix.
+//! - [`human_duration`]: `"15s"`-style durations for the config.
+//! - [`auth`]: `Identity`, the `Authenticator` chain, `Revalidation`. No actix.
+//! - [`broker`]: the `Broker` trait, the sink it pushes into, `MemoryBroker`.
+//! - [`metrics`]: every metric name, the Prometheus recorder.
+//! - [`hub`]: channel-group actors, the group registry, channel policy, the node's connections.
+//! - [`connection`]: the per-socket actor, its writer task, inbound rate limits.
+//! - [`config`]: the TOML + environment configuration, validated with errors that name the key.
+//! - [`api`]: HTTP edges: `GET /ws`, `/metrics`, `/healthz`, `/readyz`.
+//! - [`server`]: the composition root and graceful shutdown.
+//!
+//! ## Invariants, stated as absences
+//!
+//! - Only the broker module knows how publications travel between nodes.
+//! - `protocol` and `auth` use no actix; only `api` and `connection` touch WebSocket types.
+//! - No actor handler blocks or awaits network IO in place: it spawns the future and maps the
+//!   result back into the actor.
+//! - No send toward a client is unbounded: every frame goes through a bounded queue with
+//!   `try_send`, and a full queue closes the socket with 4010.
+//! - Nothing on the fan-out path serialises per member: a group encodes a publication once per
+//!   encoding and shares the bytes.
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod human_duration;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod server;

@@ -1,0 +1,109 @@
+//! Metric names in one place, and the Prometheus recorder.
+//!
+//! Every metric the server exports is named here (and described in `docs/metrics.md`); code
+//! elsewhere refers to these constants, never to string literals. The exporter has no listener of
+//! its own: `api` renders [`Metrics::render`] on `GET /metrics`, and the server calls
+//! [`Metrics::run_upkeep`] on a timer. A process has one recorder; every server started in the same
+//! process shares it.
+
+use std::sync::OnceLock;
+
+use metrics::Unit;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const CONNECTIONS: &str = "switchboard_connections";
+pub const CONNECTIONS_ACCEPTED: &str = "switchboard_connections_accepted_total";
+pub const HANDSHAKES_REFUSED: &str = "switchboard_handshakes_refused_total";
+pub const CHANNELS: &str = "switchboard_channels";
+pub const FRAMES_RECEIVED: &str = "switchboard_frames_received_total";
+pub const MESSAGES_DELIVERED: &str = "switchboard_messages_delivered_total";
+pub const MESSAGES_DROPPED: &str = "switchboard_messages_dropped_total";
+pub const CLOSES: &str = "switchboard_closes_total";
+pub const PUBLISH_TO_DELIVER: &str = "switchboard_publish_to_deliver_seconds";
+pub const BROKER_PUBLISHED: &str = "switchboard_broker_published_total";
+pub const BROKER_SUBSCRIPTIONS: &str = "switchboard_broker_subscriptions";
+
+/// Every metric name, for the test that checks each one is really exported.
+pub const ALL: [&str; 11] = [
+    CONNECTIONS,
+    CONNECTIONS_ACCEPTED,
+    HANDSHAKES_REFUSED,
+    CHANNELS,
+    FRAMES_RECEIVED,
+    MESSAGES_DELIVERED,
+    MESSAGES_DROPPED,
+    CLOSES,
+    PUBLISH_TO_DELIVER,
+    BROKER_PUBLISHED,
+    BROKER_SUBSCRIPTIONS,
+];
+
+/// Latency buckets, in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
+];
+
+/// A handle on the process's Prometheus recorder.
+#[derive(Clone)]
+pub struct Metrics {
+    handle: PrometheusHandle,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot install the metrics recorder: {0}")]
+pub struct MetricsError(String);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+impl Metrics {
+    /// Installs the recorder on first call; later calls return the same handle.
+    pub fn install() -> Result<Self, MetricsError> {
+        if let Some(handle) = HANDLE.get() {
+            return Ok(Self {
+                handle: handle.clone(),
+            });
+        }
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&LATENCY_BUCKETS)
+            .map_err(|err| MetricsError(err.to_string()))?
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).map_err(|err| MetricsError(err.to_string()))?;
+        let handle = HANDLE.get_or_init(|| handle).clone();
+        describe();
+        Ok(Self { handle })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram buffers; call on a timer (the exporter has no listener doing it).
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(CONNECTIONS, "Open WebSocket connections on this node.");
+    describe_counter!(CONNECTIONS_ACCEPTED, "WebSocket handshakes accepted.");
+    describe_counter!(HANDSHAKES_REFUSED, "Handshakes refused, by reason.");
+    describe_gauge!(CHANNELS, "Channel groups with local members on this node.");
+    describe_counter!(FRAMES_RECEIVED, "Client frames received, by action.");
+    describe_counter!(MESSAGES_DELIVERED, "Frames queued to members by channel fan-out.");
+    describe_counter!(MESSAGES_DROPPED, "Frames not delivered, by reason.");
+    describe_counter!(CLOSES, "WebSocket closes, by code and initiator.");
+    describe_histogram!(
+        PUBLISH_TO_DELIVER,
+        Unit::Seconds,
+        "From publish (or broker receipt) to the last member's queue."
+    );
+    describe_counter!(BROKER_PUBLISHED, "Publications handed to the broker.");
+    describe_gauge!(BROKER_SUBSCRIPTIONS, "Broker channel subscriptions held by this node.");
+    // Gauges start at zero rather than absent, so dashboards and tests see them at once.
+    metrics::gauge!(CONNECTIONS).set(0.0);
+    metrics::gauge!(CHANNELS).set(0.0);
+    metrics::gauge!(BROKER_SUBSCRIPTIONS).set(0.0);
+}

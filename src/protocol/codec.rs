@@ -1,0 +1,168 @@
+//! The two encodings, negotiated by `Sec-WebSocket-Protocol`: `switchboard.v1.json` (text
+//! frames, the default) and `switchboard.v1.msgpack` (binary frames). The same logical frames
+//! travel in both; MessagePack frames are maps (`to_vec_named`), never positional arrays.
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use serde_json::Value;
+
+use super::frame::{ClientFrame, FrameError, ServerFrame};
+
+/// How a connection's frames are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Json,
+    MessagePack,
+}
+
+impl Encoding {
+    pub const JSON_PROTOCOL: &'static str = "switchboard.v1.json";
+    pub const MESSAGEPACK_PROTOCOL: &'static str = "switchboard.v1.msgpack";
+    /// The subprotocols the server offers, in order of preference.
+    pub const PROTOCOLS: [&'static str; 2] = [Self::JSON_PROTOCOL, Self::MESSAGEPACK_PROTOCOL];
+
+    pub fn from_protocol(protocol: &str) -> Option<Self> {
+        match protocol {
+            Self::JSON_PROTOCOL => Some(Encoding::Json),
+            Self::MESSAGEPACK_PROTOCOL => Some(Encoding::MessagePack),
+            _ => None,
+        }
+    }
+
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Encoding::Json => Self::JSON_PROTOCOL,
+            Encoding::MessagePack => Self::MESSAGEPACK_PROTOCOL,
+        }
+    }
+
+    /// Encodes a server frame. Called once per frame per encoding; the result is shared by
+    /// reference among every member that receives it.
+    pub fn encode(self, frame: &ServerFrame<'_>) -> Result<OutboundFrame, EncodeError> {
+        match self {
+            Encoding::Json => {
+                let text = serde_json::to_string(frame).map_err(EncodeError::Json)?;
+                Ok(OutboundFrame::Text(ByteString::from(text)))
+            }
+            Encoding::MessagePack => {
+                let bytes = rmp_serde::to_vec_named(frame).map_err(EncodeError::MessagePack)?;
+                Ok(OutboundFrame::Binary(Bytes::from(bytes)))
+            }
+        }
+    }
+}
+
+/// An encoded frame ready for the socket. Cloning it is a reference-count increment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboundFrame {
+    Text(ByteString),
+    Binary(Bytes),
+}
+
+impl OutboundFrame {
+    pub fn len(&self) -> usize {
+        match self {
+            OutboundFrame::Text(text) => text.len(),
+            OutboundFrame::Binary(bytes) => bytes.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("cannot encode frame as JSON: {0}")]
+    Json(serde_json::Error),
+    #[error("cannot encode frame as MessagePack: {0}")]
+    MessagePack(rmp_serde::encode::Error),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("invalid MessagePack: {0}")]
+    MessagePack(String),
+}
+
+/// Decodes a text frame (JSON) into a client frame.
+pub fn decode_text(text: &str) -> Result<ClientFrame, FrameError> {
+    let value: Value = serde_json::from_str(text).map_err(|err| FrameError {
+        id: None,
+        reason: DecodeError::Json(err.to_string()).to_string(),
+    })?;
+    ClientFrame::from_value(value)
+}
+
+/// Decodes a binary frame (MessagePack) into a client frame.
+pub fn decode_binary(bytes: &[u8]) -> Result<ClientFrame, FrameError> {
+    let value: Value = rmp_serde::from_slice(bytes).map_err(|err| FrameError {
+        id: None,
+        reason: DecodeError::MessagePack(err.to_string()).to_string(),
+    })?;
+    ClientFrame::from_value(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ClientRequest, ErrorCode};
+    use serde_json::json;
+
+    #[test]
+    fn json_frames_match_the_contract() {
+        let data = json!({"text": "hi"});
+        let frame = ServerFrame::Message {
+            channel: "room:1",
+            data: &data,
+            from: Some("42"),
+        };
+        let OutboundFrame::Text(text) = Encoding::Json.encode(&frame).expect("encode") else {
+            panic!("json must be a text frame");
+        };
+        let decoded: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(
+            decoded,
+            json!({"type": "message", "channel": "room:1", "data": {"text": "hi"}, "from": "42"})
+        );
+        let error = ServerFrame::Error {
+            id: None,
+            code: ErrorCode::NotJoined,
+            reason: "x",
+        };
+        let OutboundFrame::Text(text) = Encoding::Json.encode(&error).expect("encode") else {
+            panic!("text");
+        };
+        assert_eq!(&*text, r#"{"type":"error","code":"not_joined","reason":"x"}"#);
+    }
+
+    #[test]
+    fn msgpack_frames_are_maps_with_the_same_content() {
+        let frame = ServerFrame::Pong { id: Some(8) };
+        let OutboundFrame::Binary(bytes) = Encoding::MessagePack.encode(&frame).expect("encode")
+        else {
+            panic!("msgpack must be a binary frame");
+        };
+        let decoded: Value = rmp_serde::from_slice(&bytes).expect("msgpack");
+        assert_eq!(decoded, json!({"type": "pong", "id": 8}));
+    }
+
+    #[test]
+    fn both_encodings_decode_client_frames() {
+        let value = json!({"action": "leave", "channel": "c", "id": 4});
+        let packed = rmp_serde::to_vec_named(&value).expect("pack");
+        let from_binary = decode_binary(&packed).expect("binary");
+        let from_text = decode_text(&value.to_string()).expect("text");
+        assert_eq!(from_binary, from_text);
+        assert_eq!(from_text.request, ClientRequest::Leave { channel: "c".into() });
+    }
+
+    #[test]
+    fn malformed_input_is_an_error() {
+        assert!(decode_text("{nope").is_err());
+        assert!(decode_binary(&[0xc1]).is_err());
+    }
+}

@@ -1,0 +1,63 @@
+//! The broker envelope (PROTOCOL.md §6): what travels on `PREFIX:ch:CHANNEL` and
+//! `PREFIX:user:USER`, as JSON or MessagePack: `{"data": <any>, "from": "<user id>"?}`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::codec::DecodeError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub data: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+impl Envelope {
+    /// Decodes a payload that is either a JSON envelope or a MessagePack envelope. JSON is tried
+    /// first when the payload starts like a JSON object (`{` after optional whitespace).
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let first = payload
+            .iter()
+            .find(|byte| !byte.is_ascii_whitespace())
+            .copied();
+        if first == Some(b'{') {
+            serde_json::from_slice(payload).map_err(|err| DecodeError::Json(err.to_string()))
+        } else {
+            rmp_serde::from_slice(payload).map_err(|err| DecodeError::MessagePack(err.to_string()))
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising a Value-bearing struct to JSON cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_and_msgpack_envelopes_decode_to_the_same_value() {
+        let envelope = Envelope {
+            data: json!({"text": "hi", "n": 3}),
+            from: Some("42".into()),
+        };
+        let from_json = Envelope::decode(&envelope.to_json()).expect("json");
+        let packed = rmp_serde::to_vec_named(&envelope).expect("pack");
+        let from_msgpack = Envelope::decode(&packed).expect("msgpack");
+        assert_eq!(from_json, envelope);
+        assert_eq!(from_msgpack, envelope);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(Envelope::decode(b"not json").is_err());
+        assert!(Envelope::decode(b"{\"data\": 1, \"extra\": 2}").is_err());
+        assert!(Envelope::decode(b"{\"from\": \"x\"}").is_err());
+        assert!(Envelope::decode(b"").is_err());
+    }
+}

@@ -1,0 +1,42 @@
+//! The `code` of an `error` frame: short snake_case words from PROTOCOL.md §3.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame could not be decoded, or a field is missing or of the wrong type.
+    BadRequest,
+    /// No built-in action and no route matches the frame's `action`.
+    UnknownAction,
+    /// Channel policy refuses this join or publish.
+    Forbidden,
+    /// `leave` of a channel the connection has not joined.
+    NotJoined,
+    /// `server.max_channels_per_connection` reached.
+    ChannelLimit,
+    /// The inbound rate limit dropped this frame.
+    RateLimited,
+    /// The channel name is not valid.
+    InvalidChannel,
+    /// A back-end route failed.
+    BackendError,
+    /// The broker cannot publish or subscribe right now.
+    BackendUnavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownAction => "unknown_action",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::ChannelLimit => "channel_limit",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::InvalidChannel => "invalid_channel",
+            ErrorCode::BackendError => "backend_error",
+            ErrorCode::BackendUnavailable => "backend_unavailable",
+        }
+    }
+}

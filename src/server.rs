@@ -1,0 +1,161 @@
+//! The composition root: builds the broker, the hub, the authenticators and the HTTP server from
+//! the configuration, runs them on an already-bound listener, and drains on shutdown.
+//!
+//! Shutdown (SIGTERM/SIGINT in `main`, or any future the caller passes): `/readyz` turns 503 and
+//! new handshakes are refused, the listener stops accepting, every socket is closed with 1012
+//! `restart`, and the process is done within `server.shutdown_grace`.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::Arbiter;
+use actix_web::{App, HttpServer, web};
+
+use crate::api::{self, AppState, ConnectionIds, HandshakeLimits};
+use crate::auth::AuthChain;
+use crate::broker::{Broker, BrokerType, MemoryBroker};
+use crate::config::Config;
+use crate::connection::ConnectionSettings;
+use crate::hub::{ChannelPolicy, GroupRegistry, Hub};
+use crate::metrics::{Metrics, MetricsError};
+use crate::protocol::CloseCode;
+
+/// How often histogram buffers are drained.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the drain checks whether every socket has closed.
+const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// Time kept at the end of the grace for the HTTP server's own stop.
+const FINAL_STOP_RESERVE: Duration = Duration::from_millis(500);
+/// How long actix waits for a client's TCP close after the server's close frame.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error("cannot serve on the listener: {0}")]
+    Listen(#[source] std::io::Error),
+    #[error("broker type {0:?} is not available in this version")]
+    UnsupportedBroker(BrokerType),
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// Threads for `0` ("one per core") or an explicit count.
+fn thread_count(configured: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains. Must run inside an actix
+/// `System` (see `main`).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let metrics = Metrics::install()?;
+    let arbiters: Vec<Arbiter> = (0..thread_count(config.server.group_arbiters))
+        .map(|_| Arbiter::new())
+        .collect();
+    let registry = GroupRegistry::new();
+    let broker: Arc<dyn Broker> = match config.broker.broker_type {
+        BrokerType::Memory => Arc::new(MemoryBroker::new(Arc::new(registry.clone()))),
+        other => return Err(ServerError::UnsupportedBroker(other)),
+    };
+    let hub = Hub::new(
+        registry,
+        broker,
+        arbiters.iter().map(Arbiter::handle).collect(),
+    );
+    let auth = Arc::new(AuthChain::new(Vec::new(), config.auth.anonymous));
+    let server_config = &config.server;
+    let settings = Arc::new(ConnectionSettings {
+        max_channels: server_config.max_channels_per_connection,
+        heartbeat_interval: server_config.heartbeat_interval.0,
+        idle_timeout: server_config.idle_timeout.0,
+        rate_limit_per_second: server_config.rate_limit,
+        rate_limit_burst: server_config.rate_limit_burst,
+        policy: ChannelPolicy::new(config.channels.clone()),
+    });
+    let draining = Arc::new(AtomicBool::new(false));
+    let state = web::Data::new(AppState {
+        hub: hub.clone(),
+        auth,
+        settings,
+        limits: HandshakeLimits {
+            max_connections: server_config.max_connections,
+            allowed_origins: server_config.allowed_origins.clone(),
+            max_frame_bytes: server_config.max_frame_bytes,
+            outbound_queue: server_config.outbound_queue,
+        },
+        metrics: metrics.clone(),
+        draining: draining.clone(),
+        connection_ids: ConnectionIds::new(),
+    });
+
+    let grace = server_config.shutdown_grace.0;
+    let http = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(api::routes)
+    })
+    .workers(thread_count(server_config.workers))
+    .disable_signals()
+    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+    .shutdown_timeout(1)
+    .listen(listener)
+    .map_err(ServerError::Listen)?
+    .run();
+    let handle = http.handle();
+    let mut serving = actix_web::rt::spawn(http);
+
+    let upkeep = actix_web::rt::spawn(async move {
+        let mut interval = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        loop {
+            interval.tick().await;
+            metrics.run_upkeep();
+        }
+    });
+
+    tokio::select! {
+        () = shutdown => {}
+        finished = &mut serving => {
+            upkeep.abort();
+            return match finished {
+                Ok(result) => result.map_err(ServerError::Http),
+                Err(err) => Err(ServerError::Http(std::io::Error::other(err))),
+            };
+        }
+    }
+
+    let started = Instant::now();
+    tracing::info!(connections = hub.connection_count(), "draining");
+    draining.store(true, Ordering::Relaxed);
+    handle.pause().await;
+    hub.disconnect_all(CloseCode::Restart, "server restarting");
+    let drain_deadline = started + grace.saturating_sub(FINAL_STOP_RESERVE);
+    while hub.connection_count() > 0 && Instant::now() < drain_deadline {
+        tokio::time::sleep(DRAIN_POLL_INTERVAL).await;
+    }
+    // Let the writers flush their close frames, within what is left of the grace.
+    let left = grace.saturating_sub(started.elapsed());
+    tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+    let graceful = hub.connection_count() == 0;
+    handle.stop(graceful).await;
+    upkeep.abort();
+    for arbiter in arbiters {
+        arbiter.stop();
+    }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "stopped"
+    );
+    Ok(())
+}
