@@ -18,8 +18,8 @@ use toml::{Table, Value};
 
 use crate::auth::AuthConfig;
 use crate::broker::{BrokerConfig, BrokerType};
-use crate::human_duration::HumanDuration;
 use crate::hub::ChannelRule;
+use crate::human_duration::HumanDuration;
 
 /// The prefix of environment overrides.
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
@@ -124,12 +124,14 @@ impl Config {
     /// Reads `path` (if given) and the process environment.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let text = match path {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|source| {
-                ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                }
-            })?),
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                        path: path.to_owned(),
+                        source,
+                    })?,
+                )
+            }
             None => None,
         };
         Self::from_sources(text.as_deref(), std::env::vars())
@@ -196,7 +198,10 @@ impl Config {
             problem("server.heartbeat_interval", "must be longer than 0s");
         }
         if server.idle_timeout <= server.heartbeat_interval {
-            problem("server.idle_timeout", "must be longer than server.heartbeat_interval");
+            problem(
+                "server.idle_timeout",
+                "must be longer than server.heartbeat_interval",
+            );
         }
         if server.rate_limit == 0 {
             problem("server.rate_limit", "must be at least 1");
@@ -204,7 +209,11 @@ impl Config {
         if server.rate_limit_burst == 0 {
             problem("server.rate_limit_burst", "must be at least 1");
         }
-        if server.allowed_origins.iter().any(|origin| origin.trim().is_empty()) {
+        if server
+            .allowed_origins
+            .iter()
+            .any(|origin| origin.trim().is_empty())
+        {
             problem("server.allowed_origins", "must not contain empty origins");
         }
         if self.broker.broker_type == BrokerType::Redis {
@@ -397,7 +406,11 @@ mod tests {
             env(&[]),
         ));
         assert_eq!(errors[0].key, "server.heartbeat_interval");
-        assert!(errors[0].message.contains("invalid duration"), "{}", errors[0].message);
+        assert!(
+            errors[0].message.contains("invalid duration"),
+            "{}",
+            errors[0].message
+        );
 
         let errors = errors_of(Config::from_sources(
             None,

@@ -12,10 +12,20 @@ use switchboard::config::Config;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "A realtime WebSocket channel server")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "A realtime WebSocket channel server"
+)]
 struct Cli {
     /// Log format on standard error; the level comes from RUST_LOG (default "info").
-    #[arg(long, global = true, value_enum, default_value = "text", env = "SWITCHBOARD_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "SWITCHBOARD_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -79,8 +89,14 @@ fn init_logging(format: LogFormat) {
 
 fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config_path.as_deref()).context("loading the configuration")?;
-    if config.channels.iter().any(|rule| rule.pattern == "*" && rule.join == switchboard::hub::Access::Anyone) {
-        tracing::warn!("a channel rule lets anyone join every channel: fine for development, see README \"Locking down channels\"");
+    if config
+        .channels
+        .iter()
+        .any(|rule| rule.pattern == "*" && rule.join == switchboard::hub::Access::Anyone)
+    {
+        tracing::warn!(
+            "a channel rule lets anyone join every channel: fine for development, see README \"Locking down channels\""
+        );
     }
     let listener = TcpListener::bind(config.server.bind)
         .with_context(|| format!("binding {}", config.server.bind))?;
@@ -88,22 +104,29 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     tracing::info!(%address, broker = ?config.broker.broker_type, "listening");
     // One line on standard output that scripts and tests can wait for.
     println!("switchboard listening on http://{address}");
-    std::io::stdout().flush().context("writing to standard output")?;
+    std::io::stdout()
+        .flush()
+        .context("writing to standard output")?;
     actix_web::rt::System::new()
-        .block_on(switchboard::server::run(listener, config, shutdown_signal()))
+        .block_on(switchboard::server::run(
+            listener,
+            config,
+            shutdown_signal(),
+        ))
         .context("running the server")
 }
 
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot listen for SIGTERM; use SIGINT");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM; use SIGINT");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),

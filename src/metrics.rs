@@ -92,7 +92,10 @@ fn describe() {
     describe_counter!(HANDSHAKES_REFUSED, "Handshakes refused, by reason.");
     describe_gauge!(CHANNELS, "Channel groups with local members on this node.");
     describe_counter!(FRAMES_RECEIVED, "Client frames received, by action.");
-    describe_counter!(MESSAGES_DELIVERED, "Frames queued to members by channel fan-out.");
+    describe_counter!(
+        MESSAGES_DELIVERED,
+        "Frames queued to members by channel fan-out."
+    );
     describe_counter!(MESSAGES_DROPPED, "Frames not delivered, by reason.");
     describe_counter!(CLOSES, "WebSocket closes, by code and initiator.");
     describe_histogram!(
@@ -101,7 +104,10 @@ fn describe() {
         "From publish (or broker receipt) to the last member's queue."
     );
     describe_counter!(BROKER_PUBLISHED, "Publications handed to the broker.");
-    describe_gauge!(BROKER_SUBSCRIPTIONS, "Broker channel subscriptions held by this node.");
+    describe_gauge!(
+        BROKER_SUBSCRIPTIONS,
+        "Broker channel subscriptions held by this node."
+    );
     // Gauges start at zero rather than absent, so dashboards and tests see them at once.
     metrics::gauge!(CONNECTIONS).set(0.0);
     metrics::gauge!(CHANNELS).set(0.0);

@@ -101,18 +101,14 @@ pub async fn run(
     });
 
     let grace = server_config.shutdown_grace.0;
-    let http = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .configure(api::routes)
-    })
-    .workers(thread_count(server_config.workers))
-    .disable_signals()
-    .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
-    .shutdown_timeout(1)
-    .listen(listener)
-    .map_err(ServerError::Listen)?
-    .run();
+    let http = HttpServer::new(move || App::new().app_data(state.clone()).configure(api::routes))
+        .workers(thread_count(server_config.workers))
+        .disable_signals()
+        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+        .shutdown_timeout(1)
+        .listen(listener)
+        .map_err(ServerError::Listen)?
+        .run();
     let handle = http.handle();
     let mut serving = actix_web::rt::spawn(http);
 
@@ -153,9 +149,6 @@ pub async fn run(
     for arbiter in arbiters {
         arbiter.stop();
     }
-    tracing::info!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "stopped"
-    );
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     Ok(())
 }

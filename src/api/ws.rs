@@ -80,20 +80,25 @@ async fn accept(
     }
 
     let handshake = handshake_of(request);
-    let identity = state.auth.authenticate(&handshake).await.map_err(|err| match err {
-        AuthError::Unavailable(_) => {
-            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", err.to_string())
-        }
-        AuthError::Unauthorized(_) | AuthError::RefreshUnsupported => {
-            Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string())
-        }
-    })?;
+    let identity = state
+        .auth
+        .authenticate(&handshake)
+        .await
+        .map_err(|err| match err {
+            AuthError::Unavailable(_) => Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                err.to_string(),
+            ),
+            AuthError::Unauthorized(_) | AuthError::RefreshUnsupported => {
+                Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string())
+            }
+        })?;
     let initial_channels = handshake.query_all("channel").map(str::to_owned).collect();
 
     let (response, session, inbound) =
-        actix_ws::handle_with_protocols(request, body, &Encoding::PROTOCOLS).map_err(|err| {
-            Refusal::new(StatusCode::BAD_REQUEST, "bad_request", err.to_string())
-        })?;
+        actix_ws::handle_with_protocols(request, body, &Encoding::PROTOCOLS)
+            .map_err(|err| Refusal::new(StatusCode::BAD_REQUEST, "bad_request", err.to_string()))?;
     let max_frame_bytes = state.limits.max_frame_bytes;
     let inbound = inbound
         .max_frame_size(max_frame_bytes)
@@ -114,7 +119,13 @@ async fn accept(
         queue,
         closer,
     };
-    Connection::new(parts, state.hub.clone(), state.auth.clone(), state.settings.clone()).start();
+    Connection::new(
+        parts,
+        state.hub.clone(),
+        state.auth.clone(),
+        state.settings.clone(),
+    )
+    .start();
     Ok(response)
 }
 
@@ -128,7 +139,10 @@ fn check_origin(request: &HttpRequest, allowed: &[String]) -> Result<(), Refusal
         return Ok(());
     }
     let origin = origin.to_str().unwrap_or_default();
-    if allowed.iter().any(|entry| entry.eq_ignore_ascii_case(origin)) {
+    if allowed
+        .iter()
+        .any(|entry| entry.eq_ignore_ascii_case(origin))
+    {
         Ok(())
     } else {
         Err(Refusal::new(

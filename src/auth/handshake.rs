@@ -85,7 +85,10 @@ mod tests {
         assert_eq!(handshake.cookie("b"), Some("2"));
         assert_eq!(handshake.cookie("missing"), None);
         assert_eq!(handshake.query("token"), Some("t"));
-        assert_eq!(handshake.query_all("channel").collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            handshake.query_all("channel").collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         assert_eq!(handshake.header("AUTHORIZATION"), Some("Bearer abc.def"));
     }
 }

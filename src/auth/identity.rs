@@ -32,7 +32,9 @@ impl Identity {
 
     /// Seconds left until expiry, or `None` when the credential has no expiry. Zero when past.
     pub fn seconds_until_expiry(&self, now: SystemTime) -> Option<u64> {
-        let now = now.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
         self.expires_at
             .map(|expires_at| expires_at.saturating_sub(now))
     }

@@ -57,9 +57,19 @@ async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
 
 async fn delivers_only_subscribed_channels(broker: &dyn Broker, sink: &RecordingSink) {
     broker.subscribe(&channel("a")).await.expect("subscribe");
-    broker.publish(publication("a", 1)).await.expect("publish a");
-    broker.publish(publication("b", 2)).await.expect("publish b");
-    assert!(eventually(|| sink.channels() == ["a"]).await, "{:?}", sink.channels());
+    broker
+        .publish(publication("a", 1))
+        .await
+        .expect("publish a");
+    broker
+        .publish(publication("b", 2))
+        .await
+        .expect("publish b");
+    assert!(
+        eventually(|| sink.channels() == ["a"]).await,
+        "{:?}",
+        sink.channels()
+    );
 }
 
 async fn subscriptions_are_reference_counted(broker: &dyn Broker) {
@@ -75,9 +85,15 @@ async fn subscriptions_are_reference_counted(broker: &dyn Broker) {
 }
 
 async fn preserves_order_per_channel(broker: &dyn Broker, sink: &RecordingSink) {
-    broker.subscribe(&channel("ordered")).await.expect("subscribe");
+    broker
+        .subscribe(&channel("ordered"))
+        .await
+        .expect("subscribe");
     for n in 0..100 {
-        broker.publish(publication("ordered", n)).await.expect("publish");
+        broker
+            .publish(publication("ordered", n))
+            .await
+            .expect("publish");
     }
     let ordered = |sink: &RecordingSink| -> Vec<u64> {
         sink.received

@@ -50,11 +50,10 @@ impl Broker for MemoryBroker {
     }
 
     fn unsubscribe(&self, channel: &ChannelName) -> BrokerFuture {
-        self.subscriptions
-            .remove_if_mut(channel, |_, references| {
-                *references = references.saturating_sub(1);
-                *references == 0
-            });
+        self.subscriptions.remove_if_mut(channel, |_, references| {
+            *references = references.saturating_sub(1);
+            *references == 0
+        });
         self.record_gauge();
         Box::pin(std::future::ready(Ok(())))
     }

@@ -26,11 +26,16 @@ use tokio::sync::oneshot;
 
 use crate::auth::{AuthChain, AuthError, Identity};
 use crate::broker::Publication;
-use crate::hub::{ChannelPolicy, ConnectionEntry, ConnectionKey, Disconnect, Hub, Member, Outbound, OutboundSender};
+use crate::hub::{
+    ChannelPolicy, ConnectionEntry, ConnectionKey, Disconnect, Hub, Member, Outbound,
+    OutboundSender,
+};
 use crate::metrics as names;
 use crate::protocol::codec::{decode_binary, decode_text};
 use crate::protocol::frame::FrameError;
-use crate::protocol::{ChannelName, ClientFrame, ClientRequest, CloseCode, Encoding, ErrorCode, ServerFrame};
+use crate::protocol::{
+    ChannelName, ClientFrame, ClientRequest, CloseCode, Encoding, ErrorCode, ServerFrame,
+};
 use rate_limit::{StrikeWindow, TokenBucket};
 use writer::CloseRequest;
 
@@ -82,7 +87,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(parts: ConnectionParts, hub: Hub, auth: Arc<AuthChain>, settings: Arc<ConnectionSettings>) -> Self {
+    pub fn new(
+        parts: ConnectionParts,
+        hub: Hub,
+        auth: Arc<AuthChain>,
+        settings: Arc<ConnectionSettings>,
+    ) -> Self {
         let now = Instant::now();
         Self {
             key: parts.key,
@@ -91,7 +101,11 @@ impl Connection {
             encoding: parts.encoding,
             hub,
             auth,
-            rate: TokenBucket::new(settings.rate_limit_per_second, settings.rate_limit_burst, now),
+            rate: TokenBucket::new(
+                settings.rate_limit_per_second,
+                settings.rate_limit_burst,
+                now,
+            ),
             rate_strikes: StrikeWindow::new(
                 STRIKE_WINDOW,
                 settings.rate_limit_per_second.max(10),
@@ -129,7 +143,8 @@ impl Connection {
         match self.queue.try_send(outbound) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                metrics::counter!(names::MESSAGES_DROPPED, "reason" => "slow_consumer").increment(1);
+                metrics::counter!(names::MESSAGES_DROPPED, "reason" => "slow_consumer")
+                    .increment(1);
                 self.close(ctx, CloseCode::SlowConsumer, "outbound queue overflowed");
             }
             Err(TrySendError::Closed(_)) => ctx.stop(),
@@ -218,8 +233,7 @@ impl Connection {
 
     /// The checks a join must pass before it reaches the hub.
     fn admit_join(&self, name: &str) -> Result<ChannelName, (ErrorCode, String)> {
-        let channel = ChannelName::parse(name)
-            .map_err(|err| (ErrorCode::InvalidChannel, format!("{err}: {name:?}")))?;
+        let channel = parse_channel(name)?;
         if self.channels.contains(&channel) {
             return Ok(channel);
         }
@@ -261,10 +275,19 @@ impl Connection {
         if !self.rate.try_take(now) {
             metrics::counter!(names::FRAMES_RECEIVED, "action" => "rate_limited").increment(1);
             if self.rate_strikes.strike(now) {
-                self.close(ctx, CloseCode::RateLimited, "sustained inbound rate above the limit");
+                self.close(
+                    ctx,
+                    CloseCode::RateLimited,
+                    "sustained inbound rate above the limit",
+                );
             } else {
                 let id = decoded.as_ref().map_or_else(|err| err.id, |frame| frame.id);
-                self.error(ctx, id, ErrorCode::RateLimited, "too many frames; slow down");
+                self.error(
+                    ctx,
+                    id,
+                    ErrorCode::RateLimited,
+                    "too many frames; slow down",
+                );
             }
             return;
         }
@@ -326,30 +349,34 @@ impl Connection {
     }
 
     fn on_leave(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str) {
-        let channel = match ChannelName::parse(name) {
-            Ok(channel) => channel,
-            Err(err) => {
-                return self.error(ctx, id, ErrorCode::InvalidChannel, &format!("{err}: {name:?}"));
+        let leaving = parse_channel(name).and_then(|channel| {
+            if self.channels.remove(&channel) {
+                Ok(channel)
+            } else {
+                Err((ErrorCode::NotJoined, format!("not joined to {name}")))
             }
-        };
-        if self.channels.remove(&channel) {
-            self.hub.leave(&channel, self.key);
-            self.reply(ctx, id, &Value::Null);
-        } else {
-            self.error(ctx, id, ErrorCode::NotJoined, &format!("not joined to {name}"));
+        });
+        match leaving {
+            Ok(channel) => {
+                self.hub.leave(&channel, self.key);
+                self.reply(ctx, id, &Value::Null);
+            }
+            Err((code, reason)) => self.error(ctx, id, code, &reason),
         }
     }
 
     fn on_publish(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str, data: Value) {
-        let channel = match ChannelName::parse(name) {
-            Ok(channel) => channel,
-            Err(err) => {
-                return self.error(ctx, id, ErrorCode::InvalidChannel, &format!("{err}: {name:?}"));
+        let allowed = parse_channel(name).and_then(|channel| {
+            if self.settings.policy.may_publish(&self.identity, name) {
+                Ok(channel)
+            } else {
+                Err((ErrorCode::Forbidden, format!("may not publish to {name}")))
             }
+        });
+        let channel = match allowed {
+            Ok(channel) => channel,
+            Err((code, reason)) => return self.error(ctx, id, code, &reason),
         };
-        if !self.settings.policy.may_publish(&self.identity, name) {
-            return self.error(ctx, id, ErrorCode::Forbidden, &format!("may not publish to {name}"));
-        }
         let publication = Publication::new(channel, data, self.identity.user.clone());
         self.hub
             .publish(publication)
@@ -392,6 +419,11 @@ impl Connection {
     }
 }
 
+/// Validates a channel name, failing with the `invalid_channel` error a client gets.
+fn parse_channel(name: &str) -> Result<ChannelName, (ErrorCode, String)> {
+    ChannelName::parse(name).map_err(|err| (ErrorCode::InvalidChannel, format!("{err}: {name:?}")))
+}
+
 impl Actor for Connection {
     type Context = Context<Self>;
 
@@ -417,7 +449,11 @@ impl Actor for Connection {
 }
 
 impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
-    fn handle(&mut self, message: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+    fn handle(
+        &mut self,
+        message: Result<AggregatedMessage, ProtocolError>,
+        ctx: &mut Self::Context,
+    ) {
         self.last_heard = Instant::now();
         match message {
             Ok(AggregatedMessage::Text(text)) => self.on_data_frame(ctx, decode_text(&text)),
@@ -425,9 +461,9 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
             Ok(AggregatedMessage::Ping(bytes)) => self.enqueue(ctx, Outbound::Pong(bytes)),
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(reason)) => {
-                let code = reason
-                    .as_ref()
-                    .map_or(CloseCode::Normal, |reason| CloseCode::from_code(u16::from(reason.code)));
+                let code = reason.as_ref().map_or(CloseCode::Normal, |reason| {
+                    CloseCode::from_code(u16::from(reason.code))
+                });
                 metrics::counter!(names::CLOSES, "code" => code.code().to_string(), "reason" => code.name(), "initiator" => "client")
                     .increment(1);
                 // Echo the client's code, as RFC 6455 asks; not counted twice.

@@ -1,5 +1,7 @@
 //! The writer task: owns the `actix_ws::Session` and drains the connection's bounded outbound
-//! queue into it. A close request overtakes whatever is still queued.
+//! queue into it. On a close request, what is already queued (a last `error` frame, say) is
+//! written first, then the close frame; for a slow consumer (4010) the queue is the problem, so
+//! the close overtakes it. Either way the close is bounded by `CLOSE_WRITE_TIMEOUT`.
 //!
 //! actix-ws encodes every message already waiting in its channel into one buffer per poll, so
 //! frames that pile up while the socket is busy leave in one write.
@@ -12,8 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::hub::Outbound;
 use crate::protocol::{CloseCode, OutboundFrame};
 
-/// How long a close frame may wait for a congested socket before the writer gives up on it.
-const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a close frame may wait for a congested socket before the writer gives up on it and
+/// the connection is dropped: long enough for a briefly paused reader to learn why it was closed,
+/// short enough that a dead one does not pin its buffers.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The close frame the connection actor asks for.
 #[derive(Debug, Clone)]
@@ -41,8 +45,21 @@ pub async fn run(
         tokio::select! {
             biased;
             request = &mut close => {
-                let reason = request.ok().map(CloseReason::from);
-                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, session.close(reason)).await;
+                let request = request.ok();
+                let flush = request
+                    .as_ref()
+                    .is_some_and(|request| request.code != CloseCode::SlowConsumer);
+                let closing = async {
+                    if flush {
+                        while let Ok(outbound) = queue.try_recv() {
+                            if !send(&mut session, outbound).await {
+                                return;
+                            }
+                        }
+                    }
+                    let _ = session.close(request.map(CloseReason::from)).await;
+                };
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, closing).await;
                 return;
             }
             sent = forward_next(&mut queue, &mut session) => {
@@ -57,9 +74,14 @@ pub async fn run(
 
 /// Moves one queued item to the socket; `false` when the queue or the socket is closed.
 async fn forward_next(queue: &mut mpsc::Receiver<Outbound>, session: &mut Session) -> bool {
-    let Some(outbound) = queue.recv().await else {
-        return false;
-    };
+    match queue.recv().await {
+        Some(outbound) => send(session, outbound).await,
+        None => false,
+    }
+}
+
+/// Writes one item; `false` when the socket is closed.
+async fn send(session: &mut Session, outbound: Outbound) -> bool {
     let message = match outbound {
         Outbound::Frame(OutboundFrame::Text(text)) => Message::Text(text),
         Outbound::Frame(OutboundFrame::Binary(bytes)) => Message::Binary(bytes),

@@ -1,10 +1,11 @@
 //! The channel-group actor: one per channel name with local members, on one of the hub's group
 //! arbiters.
 //!
-//! A group subscribes to its channel on the broker when it starts and unsubscribes when it stops;
-//! joins that arrive before the subscription is confirmed wait for it. It stops itself (after
-//! removing itself from the registry) when its last member leaves; a join that raced with that
-//! stop finds its reply channel dropped and is retried by the hub against a fresh group.
+//! A group is started with its first join, so it never exists empty. It subscribes to its
+//! channel on the broker when it starts and unsubscribes when it stops; joins that arrive before
+//! the subscription is confirmed wait for it. Once subscribed, it stops itself (after removing
+//! itself from the registry) when its last member leaves; a join that raced with that stop finds
+//! its reply channel dropped and is retried by the hub against a fresh group.
 //!
 //! Fan-out: a publication is encoded at most once per encoding, and the same reference-counted
 //! bytes are `try_send`-ed into each member's bounded queue. A full queue removes the member and
@@ -67,12 +68,17 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    pub(crate) fn new(name: ChannelName, registry: GroupRegistry, broker: Arc<dyn Broker>) -> Self {
+    pub(crate) fn new(
+        name: ChannelName,
+        first: Join,
+        registry: GroupRegistry,
+        broker: Arc<dyn Broker>,
+    ) -> Self {
         Self {
             name,
             members: Vec::new(),
             index: HashMap::new(),
-            subscription: Subscription::Pending(Vec::new()),
+            subscription: Subscription::Pending(vec![(first.member, first.reply)]),
             registry,
             broker,
         }
@@ -97,50 +103,62 @@ impl Group {
         }
     }
 
-    /// Stops the group once nobody is in it or waiting for it.
+    /// Stops a subscribed group once nobody is in it. A group still subscribing waits for the
+    /// subscription to settle first, so it never leaves a subscription behind.
     fn retire_if_empty(&mut self, ctx: &mut Context<Self>) {
-        let waiting = matches!(&self.subscription, Subscription::Pending(pending) if !pending.is_empty());
-        if self.members.is_empty() && !waiting {
+        if self.members.is_empty() && matches!(self.subscription, Subscription::Active) {
             self.registry.remove_if_same(&self.name, &ctx.address());
             ctx.stop();
         }
     }
+}
 
-    fn fan_out(&mut self, publication: &Publication) -> (u64, Vec<ConnectionKey>, Vec<ConnectionKey>) {
-        let mut json: Option<OutboundFrame> = None;
-        let mut msgpack: Option<OutboundFrame> = None;
-        let mut delivered = 0u64;
-        let mut overflowed = Vec::new();
-        let mut gone = Vec::new();
-        let frame = ServerFrame::Message {
-            channel: publication.channel.as_str(),
-            data: &publication.data,
-            from: publication.from.as_deref(),
+/// What one fan-out did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FanOut {
+    /// Members whose queue took the frame.
+    pub delivered: u64,
+    /// Members whose queue was full (slow consumers).
+    pub overflowed: Vec<ConnectionKey>,
+    /// Members whose queue is closed (connection gone).
+    pub gone: Vec<ConnectionKey>,
+}
+
+/// Queues `publication` to every member: encoded at most once per encoding, the same bytes
+/// shared by every member of that encoding, `try_send` only. Public for the fan-out benchmark.
+pub fn fan_out(members: &[Member], publication: &Publication) -> FanOut {
+    let mut json: Option<OutboundFrame> = None;
+    let mut msgpack: Option<OutboundFrame> = None;
+    let mut result = FanOut::default();
+    let frame = ServerFrame::Message {
+        channel: publication.channel.as_str(),
+        data: &publication.data,
+        from: publication.from.as_deref(),
+    };
+    for member in members {
+        let slot = match member.encoding {
+            Encoding::Json => &mut json,
+            Encoding::MessagePack => &mut msgpack,
         };
-        for member in &self.members {
-            let slot = match member.encoding {
-                Encoding::Json => &mut json,
-                Encoding::MessagePack => &mut msgpack,
-            };
-            let encoded = match slot {
-                Some(encoded) => encoded,
-                None => match member.encoding.encode(&frame) {
-                    Ok(encoded) => slot.insert(encoded),
-                    Err(err) => {
-                        tracing::warn!(channel = %self.name, error = %err, "cannot encode publication");
-                        metrics::counter!(names::MESSAGES_DROPPED, "reason" => "encode_error").increment(1);
-                        continue;
-                    }
-                },
-            };
-            match member.queue.try_send(Outbound::Frame(encoded.clone())) {
-                Ok(()) => delivered += 1,
-                Err(TrySendError::Full(_)) => overflowed.push(member.connection),
-                Err(TrySendError::Closed(_)) => gone.push(member.connection),
-            }
+        let encoded = match slot {
+            Some(encoded) => encoded,
+            None => match member.encoding.encode(&frame) {
+                Ok(encoded) => slot.insert(encoded),
+                Err(err) => {
+                    tracing::warn!(channel = %publication.channel, error = %err, "cannot encode publication");
+                    metrics::counter!(names::MESSAGES_DROPPED, "reason" => "encode_error")
+                        .increment(1);
+                    continue;
+                }
+            },
+        };
+        match member.queue.try_send(Outbound::Frame(encoded.clone())) {
+            Ok(()) => result.delivered += 1,
+            Err(TrySendError::Full(_)) => result.overflowed.push(member.connection),
+            Err(TrySendError::Closed(_)) => result.gone.push(member.connection),
         }
-        (delivered, overflowed, gone)
     }
+    result
 }
 
 impl Actor for Group {
@@ -152,7 +170,8 @@ impl Actor for Group {
             .subscribe(&self.name)
             .into_actor(self)
             .map(|result, group, ctx| {
-                let pending = match std::mem::replace(&mut group.subscription, Subscription::Active) {
+                let pending = match std::mem::replace(&mut group.subscription, Subscription::Active)
+                {
                     Subscription::Pending(pending) => pending,
                     _ => Vec::new(),
                 };
@@ -214,6 +233,7 @@ impl Handler<Leave> for Group {
     fn handle(&mut self, leave: Leave, ctx: &mut Self::Context) {
         self.remove(leave.connection);
         if let Subscription::Pending(pending) = &mut self.subscription {
+            // The reply is dropped with the entry; the connection no longer waits for it.
             pending.retain(|(member, _)| member.connection != leave.connection);
         }
         self.retire_if_empty(ctx);
@@ -224,7 +244,11 @@ impl Handler<Deliver> for Group {
     type Result = ();
 
     fn handle(&mut self, Deliver(publication): Deliver, ctx: &mut Self::Context) {
-        let (delivered, overflowed, gone) = self.fan_out(&publication);
+        let FanOut {
+            delivered,
+            overflowed,
+            gone,
+        } = fan_out(&self.members, &publication);
         metrics::counter!(names::MESSAGES_DELIVERED).increment(delivered);
         metrics::histogram!(names::PUBLISH_TO_DELIVER)
             .record(publication.published_at.elapsed().as_secs_f64());

@@ -26,7 +26,7 @@ use crate::broker::{Broker, BrokerFuture, Publication};
 use crate::metrics as names;
 use crate::protocol::{ChannelName, CloseCode};
 
-pub use group::JoinError;
+pub use group::{FanOut, JoinError, fan_out};
 use group::{Group, Join, Leave};
 pub use member::{ConnectionKey, Disconnect, Member, Outbound, OutboundSender, outbound_queue};
 pub use policy::{Access, ChannelPolicy, ChannelRule};
@@ -59,7 +59,11 @@ struct HubInner {
 impl Hub {
     /// `arbiters` run the group actors (a channel's arbiter is chosen by hash of its name); at
     /// least one is required.
-    pub fn new(registry: GroupRegistry, broker: Arc<dyn Broker>, arbiters: Vec<ArbiterHandle>) -> Self {
+    pub fn new(
+        registry: GroupRegistry,
+        broker: Arc<dyn Broker>,
+        arbiters: Vec<ArbiterHandle>,
+    ) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 registry,
@@ -99,17 +103,22 @@ impl Hub {
         }
     }
 
-    fn send_join(&self, channel: &ChannelName, member: Member) -> oneshot::Receiver<Result<(), JoinError>> {
+    fn send_join(
+        &self,
+        channel: &ChannelName,
+        member: Member,
+    ) -> oneshot::Receiver<Result<(), JoinError>> {
         let (reply, receiver) = oneshot::channel();
-        let group = self
-            .inner
+        self.inner
             .registry
-            .get_or_start(channel, || self.start_group(channel));
-        group.do_send(Join { member, reply });
+            .join_or_start(channel, Join { member, reply }, |first| {
+                self.start_group(channel, first)
+            });
         receiver
     }
 
-    fn start_group(&self, channel: &ChannelName) -> Addr<Group> {
+    /// Starts a group on its arbiter (chosen by hash of the name) with its first join.
+    fn start_group(&self, channel: &ChannelName, first: Join) -> Addr<Group> {
         let mut hasher = DefaultHasher::new();
         channel.hash(&mut hasher);
         let arbiters = &self.inner.arbiters;
@@ -119,7 +128,7 @@ impl Hub {
             self.inner.registry.clone(),
             self.inner.broker.clone(),
         );
-        Group::start_in_arbiter(arbiter, move |_| Group::new(name, registry, broker))
+        Group::start_in_arbiter(arbiter, move |_| Group::new(name, first, registry, broker))
     }
 
     /// Removes a connection from `channel`'s group.

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use actix::Addr;
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 
-use super::group::{Deliver, Group};
+use super::group::{Deliver, Group, Join};
 use crate::broker::{BrokerSink, Publication};
 use crate::protocol::ChannelName;
 
@@ -22,13 +23,20 @@ impl GroupRegistry {
         Self::default()
     }
 
-    /// The live group for `name`, started with `start` if there is none.
-    pub(crate) fn get_or_start(
+    /// Sends `join` to the live group for `name`, or starts one with `start(join)` if there is
+    /// none. Both happen under the map's entry lock, so two joins never start two groups.
+    pub(crate) fn join_or_start(
         &self,
         name: &ChannelName,
-        start: impl FnOnce() -> Addr<Group>,
-    ) -> Addr<Group> {
-        self.groups.entry(name.clone()).or_insert_with(start).clone()
+        join: Join,
+        start: impl FnOnce(Join) -> Addr<Group>,
+    ) {
+        match self.groups.entry(name.clone()) {
+            Entry::Occupied(entry) => entry.get().do_send(join),
+            Entry::Vacant(entry) => {
+                entry.insert(start(join));
+            }
+        }
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<Addr<Group>> {

@@ -114,7 +114,10 @@ mod tests {
     #[test]
     fn invalid_names_are_refused_with_the_reason() {
         assert_eq!(validate(""), Err(InvalidChannel::Empty));
-        assert_eq!(validate(&"x".repeat(256)), Err(InvalidChannel::TooLong(256)));
+        assert_eq!(
+            validate(&"x".repeat(256)),
+            Err(InvalidChannel::TooLong(256))
+        );
         assert_eq!(validate("has space"), Err(InvalidChannel::NotPrintable));
         assert_eq!(validate("tab\there"), Err(InvalidChannel::NotPrintable));
         assert_eq!(validate("bell\u{7}"), Err(InvalidChannel::NotPrintable));

@@ -136,7 +136,10 @@ mod tests {
         let OutboundFrame::Text(text) = Encoding::Json.encode(&error).expect("encode") else {
             panic!("text");
         };
-        assert_eq!(&*text, r#"{"type":"error","code":"not_joined","reason":"x"}"#);
+        assert_eq!(
+            &*text,
+            r#"{"type":"error","code":"not_joined","reason":"x"}"#
+        );
     }
 
     #[test]
@@ -157,7 +160,12 @@ mod tests {
         let from_binary = decode_binary(&packed).expect("binary");
         let from_text = decode_text(&value.to_string()).expect("text");
         assert_eq!(from_binary, from_text);
-        assert_eq!(from_text.request, ClientRequest::Leave { channel: "c".into() });
+        assert_eq!(
+            from_text.request,
+            ClientRequest::Leave {
+                channel: "c".into()
+            }
+        );
     }
 
     #[test]

@@ -19,13 +19,25 @@ pub struct ClientFrame {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientRequest {
-    Join { channel: String },
-    Leave { channel: String },
-    Publish { channel: String, data: Value },
+    Join {
+        channel: String,
+    },
+    Leave {
+        channel: String,
+    },
+    Publish {
+        channel: String,
+        data: Value,
+    },
     Ping,
-    Refresh { token: String },
+    Refresh {
+        token: String,
+    },
     /// Any other action: a custom route, answered by the back end or with `unknown_action`.
-    Custom { action: String, body: Value },
+    Custom {
+        action: String,
+        body: Value,
+    },
 }
 
 impl ClientRequest {
@@ -64,7 +76,10 @@ impl ClientFrame {
     /// Interprets a decoded value as a client frame.
     pub fn from_value(value: Value) -> Result<Self, FrameError> {
         let Value::Object(mut object) = value else {
-            return Err(FrameError::new(None, "a frame must be an object with an `action`"));
+            return Err(FrameError::new(
+                None,
+                "a frame must be an object with an `action`",
+            ));
         };
         let id = match object.get("id") {
             None | Some(Value::Null) => None,
@@ -171,7 +186,9 @@ mod tests {
             parse(json!({"action": "join", "channel": "a", "id": 1})),
             Ok(ClientFrame {
                 id: Some(1),
-                request: ClientRequest::Join { channel: "a".into() }
+                request: ClientRequest::Join {
+                    channel: "a".into()
+                }
             })
         );
         assert_eq!(

@@ -1,1 +1,11 @@
-fn main(){}
+//! One integration-test binary: real server processes, real sockets, real HTTP, on 127.0.0.1.
+
+// The harness is one binary; `pub` inside it is for sibling modules, not an API.
+#![allow(unreachable_pub)]
+
+mod cli;
+mod frames;
+mod handshake;
+mod lifecycle;
+mod protections;
+mod support;

@@ -1,0 +1,39 @@
+# Switchboard: the two commands a fresh Debian machine needs are `make run` and `make test`.
+CARGO ?= cargo
+CONFIG ?=
+
+.PHONY: run test test-deps lint fmt bench build release clean
+
+## Build and start one node with the embedded memory broker on 127.0.0.1:8080.
+run:
+	$(CARGO) run --release --bin switchboard -- serve $(if $(CONFIG),--config $(CONFIG),)
+
+## Install what the tests need (redis-server, python websockets) if missing, then run every test.
+test: test-deps
+	$(CARGO) test --all-targets
+
+test-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing redis-server"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@python3 -c "import websockets" 2>/dev/null || { \
+		echo "installing the python websockets package (README tour)"; \
+		python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore websockets; }
+
+## Formatting and clippy, as CI runs them.
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+## Criterion micro-benchmarks (codec, fan-out without sockets).
+bench:
+	$(CARGO) bench --bench codec --bench fanout
+
+build:
+	$(CARGO) build --release
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,136 @@
+//! The command line: `--version`, `check-config`, `serve` with defaults, and the README tour.
+
+use std::process::Command;
+
+use crate::support::{TestServer, binary, temp_file};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let output = Command::new(binary())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run switchboard");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn version_is_printed() {
+    let (code, stdout, _) = run(&["--version"], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        stdout.trim(),
+        format!("switchboard {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_env_overrides() {
+    let path = temp_file("ok.toml", "[server]\nmax_frame_bytes = 4096\n");
+    let path = path.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = run(
+        &["check-config", "--config", path],
+        &[("SWITCHBOARD_BROKER__PREFIX", "myapp")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("max_frame_bytes = 4096"), "{stdout}");
+    assert!(stdout.contains("prefix = \"myapp\""), "{stdout}");
+    assert!(stdout.contains("heartbeat_interval = \"15s\""), "{stdout}");
+    assert!(stdout.contains("pattern = \"*\""), "{stdout}");
+}
+
+#[test]
+fn check_config_names_every_bad_key_and_exits_2() {
+    let path = temp_file(
+        "bad.toml",
+        "[server]\nbindd = \"x\"\n[auth]\nrevalidate_interval = \"often\"\n[[channels]]\npattern = \"x\"\njoin = \"everyone\"\n",
+    );
+    let (code, _, stderr) = run(
+        &["check-config", "--config", path.to_str().expect("path")],
+        &[],
+    );
+    assert_eq!(code, 2);
+    for key in [
+        "server.bindd",
+        "auth.revalidate_interval",
+        "channels[0].join",
+    ] {
+        assert!(stderr.contains(key), "{key} not named in:\n{stderr}");
+    }
+}
+
+#[test]
+fn check_config_reports_unreadable_and_unparsable_files() {
+    let (code, _, stderr) = run(
+        &["check-config", "--config", "/nonexistent/switchboard.toml"],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("cannot read"), "{stderr}");
+    let path = temp_file("syntax.toml", "[server\n");
+    let (code, _, stderr) = run(
+        &["check-config", "--config", path.to_str().expect("path")],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("not valid TOML"), "{stderr}");
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/switchboard.example.toml"
+    );
+    let (code, _, stderr) = run(&["check-config", "--config", example], &[]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn serve_refuses_a_bad_config_naming_the_key() {
+    let (code, _, stderr) = run(&["serve"], &[("SWITCHBOARD_SERVER__OUTBOUND_QUEUE", "0")]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("server.outbound_queue"), "{stderr}");
+}
+
+/// What `make run` does: `switchboard serve` with no config file at all.
+#[tokio::test]
+async fn serve_without_a_config_file_runs_on_the_defaults() {
+    let mut child = tokio::process::Command::new(binary())
+        .arg("serve")
+        .env("SWITCHBOARD_SERVER__BIND", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let address = crate::support::listening_address(&mut child).await;
+    let body = reqwest::get(format!("http://{address}/healthz"))
+        .await
+        .expect("healthz")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(body, r#"{"status":"ok"}"#);
+}
+
+/// The README's five-minute tour, run as written.
+#[tokio::test]
+async fn the_readme_tour_script_works() {
+    let server = TestServer::start("").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tour.py");
+    let output = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(server.ws_url("/ws"))
+        .output();
+    let output = tokio::time::timeout(crate::support::WAIT, output)
+        .await
+        .expect("tour finished")
+        .expect("python3 runs (make test installs the `websockets` package)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains(r#"bob got: {"type": "message", "channel": "room:1", "data": {"text": "hello from alice"}}"#), "{stdout}");
+}

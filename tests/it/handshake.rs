@@ -1,0 +1,125 @@
+//! Handshake refusals (PROTOCOL.md §1): each status with its JSON body, before any upgrade.
+
+use serde_json::json;
+
+use crate::support::{Client, TestServer};
+
+#[tokio::test]
+async fn a_plain_get_is_a_bad_request_with_a_json_body() {
+    let server = TestServer::start("").await;
+    let response = reqwest::get(server.url("/ws")).await.expect("GET");
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.expect("json body");
+    assert_eq!(body["error"], "bad_request");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("WebSocket"))
+    );
+}
+
+#[tokio::test]
+async fn an_unsupported_subprotocol_is_a_bad_request() {
+    let server = TestServer::start("").await;
+    let refused = Client::connect(
+        &server.ws_url("/ws"),
+        &[("Sec-WebSocket-Protocol", "graphql-ws")],
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.body["error"], "bad_request");
+}
+
+#[tokio::test]
+async fn the_chosen_subprotocol_is_echoed_and_json_is_the_default() {
+    let server = TestServer::start("").await;
+    let request = {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = server.ws_url("/ws").into_client_request().expect("request");
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            "other, switchboard.v1.json".parse().expect("header"),
+        );
+        request
+    };
+    let (_socket, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect");
+    assert_eq!(
+        response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|value| value.to_str().ok()),
+        Some(Some("switchboard.v1.json"))
+    );
+    let mut plain = server.client().await;
+    assert_eq!(
+        plain.request(json!({"action": "ping"}), 1).await["type"],
+        "pong"
+    );
+}
+
+#[tokio::test]
+async fn browsers_from_origins_not_allowed_are_refused_with_403() {
+    let server = TestServer::start("[server]\nallowed_origins = [\"https://app.example\"]\n").await;
+    let refused = Client::connect(&server.ws_url("/ws"), &[("Origin", "https://evil.example")])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.body["error"], "forbidden_origin");
+    assert!(
+        refused.body["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("evil"))
+    );
+
+    let mut allowed = Client::connect(&server.ws_url("/ws"), &[("Origin", "https://app.example")])
+        .await
+        .expect("allowed origin");
+    assert_eq!(allowed.recv().await["type"], "welcome");
+    // No Origin header: not a browser, not checked.
+    let mut no_origin = Client::connect(&server.ws_url("/ws"), &[])
+        .await
+        .expect("no origin");
+    assert_eq!(no_origin.recv().await["type"], "welcome");
+    assert_eq!(
+        server
+            .metric("switchboard_handshakes_refused_total{reason=\"forbidden_origin\"}")
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_get_429() {
+    let server = TestServer::start("[server]\nmax_connections = 2\n").await;
+    let _first = server.client().await;
+    let _second = server.client().await;
+    let refused = Client::connect(&server.ws_url("/ws"), &[])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.body["error"], "too_many_connections");
+}
+
+#[tokio::test]
+async fn without_anonymous_access_an_unauthenticated_handshake_gets_401() {
+    let server = TestServer::start("[auth]\nanonymous = false\n").await;
+    let refused = Client::connect(&server.ws_url("/ws"), &[])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.body["error"], "unauthorized");
+    assert!(refused.body["reason"].is_string());
+    assert_eq!(
+        server
+            .metric("switchboard_handshakes_refused_total{reason=\"unauthorized\"}")
+            .await,
+        Some(1.0)
+    );
+}

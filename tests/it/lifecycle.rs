@@ -1,0 +1,159 @@
+//! Group lifecycle, metrics, health endpoints and graceful shutdown.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::{Client, TestServer};
+
+#[tokio::test]
+async fn ten_thousand_channels_joined_and_left_leave_zero_groups_and_zero_subscriptions() {
+    let config = "[server]\nmax_channels_per_connection = 10000\nrate_limit = 100000\nrate_limit_burst = 100000\n";
+    let server = TestServer::start(config).await;
+    let mut client = server.client().await;
+    const CHANNELS: u64 = 10_000;
+    const WINDOW: u64 = 500;
+    for action in ["join", "leave"] {
+        for start in (0..CHANNELS).step_by(WINDOW as usize) {
+            for n in start..start + WINDOW {
+                client
+                    .send(json!({"action": action, "channel": format!("ch:{n}"), "id": n}))
+                    .await;
+            }
+            for _ in start..start + WINDOW {
+                let reply = client.recv().await;
+                assert_eq!(reply["type"], "reply", "{action}: {reply}");
+            }
+        }
+        if action == "join" {
+            assert_eq!(
+                server.metric("switchboard_channels").await,
+                Some(CHANNELS as f64)
+            );
+            assert_eq!(
+                server.metric("switchboard_broker_subscriptions").await,
+                Some(CHANNELS as f64)
+            );
+        }
+    }
+    server.wait_for_metric("switchboard_channels", 0.0).await;
+    server
+        .wait_for_metric("switchboard_broker_subscriptions", 0.0)
+        .await;
+}
+
+#[tokio::test]
+async fn a_closed_connection_leaves_its_channels() {
+    let server = TestServer::start("").await;
+    let mut client = server.client().await;
+    client
+        .request(json!({"action": "join", "channel": "a"}), 1)
+        .await;
+    client
+        .request(json!({"action": "join", "channel": "b"}), 2)
+        .await;
+    assert_eq!(server.metric("switchboard_channels").await, Some(2.0));
+    drop(client);
+    server.wait_for_metric("switchboard_channels", 0.0).await;
+    server.wait_for_metric("switchboard_connections", 0.0).await;
+}
+
+#[tokio::test]
+async fn a_client_close_is_echoed_and_counted() {
+    let server = TestServer::start("").await;
+    let mut client = server.client().await;
+    client
+        .send_raw(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+        .await;
+    let (code, _) = client.expect_close().await;
+    assert_eq!(code, 1000);
+    server
+        .wait_for_metric(
+            "switchboard_closes_total{code=\"1000\",reason=\"normal\",initiator=\"client\"}",
+            1.0,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn metrics_export_every_named_series_after_traffic() {
+    let server = TestServer::start("[server]\nallowed_origins = [\"https://ok.example\"]\n").await;
+    let mut member = server.client().await;
+    member
+        .request(json!({"action": "join", "channel": "m"}), 1)
+        .await;
+    member
+        .request(json!({"action": "publish", "channel": "m", "data": 1}), 2)
+        .await;
+    assert_eq!(member.recv().await["type"], "message");
+    let _ = Client::connect(&server.ws_url("/ws"), &[("Origin", "https://bad.example")]).await;
+    let text = server.metrics().await;
+    for name in switchboard::metrics::ALL {
+        if name == switchboard::metrics::MESSAGES_DROPPED || name == switchboard::metrics::CLOSES {
+            continue; // nothing dropped or closed yet; covered by the protection tests
+        }
+        assert!(
+            text.lines().any(|line| line.starts_with(name)),
+            "{name} missing from /metrics:\n{text}"
+        );
+    }
+    assert!(text.contains("switchboard_publish_to_deliver_seconds_bucket{le=\"0.001\"}"));
+    assert!(text.contains("switchboard_frames_received_total{action=\"publish\"} 1"));
+    assert!(text.contains("switchboard_messages_delivered_total 1"));
+    assert!(text.contains("switchboard_connections 1"));
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_json() {
+    let server = TestServer::start("").await;
+    let (status, body) = server.get("/healthz").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"ready\""), "{body}");
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_socket_with_1012_and_exits_within_the_grace() {
+    let mut server = TestServer::start("[server]\nshutdown_grace = \"3s\"\n").await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut client = server.client().await;
+        client
+            .request(json!({"action": "join", "channel": "room"}), 1)
+            .await;
+        clients.push(client);
+    }
+    let started = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    for client in &mut clients {
+        let (code, _) = client.expect_close().await;
+        assert_eq!(code, 1012);
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(5), server.child.wait())
+        .await
+        .expect("exited")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Nothing listens any more.
+    assert!(
+        tokio::net::TcpStream::connect(server.address)
+            .await
+            .is_err()
+    );
+}
