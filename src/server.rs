@@ -19,6 +19,7 @@ use crate::auth::AuthChain;
 use crate::broker::{Broker, BrokerType, MemoryBroker};
 use crate::config::Config;
 use crate::connection::ConnectionSettings;
+use crate::connection::admission::Admission;
 use crate::hub::{ChannelPolicy, GroupRegistry, Hub};
 use crate::metrics::{Metrics, MetricsError};
 use crate::protocol::CloseCode;
@@ -90,11 +91,11 @@ pub async fn run(
         auth,
         settings,
         limits: HandshakeLimits {
-            max_connections: server_config.max_connections,
             allowed_origins: server_config.allowed_origins.clone(),
             max_frame_bytes: server_config.max_frame_bytes,
             outbound_queue: server_config.outbound_queue,
         },
+        admission: Admission::new(server_config.max_connections),
         metrics: metrics.clone(),
         draining: draining.clone(),
         connection_ids: ConnectionIds::new(),

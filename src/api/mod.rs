@@ -15,13 +15,13 @@ use serde_json::json;
 
 use crate::auth::AuthChain;
 use crate::connection::ConnectionSettings;
+use crate::connection::admission::Admission;
 use crate::hub::{ConnectionKey, Hub};
 use crate::metrics::Metrics;
 
 /// Limits applied at the handshake, before a connection exists.
 #[derive(Debug, Clone)]
 pub struct HandshakeLimits {
-    pub max_connections: usize,
     pub allowed_origins: Vec<String>,
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
@@ -60,6 +60,8 @@ pub struct AppState {
     pub auth: Arc<AuthChain>,
     pub settings: Arc<ConnectionSettings>,
     pub limits: HandshakeLimits,
+    /// The node's connection limit (`server.max_connections`).
+    pub admission: Admission,
     pub metrics: Metrics,
     /// Set when the server starts draining: `/readyz` fails and handshakes are refused.
     pub draining: Arc<AtomicBool>,

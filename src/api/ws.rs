@@ -70,14 +70,16 @@ async fn accept(
     })?;
     check_origin(request, &state.limits.allowed_origins)?;
     let encoding = negotiate_encoding(request)?;
-    let limit = state.limits.max_connections;
-    if limit != 0 && state.hub.connection_count() >= limit {
-        return Err(Refusal::new(
+    let ticket = state.admission.try_admit().ok_or_else(|| {
+        Refusal::new(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_connections",
-            format!("this node holds its maximum of {limit} connections"),
-        ));
-    }
+            format!(
+                "this node holds its maximum of {} connections",
+                state.admission.limit()
+            ),
+        )
+    })?;
 
     let handshake = handshake_of(request);
     let identity = state
@@ -118,6 +120,7 @@ async fn accept(
         inbound,
         queue,
         closer,
+        ticket,
     };
     Connection::new(
         parts,

@@ -11,6 +11,7 @@
 //! What it is not: it does not encode publications (groups do, once) and it never writes to the
 //! socket directly (the writer does).
 
+pub mod admission;
 pub mod rate_limit;
 pub mod writer;
 
@@ -36,6 +37,7 @@ use crate::protocol::frame::FrameError;
 use crate::protocol::{
     ChannelName, ClientFrame, ClientRequest, CloseCode, Encoding, ErrorCode, ServerFrame,
 };
+use admission::Ticket;
 use rate_limit::{StrikeWindow, TokenBucket};
 use writer::CloseRequest;
 
@@ -65,6 +67,8 @@ pub struct ConnectionParts {
     pub inbound: AggregatedMessageStream,
     pub queue: OutboundSender,
     pub closer: oneshot::Sender<CloseRequest>,
+    /// The connection's slot under `server.max_connections`, held for its whole life.
+    pub ticket: Ticket,
 }
 
 pub struct Connection {
@@ -84,6 +88,7 @@ pub struct Connection {
     rate_strikes: StrikeWindow,
     malformed_strikes: StrikeWindow,
     last_heard: Instant,
+    _ticket: Ticket,
 }
 
 impl Connection {
@@ -119,6 +124,7 @@ impl Connection {
             initial_channels: parts.initial_channels,
             inbound: Some(parts.inbound),
             last_heard: now,
+            _ticket: parts.ticket,
         }
     }
 
@@ -164,7 +170,7 @@ impl Connection {
     /// Closes the socket with `code` (once) and stops the actor.
     fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
         if let Some(closer) = self.closer.take() {
-            metrics::counter!(names::CLOSES, "code" => code.code().to_string(), "reason" => code.name(), "initiator" => "server")
+            metrics::counter!(names::CLOSES, "code" => code.metric_label(), "reason" => code.name(), "initiator" => "server")
                 .increment(1);
             tracing::debug!(connection = %self.id, %code, reason, "closing");
             let _ = closer.send(CloseRequest {
@@ -464,7 +470,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
                 let code = reason.as_ref().map_or(CloseCode::Normal, |reason| {
                     CloseCode::from_code(u16::from(reason.code))
                 });
-                metrics::counter!(names::CLOSES, "code" => code.code().to_string(), "reason" => code.name(), "initiator" => "client")
+                metrics::counter!(names::CLOSES, "code" => code.metric_label(), "reason" => code.name(), "initiator" => "client")
                     .increment(1);
                 // Echo the client's code, as RFC 6455 asks; not counted twice.
                 if let Some(closer) = self.closer.take() {

@@ -85,6 +85,15 @@ impl CloseCode {
         }
     }
 
+    /// The `code` label of the closes metric: the number for named codes, `other` for the rest,
+    /// so clients cannot create unbounded series by sending arbitrary codes.
+    pub fn metric_label(self) -> String {
+        match self {
+            CloseCode::Other(_) => "other".to_owned(),
+            named => named.code().to_string(),
+        }
+    }
+
     pub fn from_code(code: u16) -> Self {
         CloseCode::NAMED
             .into_iter()
@@ -111,5 +120,7 @@ mod tests {
         assert_eq!(CloseCode::from_code(4999), CloseCode::Other(4999));
         assert_eq!(CloseCode::SlowConsumer.code(), 4010);
         assert_eq!(CloseCode::Restart.name(), "restart");
+        assert_eq!(CloseCode::SlowConsumer.metric_label(), "4010");
+        assert_eq!(CloseCode::Other(4321).metric_label(), "other");
     }
 }

@@ -134,3 +134,39 @@ async fn the_readme_tour_script_works() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains(r#"bob got: {"type": "message", "channel": "room:1", "data": {"text": "hello from alice"}}"#), "{stdout}");
 }
+
+#[tokio::test]
+async fn json_log_format_writes_one_json_object_per_line() {
+    let mut child = tokio::process::Command::new(binary())
+        .args(["--log-format", "json", "serve"])
+        .env("SWITCHBOARD_SERVER__BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let address = crate::support::listening_address(&mut child).await;
+    let _ = reqwest::get(format!("http://{address}/healthz")).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().expect("pid").to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let output = tokio::time::timeout(crate::support::WAIT, child.wait_with_output())
+        .await
+        .expect("exited")
+        .expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() >= 2, "expected log lines:\n{stderr}");
+    for line in &lines {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}"));
+        assert!(
+            record["level"].is_string() && record["fields"].is_object(),
+            "{line}"
+        );
+    }
+    assert!(stderr.contains("\"message\":\"listening\""), "{stderr}");
+}

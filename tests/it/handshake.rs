@@ -107,6 +107,39 @@ async fn connections_over_the_limit_get_429() {
 }
 
 #[tokio::test]
+async fn a_burst_of_handshakes_never_overshoots_the_limit_and_closed_sockets_free_their_slot() {
+    let server = TestServer::start(
+        "[server]
+max_connections = 5
+",
+    )
+    .await;
+    let url = server.ws_url("/ws");
+    let attempts = (0..20).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { Client::connect(&url, &[]).await })
+    });
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for attempt in attempts {
+        match attempt.await.expect("task") {
+            Ok(client) => accepted.push(client),
+            Err(refusal) => {
+                assert_eq!(refusal.status, 429);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((accepted.len(), refused), (5, 15));
+    drop(accepted.pop());
+    server.wait_for_metric("switchboard_connections", 4.0).await;
+    let mut again = Client::connect(&url, &[])
+        .await
+        .expect("a freed slot admits again");
+    assert_eq!(again.recv().await["type"], "welcome");
+}
+
+#[tokio::test]
 async fn without_anonymous_access_an_unauthenticated_handshake_gets_401() {
     let server = TestServer::start("[auth]\nanonymous = false\n").await;
     let refused = Client::connect(&server.ws_url("/ws"), &[])

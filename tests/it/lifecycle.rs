@@ -82,6 +82,26 @@ async fn a_client_close_is_echoed_and_counted() {
 }
 
 #[tokio::test]
+async fn arbitrary_client_close_codes_share_one_metric_label() {
+    let server = TestServer::start("").await;
+    let mut client = server.client().await;
+    client
+        .send_raw(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(4321),
+            reason: "".into(),
+        })))
+        .await;
+    let (code, _) = client.expect_close().await;
+    assert_eq!(code, 4321, "the server echoes the client's code");
+    server
+        .wait_for_metric(
+            "switchboard_closes_total{code=\"other\",reason=\"other\",initiator=\"client\"}",
+            1.0,
+        )
+        .await;
+}
+
+#[tokio::test]
 async fn metrics_export_every_named_series_after_traffic() {
     let server = TestServer::start("[server]\nallowed_origins = [\"https://ok.example\"]\n").await;
     let mut member = server.client().await;
