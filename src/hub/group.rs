@@ -273,3 +273,101 @@ impl Handler<Deliver> for Group {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::member::outbound_queue;
+    use serde_json::json;
+    use tokio::sync::mpsc;
+
+    struct IgnoreDisconnects;
+
+    impl Actor for IgnoreDisconnects {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Disconnect> for IgnoreDisconnects {
+        type Result = ();
+        fn handle(&mut self, _: Disconnect, _: &mut Self::Context) {}
+    }
+
+    fn members(
+        encodings: &[Encoding],
+        capacity: usize,
+    ) -> (Vec<Member>, Vec<mpsc::Receiver<Outbound>>) {
+        let recipient = IgnoreDisconnects.start().recipient();
+        encodings
+            .iter()
+            .enumerate()
+            .map(|(connection, &encoding)| {
+                let (queue, receiver) = outbound_queue(capacity);
+                let member = Member {
+                    connection: connection as ConnectionKey,
+                    encoding,
+                    queue,
+                    on_overflow: recipient.clone(),
+                };
+                (member, receiver)
+            })
+            .unzip()
+    }
+
+    fn publication() -> Publication {
+        Publication::new(
+            ChannelName::parse("room:1").expect("channel"),
+            json!({"text": "hi"}),
+            Some("42".to_owned()),
+        )
+    }
+
+    /// The address of the encoded bytes a member received.
+    fn frame_address(receiver: &mut mpsc::Receiver<Outbound>) -> usize {
+        match receiver.try_recv() {
+            Ok(Outbound::Frame(OutboundFrame::Text(text))) => text.as_ptr() as usize,
+            Ok(Outbound::Frame(OutboundFrame::Binary(bytes))) => bytes.as_ptr() as usize,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_publication_is_encoded_once_per_encoding_and_the_bytes_are_shared() {
+        System::new().block_on(async {
+            let encodings = [
+                Encoding::Json,
+                Encoding::MessagePack,
+                Encoding::Json,
+                Encoding::MessagePack,
+                Encoding::Json,
+            ];
+            let (members, mut receivers) = members(&encodings, 4);
+            let result = fan_out(&members, &publication());
+            assert_eq!(result.delivered, 5);
+            let addresses: Vec<usize> = receivers.iter_mut().map(frame_address).collect();
+            assert_eq!(addresses[0], addresses[2], "JSON members share one buffer");
+            assert_eq!(addresses[0], addresses[4]);
+            assert_eq!(
+                addresses[1], addresses[3],
+                "MessagePack members share one buffer"
+            );
+            assert_ne!(addresses[0], addresses[1]);
+        });
+    }
+
+    #[test]
+    fn full_queues_are_overflowed_and_closed_queues_are_gone() {
+        System::new().block_on(async {
+            let (members, mut receivers) = members(&[Encoding::Json; 3], 1);
+            let first = fan_out(&members, &publication());
+            assert_eq!(first.delivered, 3);
+            receivers[0]
+                .try_recv()
+                .expect("drained, so member 0 has room again");
+            drop(receivers.remove(2));
+            let second = fan_out(&members, &publication());
+            assert_eq!(second.delivered, 1);
+            assert_eq!(second.overflowed, vec![1]);
+            assert_eq!(second.gone, vec![2]);
+        });
+    }
+}
