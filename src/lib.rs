@@ -25,7 +25,8 @@
 //! - No actor handler blocks or awaits network IO in place: it spawns the future and maps the
 //!   result back into the actor.
 //! - No send toward a client is unbounded: every frame goes through a bounded queue with
-//!   `try_send`, and a full queue closes the socket with 4010.
+//!   `try_send`, and a full queue closes the socket with 4010. Publications reach a channel
+//!   group's bounded mailbox with `try_send` too; a full one refuses the publication.
 //! - Nothing on the fan-out path serialises per member: a group encodes a publication once per
 //!   encoding and shares the bytes.
 

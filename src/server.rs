@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::Arbiter;
@@ -22,14 +21,14 @@ use crate::connection::ConnectionSettings;
 use crate::connection::admission::Admission;
 use crate::hub::{ChannelPolicy, GroupRegistry, Hub};
 use crate::metrics::{Metrics, MetricsError};
-use crate::protocol::CloseCode;
 
 /// How often histogram buffers are drained.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the drain checks whether every socket has closed.
 const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// Time kept at the end of the grace for the HTTP server's own stop.
-const FINAL_STOP_RESERVE: Duration = Duration::from_millis(500);
+/// The HTTP server's own graceful stop (closing the drained TCP connections), kept at the end of
+/// the grace.
+const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long actix waits for a client's TCP close after the server's close frame.
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -85,9 +84,8 @@ pub async fn run(
         rate_limit_burst: server_config.rate_limit_burst,
         policy: ChannelPolicy::new(config.channels.clone()),
     });
-    let draining = Arc::new(AtomicBool::new(false));
     let state = web::Data::new(AppState {
-        hub: hub.clone(),
+        hub,
         auth,
         settings,
         limits: HandshakeLimits {
@@ -97,16 +95,16 @@ pub async fn run(
         },
         admission: Admission::new(server_config.max_connections),
         metrics: metrics.clone(),
-        draining: draining.clone(),
         connection_ids: ConnectionIds::new(),
     });
 
     let grace = server_config.shutdown_grace.0;
+    let app_state = state.clone();
     let http = HttpServer::new(move || App::new().app_data(state.clone()).configure(api::routes))
         .workers(thread_count(server_config.workers))
         .disable_signals()
         .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
-        .shutdown_timeout(1)
+        .shutdown_timeout(HTTP_STOP_TIMEOUT.as_secs())
         .listen(listener)
         .map_err(ServerError::Listen)?
         .run();
@@ -133,18 +131,16 @@ pub async fn run(
     }
 
     let started = Instant::now();
-    tracing::info!(connections = hub.connection_count(), "draining");
-    draining.store(true, Ordering::Relaxed);
+    tracing::info!(connections = app_state.admission.admitted(), "draining");
+    app_state.hub.drain();
     handle.pause().await;
-    hub.disconnect_all(CloseCode::Restart, "server restarting");
-    let drain_deadline = started + grace.saturating_sub(FINAL_STOP_RESERVE);
-    while hub.connection_count() > 0 && Instant::now() < drain_deadline {
+    // A connection is over once its writer has written the close frame (or given up on it),
+    // which is when its admission ticket is released.
+    let drain_deadline = started + grace.saturating_sub(HTTP_STOP_TIMEOUT);
+    while app_state.admission.admitted() > 0 && Instant::now() < drain_deadline {
         tokio::time::sleep(DRAIN_POLL_INTERVAL).await;
     }
-    // Let the writers flush their close frames, within what is left of the grace.
-    let left = grace.saturating_sub(started.elapsed());
-    tokio::time::sleep(left.min(Duration::from_millis(100))).await;
-    let graceful = hub.connection_count() == 0;
+    let graceful = app_state.admission.admitted() == 0;
     handle.stop(graceful).await;
     upkeep.abort();
     for arbiter in arbiters {

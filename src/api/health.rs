@@ -1,7 +1,5 @@
 //! Liveness, readiness and metrics endpoints.
 
-use std::sync::atomic::Ordering;
-
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
@@ -15,7 +13,7 @@ pub(super) async fn healthz() -> HttpResponse {
 /// `GET /readyz`: the node accepts traffic (not draining, broker ready).
 pub(super) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let broker = state.hub.broker();
-    if state.draining.load(Ordering::Relaxed) {
+    if state.hub.is_draining() {
         HttpResponse::ServiceUnavailable().json(json!({ "status": "draining" }))
     } else if !broker.is_ready() {
         HttpResponse::ServiceUnavailable()

@@ -8,7 +8,7 @@ mod health;
 mod ws;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix_web::{HttpResponse, http::StatusCode, web};
 use serde_json::json;
@@ -63,8 +63,6 @@ pub struct AppState {
     /// The node's connection limit (`server.max_connections`).
     pub admission: Admission,
     pub metrics: Metrics,
-    /// Set when the server starts draining: `/readyz` fails and handshakes are refused.
-    pub draining: Arc<AtomicBool>,
     pub connection_ids: ConnectionIds,
 }
 

@@ -1,8 +1,6 @@
 //! `GET /ws`: checks a handshake, authenticates it once, and starts a [`Connection`] actor with
 //! its writer task. Every refusal happens here, before the upgrade, as an HTTP error.
 
-use std::sync::atomic::Ordering;
-
 use actix::Actor;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -54,7 +52,7 @@ async fn accept(
     body: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, Refusal> {
-    if state.draining.load(Ordering::Relaxed) {
+    if state.hub.is_draining() {
         return Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -108,7 +106,7 @@ async fn accept(
         .max_continuation_size(max_frame_bytes);
     let (queue, queue_receiver) = outbound_queue(state.limits.outbound_queue);
     let (closer, close_receiver) = tokio::sync::oneshot::channel();
-    actix_web::rt::spawn(writer::run(session, queue_receiver, close_receiver));
+    actix_web::rt::spawn(writer::run(session, queue_receiver, close_receiver, ticket));
 
     let (key, id) = state.connection_ids.allocate();
     let parts = ConnectionParts {
@@ -120,7 +118,6 @@ async fn accept(
         inbound,
         queue,
         closer,
-        ticket,
     };
     Connection::new(
         parts,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Broker, BrokerSink, MemoryBroker, Publication};
+use super::{Broker, BrokerSink, MemoryBroker, Publication, SinkError};
 use crate::protocol::ChannelName;
 
 /// A sink that records what it receives.
@@ -30,10 +30,11 @@ impl RecordingSink {
 }
 
 impl BrokerSink for RecordingSink {
-    fn on_publication(&self, publication: Arc<Publication>) {
+    fn on_publication(&self, publication: Arc<Publication>) -> Result<(), SinkError> {
         if let Ok(mut received) = self.received.lock() {
             received.push(publication);
         }
+        Ok(())
     }
 }
 

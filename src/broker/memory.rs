@@ -1,14 +1,16 @@
 //! The embedded single-node broker: no Redis, no network.
 //!
 //! `publish` hands the publication straight to the local sink when the channel is subscribed
-//! (and drops it otherwise, as Redis would with no subscriber). Subscriptions are reference
-//! counts in a concurrent map. Limits: one node only; never unavailable.
+//! (and drops it otherwise, as Redis would with no subscriber), and answers with the sink's
+//! verdict, so a publisher whose channel is overloaded is told so instead of losing the message
+//! silently. Subscriptions are reference counts in a concurrent map. Limits: one node only; never
+//! unavailable.
 
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::{Broker, BrokerFuture, BrokerSink, Publication};
+use super::{Broker, BrokerError, BrokerFuture, BrokerSink, Publication};
 use crate::metrics as names;
 use crate::protocol::ChannelName;
 
@@ -37,10 +39,14 @@ impl Broker for MemoryBroker {
 
     fn publish(&self, publication: Publication) -> BrokerFuture {
         metrics::counter!(names::BROKER_PUBLISHED).increment(1);
-        if self.subscriptions.contains_key(&publication.channel) {
-            self.sink.on_publication(Arc::new(publication));
-        }
-        Box::pin(std::future::ready(Ok(())))
+        let delivered = if self.subscriptions.contains_key(&publication.channel) {
+            self.sink
+                .on_publication(Arc::new(publication))
+                .map_err(BrokerError::from)
+        } else {
+            Ok(())
+        };
+        Box::pin(std::future::ready(delivered))
     }
 
     fn subscribe(&self, channel: &ChannelName) -> BrokerFuture {
@@ -64,5 +70,35 @@ impl Broker for MemoryBroker {
 
     fn is_ready(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::SinkError;
+    use serde_json::json;
+
+    /// A sink whose channel is always overloaded.
+    struct OverloadedSink;
+
+    impl BrokerSink for OverloadedSink {
+        fn on_publication(&self, publication: Arc<Publication>) -> Result<(), SinkError> {
+            Err(SinkError::Overloaded(publication.channel.clone()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_overloaded_channel_fails_the_publish_instead_of_dropping_it() {
+        let broker = MemoryBroker::new(Arc::new(OverloadedSink));
+        let channel = ChannelName::parse("busy").expect("channel");
+        broker.subscribe(&channel).await.expect("subscribe");
+        let result = broker
+            .publish(Publication::new(channel.clone(), json!(1), None))
+            .await;
+        assert_eq!(
+            result,
+            Err(BrokerError::Overloaded(SinkError::Overloaded(channel)))
+        );
     }
 }

@@ -57,7 +57,18 @@ impl Publication {
 
 /// Where a broker delivers what it receives. Implemented by the hub's group registry.
 pub trait BrokerSink: Send + Sync + 'static {
-    fn on_publication(&self, publication: Arc<Publication>);
+    /// Hands a publication to this node's members. Never blocks: when the channel's group is too
+    /// far behind to take it, the answer is [`SinkError::Overloaded`] and the broker decides what
+    /// the publisher hears (the memory broker answers its publish with an error).
+    fn on_publication(&self, publication: Arc<Publication>) -> Result<(), SinkError>;
+}
+
+/// Why a sink did not take a publication.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// The channel's group has a full mailbox on this node.
+    #[error("channel {0} is overloaded on this node; retry")]
+    Overloaded(ChannelName),
 }
 
 /// Why a broker operation failed.
@@ -66,6 +77,9 @@ pub enum BrokerError {
     /// The transport is down or not connected yet; the caller answers `backend_unavailable`.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The publication reached the broker but not the channel's members; nothing was delivered.
+    #[error(transparent)]
+    Overloaded(#[from] SinkError),
 }
 
 /// The future every broker operation returns (object-safe, `Send`, owns its inputs).

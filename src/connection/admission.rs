@@ -1,9 +1,10 @@
 //! Admission: the node's connection limit, counted exactly.
 //!
 //! A handshake takes a [`Ticket`] before anything else (authentication included); the
-//! connection actor holds it for its whole life, and dropping it (the actor stopped, or the
-//! handshake was refused after admission) gives the slot back. So a burst of simultaneous
-//! handshakes can never overshoot `server.max_connections`.
+//! connection's writer task holds it until the socket's close frame is written, and dropping it
+//! (the writer returned, or the handshake was refused after admission) gives the slot back. So a
+//! burst of simultaneous handshakes can never overshoot `server.max_connections`, and
+//! [`Admission::admitted`] is the number of sockets still open, which the drain waits on.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,12 +5,17 @@
 //!
 //! actix-ws encodes every message already waiting in its channel into one buffer per poll, so
 //! frames that pile up while the socket is busy leave in one write.
+//!
+//! The writer holds the connection's admission [`Ticket`]: a connection is over when its close
+//! frame is written (or given up), which is when the writer returns, so the drain on shutdown
+//! waits for exactly that.
 
 use std::time::Duration;
 
 use actix_ws::{CloseReason, Message, Session};
 use tokio::sync::{mpsc, oneshot};
 
+use super::admission::Ticket;
 use crate::hub::Outbound;
 use crate::protocol::{CloseCode, OutboundFrame};
 
@@ -35,12 +40,15 @@ impl From<CloseRequest> for CloseReason {
     }
 }
 
-/// Runs until the close request arrives (or its sender is dropped), or the socket is gone.
+/// Runs until the close request arrives (or its sender is dropped), or the socket is gone;
+/// `ticket` is released when it returns.
 pub async fn run(
     mut session: Session,
     mut queue: mpsc::Receiver<Outbound>,
     mut close: oneshot::Receiver<CloseRequest>,
+    ticket: Ticket,
 ) {
+    let _released_on_return = ticket;
     loop {
         tokio::select! {
             biased;

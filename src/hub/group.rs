@@ -10,6 +10,10 @@
 //! Fan-out: a publication is encoded at most once per encoding, and the same reference-counted
 //! bytes are `try_send`-ed into each member's bounded queue. A full queue removes the member and
 //! tells its connection to close with 4010 `slow_consumer`; it never blocks the group.
+//!
+//! The group's own mailbox is bounded too ([`GROUP_MAILBOX_CAPACITY`]): publications arrive with
+//! `try_send`, and one that finds the mailbox full is refused back to the broker (the publisher
+//! hears `backend_unavailable`), so a group that falls behind never grows the node.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +27,11 @@ use super::registry::GroupRegistry;
 use crate::broker::{Broker, Publication};
 use crate::metrics as names;
 use crate::protocol::{ChannelName, CloseCode, Encoding, OutboundFrame, ServerFrame};
+
+/// Messages a group's mailbox holds before publications to it are refused. A group fans out to
+/// 5,000 members in about half a millisecond, so this is roughly half a second of backlog for a
+/// big room, and far more for a small one.
+pub const GROUP_MAILBOX_CAPACITY: usize = 1024;
 
 /// Why a join did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,7 +77,24 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    pub(crate) fn new(
+    /// Starts a group on `arbiter` with its first join. The mailbox is created with its bound
+    /// ([`GROUP_MAILBOX_CAPACITY`]) here, rather than with actix's default and resized once the
+    /// actor runs, so the bound holds from the first message.
+    pub(crate) fn start(
+        arbiter: &ArbiterHandle,
+        name: ChannelName,
+        first: Join,
+        registry: GroupRegistry,
+        broker: Arc<dyn Broker>,
+    ) -> Addr<Group> {
+        let (sender, receiver) = actix::dev::channel::channel(GROUP_MAILBOX_CAPACITY);
+        arbiter.spawn_fn(move || {
+            Context::with_receiver(receiver).run(Group::new(name, first, registry, broker));
+        });
+        Addr::new(sender)
+    }
+
+    fn new(
         name: ChannelName,
         first: Join,
         registry: GroupRegistry,
@@ -258,6 +284,9 @@ impl Handler<Deliver> for Group {
         }
         for connection in overflowed {
             if let Some(&position) = self.index.get(&connection) {
+                // Unbounded on purpose, and still bounded in count: a member is told at most once,
+                // because it is removed right below; and the notice must not be lost, or the
+                // connection would stay open without receiving.
                 self.members[position].on_overflow.do_send(Disconnect {
                     code: CloseCode::SlowConsumer,
                     reason: "outbound queue overflowed".to_owned(),
@@ -277,39 +306,18 @@ impl Handler<Deliver> for Group {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::member::outbound_queue;
+    use crate::hub::member::testing::member;
     use serde_json::json;
     use tokio::sync::mpsc;
-
-    struct IgnoreDisconnects;
-
-    impl Actor for IgnoreDisconnects {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<Disconnect> for IgnoreDisconnects {
-        type Result = ();
-        fn handle(&mut self, _: Disconnect, _: &mut Self::Context) {}
-    }
 
     fn members(
         encodings: &[Encoding],
         capacity: usize,
     ) -> (Vec<Member>, Vec<mpsc::Receiver<Outbound>>) {
-        let recipient = IgnoreDisconnects.start().recipient();
         encodings
             .iter()
             .enumerate()
-            .map(|(connection, &encoding)| {
-                let (queue, receiver) = outbound_queue(capacity);
-                let member = Member {
-                    connection: connection as ConnectionKey,
-                    encoding,
-                    queue,
-                    on_overflow: recipient.clone(),
-                };
-                (member, receiver)
-            })
+            .map(|(connection, &encoding)| member(connection as ConnectionKey, encoding, capacity))
             .unzip()
     }
 

@@ -44,3 +44,38 @@ pub struct Member {
     /// Told `Disconnect { SlowConsumer }` when `queue` is full.
     pub on_overflow: Recipient<Disconnect>,
 }
+
+/// Members for unit tests, whose overflow notices go to an actor that ignores them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use actix::prelude::{Actor, Context, Handler};
+
+    struct IgnoreDisconnects;
+
+    impl Actor for IgnoreDisconnects {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Disconnect> for IgnoreDisconnects {
+        type Result = ();
+        fn handle(&mut self, _: Disconnect, _: &mut Self::Context) {}
+    }
+
+    /// A member with an outbound queue of `capacity`, and the queue's receiving end. Must be
+    /// called inside a running actix `System`.
+    pub(crate) fn member(
+        connection: ConnectionKey,
+        encoding: Encoding,
+        capacity: usize,
+    ) -> (Member, mpsc::Receiver<Outbound>) {
+        let (queue, receiver) = outbound_queue(capacity);
+        let member = Member {
+            connection,
+            encoding,
+            queue,
+            on_overflow: IgnoreDisconnects.start().recipient(),
+        };
+        (member, receiver)
+    }
+}

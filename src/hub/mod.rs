@@ -6,8 +6,8 @@
 //! - [`policy`]: the `[[channels]]` rules.
 //!
 //! [`Hub`] is the facade connections use: join and leave channels, publish through the broker,
-//! and register themselves so that node-wide operations (drain on shutdown, and later control
-//! ops by user or session) can reach them. The hub never touches sockets or WebSocket types.
+//! and register themselves so that node-wide operations (the drain on shutdown) can reach them.
+//! The hub never touches sockets or WebSocket types.
 
 pub mod group;
 pub mod member;
@@ -17,6 +17,7 @@ pub mod registry;
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::prelude::*;
 use dashmap::DashMap;
@@ -35,14 +36,12 @@ pub use registry::GroupRegistry;
 /// How often a join is retried when it raced with its group stopping.
 const JOIN_ATTEMPTS: usize = 3;
 
-/// What the hub knows about a connection on this node.
-#[derive(Clone)]
-pub struct ConnectionEntry {
-    pub id: Arc<str>,
-    pub user: Option<String>,
-    pub session: Option<String>,
-    pub disconnect: Recipient<Disconnect>,
-}
+/// The close reason sent with 1012 when the node drains.
+pub const DRAIN_REASON: &str = "server restarting";
+
+/// The node is draining: a connection that registers now must close with 1012.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Draining;
 
 #[derive(Clone)]
 pub struct Hub {
@@ -53,7 +52,10 @@ struct HubInner {
     registry: GroupRegistry,
     broker: Arc<dyn Broker>,
     arbiters: Vec<ArbiterHandle>,
-    connections: DashMap<ConnectionKey, ConnectionEntry>,
+    /// Every connection on this node, by key: how to ask it to close.
+    connections: DashMap<ConnectionKey, Recipient<Disconnect>>,
+    /// Set once by `drain`; connections registering after it are told to close at once.
+    draining: AtomicBool,
 }
 
 impl Hub {
@@ -70,6 +72,7 @@ impl Hub {
                 broker,
                 arbiters,
                 connections: DashMap::new(),
+                draining: AtomicBool::new(false),
             }),
         }
     }
@@ -123,15 +126,17 @@ impl Hub {
         channel.hash(&mut hasher);
         let arbiters = &self.inner.arbiters;
         let arbiter = &arbiters[(hasher.finish() as usize) % arbiters.len().max(1)];
-        let (name, registry, broker) = (
+        Group::start(
+            arbiter,
             channel.clone(),
+            first,
             self.inner.registry.clone(),
             self.inner.broker.clone(),
-        );
-        Group::start_in_arbiter(arbiter, move |_| Group::new(name, first, registry, broker))
+        )
     }
 
-    /// Removes a connection from `channel`'s group.
+    /// Removes a connection from `channel`'s group. Not subject to the mailbox bound: a leave is
+    /// one per join, and a lost one would leave a member behind.
     pub fn leave(&self, channel: &ChannelName, connection: ConnectionKey) {
         if let Some(group) = self.inner.registry.get(channel.as_str()) {
             group.do_send(Leave { connection });
@@ -143,9 +148,22 @@ impl Hub {
         self.inner.broker.publish(publication)
     }
 
-    pub fn register(&self, key: ConnectionKey, entry: ConnectionEntry) {
-        if self.inner.connections.insert(key, entry).is_none() {
+    /// Records a connection; `Err(Draining)` when the node is draining, in which case the
+    /// connection must close itself with 1012 (the drain's sweep may already have passed it).
+    pub fn register(
+        &self,
+        key: ConnectionKey,
+        disconnect: Recipient<Disconnect>,
+    ) -> Result<(), Draining> {
+        if self.inner.connections.insert(key, disconnect).is_none() {
             metrics::gauge!(names::CONNECTIONS).increment(1.0);
+        }
+        // Insert, then check; `drain` sets, then sweeps. With both SeqCst, every connection is
+        // either reached by the sweep or sees the flag here (possibly both; closing is idempotent).
+        if self.inner.draining.load(Ordering::SeqCst) {
+            Err(Draining)
+        } else {
+            Ok(())
         }
     }
 
@@ -155,20 +173,19 @@ impl Hub {
         }
     }
 
-    pub fn connection_count(&self) -> usize {
-        self.inner.connections.len()
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
     }
 
-    pub fn group_count(&self) -> usize {
-        self.inner.registry.len()
-    }
-
-    /// Asks every connection on this node to close with `code` (drain on shutdown).
-    pub fn disconnect_all(&self, code: CloseCode, reason: &str) {
-        for entry in self.inner.connections.iter() {
-            entry.disconnect.do_send(Disconnect {
-                code,
-                reason: reason.to_owned(),
+    /// Starts draining: every connection on this node, and any that registers from now on, is
+    /// asked to close with 1012 `restart`. One message per connection, which must not be lost,
+    /// so it bypasses mailbox bounds.
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        for disconnect in self.inner.connections.iter() {
+            disconnect.do_send(Disconnect {
+                code: CloseCode::Restart,
+                reason: DRAIN_REASON.to_owned(),
             });
         }
     }

@@ -1,16 +1,22 @@
 //! The registry of live channel groups on this node: channel name → group actor address.
 //!
 //! It is also the [`BrokerSink`]: the broker hands it each publication, and it forwards the
-//! publication to the channel's group, if this node has one.
+//! publication to the channel's group, if this node has one, with a bounded `try_send`.
+//!
+//! actix bounds a mailbox per *sender*: a sender whose message fills the mailbox is parked and
+//! its further `try_send`s are refused until the group catches up, but every `Addr` clone is a
+//! fresh, unparked sender. So publications go through the one `Addr` stored here, never a clone;
+//! that is what makes the bound hold.
 
 use std::sync::Arc;
 
-use actix::Addr;
+use actix::prelude::{Addr, SendError};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
 use super::group::{Deliver, Group, Join};
-use crate::broker::{BrokerSink, Publication};
+use crate::broker::{BrokerSink, Publication, SinkError};
+use crate::metrics as names;
 use crate::protocol::ChannelName;
 
 #[derive(Clone, Default)]
@@ -25,6 +31,8 @@ impl GroupRegistry {
 
     /// Sends `join` to the live group for `name`, or starts one with `start(join)` if there is
     /// none. Both happen under the map's entry lock, so two joins never start two groups.
+    /// Joins bypass the mailbox bound: each connection's joins are limited by its channel limit
+    /// and rate limit, and a join must not be lost (its reply is awaited).
     pub(crate) fn join_or_start(
         &self,
         name: &ChannelName,
@@ -47,21 +55,83 @@ impl GroupRegistry {
     pub(crate) fn remove_if_same(&self, name: &ChannelName, address: &Addr<Group>) {
         self.groups.remove_if(name, |_, current| current == address);
     }
-
-    /// How many groups are live.
-    pub fn len(&self) -> usize {
-        self.groups.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.groups.is_empty()
-    }
 }
 
 impl BrokerSink for GroupRegistry {
-    fn on_publication(&self, publication: Arc<Publication>) {
-        if let Some(group) = self.get(publication.channel.as_str()) {
-            group.do_send(Deliver(publication));
+    fn on_publication(&self, publication: Arc<Publication>) -> Result<(), SinkError> {
+        // Borrowed from the map, not cloned: see the module docs.
+        let Some(group) = self.groups.get(publication.channel.as_str()) else {
+            return Ok(());
+        };
+        match group.value().try_send(Deliver(publication)) {
+            // A closed mailbox is a group that just retired: it has no members left to miss it.
+            Ok(()) | Err(SendError::Closed(_)) => Ok(()),
+            Err(SendError::Full(Deliver(publication))) => {
+                metrics::counter!(names::MESSAGES_DROPPED, "reason" => "group_overloaded")
+                    .increment(1);
+                Err(SinkError::Overloaded(publication.channel.clone()))
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{Broker, MemoryBroker};
+    use crate::hub::group::{GROUP_MAILBOX_CAPACITY, Group};
+    use crate::hub::member::testing::member;
+    use crate::protocol::{ChannelName, Encoding};
+    use actix::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_group_that_falls_behind_refuses_publications_and_recovers_once_it_catches_up() {
+        System::new().block_on(async {
+            let registry = GroupRegistry::new();
+            let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(Arc::new(registry.clone())));
+            let channel = ChannelName::parse("busy").expect("channel");
+            let (member, _receiver) = member(1, Encoding::Json, 1);
+            let (reply, _joined) = tokio::sync::oneshot::channel();
+            // The group runs on this very thread, so it cannot drain its mailbox while this
+            // synchronous loop fills it: it is as far behind as a group can be.
+            registry.join_or_start(&channel, Join { member, reply }, |first| {
+                Group::start(
+                    &Arbiter::current(),
+                    channel.clone(),
+                    first,
+                    registry.clone(),
+                    broker,
+                )
+            });
+            let outcomes: Vec<Result<(), SinkError>> = (0..GROUP_MAILBOX_CAPACITY + 8)
+                .map(|n| {
+                    registry.on_publication(Arc::new(Publication::new(
+                        channel.clone(),
+                        json!(n),
+                        None,
+                    )))
+                })
+                .collect();
+            let accepted = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+            // The join is in the mailbox too; actix lets the filling message itself through.
+            assert!(
+                (GROUP_MAILBOX_CAPACITY - 1..=GROUP_MAILBOX_CAPACITY + 1).contains(&accepted),
+                "accepted {accepted} with a mailbox of {GROUP_MAILBOX_CAPACITY}"
+            );
+            assert_eq!(
+                outcomes.last(),
+                Some(&Err(SinkError::Overloaded(channel.clone())))
+            );
+
+            // Let the group run: it drains its mailbox and takes publications again.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let after = registry.on_publication(Arc::new(Publication::new(
+                channel.clone(),
+                json!("after"),
+                None,
+            )));
+            assert_eq!(after, Ok(()));
+        });
     }
 }

@@ -37,10 +37,6 @@ impl ChannelName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    pub fn as_arc(&self) -> &Arc<str> {
-        &self.0
-    }
 }
 
 impl fmt::Display for ChannelName {

@@ -29,13 +29,6 @@ impl Encoding {
         }
     }
 
-    pub fn protocol(self) -> &'static str {
-        match self {
-            Encoding::Json => Self::JSON_PROTOCOL,
-            Encoding::MessagePack => Self::MESSAGEPACK_PROTOCOL,
-        }
-    }
-
     /// Encodes a server frame. Called once per frame per encoding; the result is shared by
     /// reference among every member that receives it.
     pub fn encode(self, frame: &ServerFrame<'_>) -> Result<OutboundFrame, EncodeError> {
@@ -57,19 +50,6 @@ impl Encoding {
 pub enum OutboundFrame {
     Text(ByteString),
     Binary(Bytes),
-}
-
-impl OutboundFrame {
-    pub fn len(&self) -> usize {
-        match self {
-            OutboundFrame::Text(text) => text.len(),
-            OutboundFrame::Binary(bytes) => bytes.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

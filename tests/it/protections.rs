@@ -26,6 +26,20 @@ async fn a_frame_over_the_size_limit_closes_with_1009() {
 }
 
 #[tokio::test]
+async fn a_fragmented_message_over_the_size_limit_closes_with_1009() {
+    let server = TestServer::start("[server]\nmax_frame_bytes = 1024\n").await;
+    let mut client = SilentSocket::connect(server.address, "/ws").await;
+    // Three frames of 600 bytes: each under the limit, the message over it.
+    let part = vec![b'x'; 600];
+    client.send_frame(0x1, false, &part).await; // text, not final
+    client.send_frame(0x0, false, &part).await; // continuation
+    client.send_frame(0x0, true, &part).await; // final continuation
+    let (code, reason) = client.close_frame().await;
+    assert_eq!(code, 1009);
+    assert!(reason.contains("max_frame_bytes"), "{reason}");
+}
+
+#[tokio::test]
 async fn flooding_gets_rate_limited_errors_then_a_4008_close() {
     let server = TestServer::start("[server]\nrate_limit = 5\nrate_limit_burst = 5\n").await;
     let mut client = server.client().await;

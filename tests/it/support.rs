@@ -343,6 +343,32 @@ impl SilentSocket {
         Self { stream }
     }
 
+    /// Writes one client frame (masked, as clients must) with the given opcode and FIN bit.
+    pub async fn send_frame(&mut self, opcode: u8, fin: bool, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = vec![if fin { 0x80 } else { 0x00 } | opcode];
+        match payload.len() {
+            length @ 0..=125 => frame.push(0x80 | length as u8),
+            length @ 126..=0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(length as u16).to_be_bytes());
+            }
+            length => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(length as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        frame.extend_from_slice(&mask);
+        frame.extend(
+            payload
+                .iter()
+                .enumerate()
+                .map(|(index, byte)| byte ^ mask[index % 4]),
+        );
+        self.stream.write_all(&frame).await.expect("write frame");
+    }
+
     /// Reads every frame until the server's close frame; returns its code and reason.
     pub async fn close_frame(mut self) -> (u16, String) {
         use tokio::io::AsyncReadExt;
