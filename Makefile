@@ -8,7 +8,7 @@ CONFIG ?=
 run:
 	$(CARGO) run --release --bin switchboard -- serve $(if $(CONFIG),--config $(CONFIG),)
 
-## Install what the tests need (redis-server, python websockets) if missing, then run every test.
+## Install what the tests need (redis-server, python websockets and redis) if missing, then run every test.
 test: test-deps
 	$(CARGO) test --all-targets
 
@@ -16,9 +16,9 @@ test-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 		echo "installing redis-server"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
-	@python3 -c "import websockets" 2>/dev/null || { \
-		echo "installing the python websockets package (README tour)"; \
-		python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore websockets; }
+	@python3 -c "import websockets, redis" 2>/dev/null || { \
+		echo "installing the python websockets and redis packages (README examples)"; \
+		python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore websockets redis; }
 
 ## Formatting and clippy, as CI runs them.
 lint:

@@ -15,7 +15,7 @@ fn payload() -> Value {
 fn encode(criterion: &mut Criterion) {
     let data = payload();
     let frame = ServerFrame::Message {
-        channel: "room:1",
+        channel: Some("room:1"),
         data: &data,
         from: Some("42"),
     };

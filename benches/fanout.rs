@@ -33,7 +33,7 @@ fn fanout(criterion: &mut Criterion) {
                         connection: connection as u64,
                         encoding: Encoding::Json,
                         queue,
-                        on_overflow: recipient.clone(),
+                        disconnect: recipient.clone(),
                     };
                     (member, receiver)
                 })

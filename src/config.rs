@@ -217,13 +217,22 @@ impl Config {
             problem("server.allowed_origins", "must not contain empty origins");
         }
         if self.broker.broker_type == BrokerType::Redis {
-            problem(
-                "broker.type",
-                "\"redis\" is not available in this version; use \"memory\"",
-            );
+            if let Err(message) = crate::broker::redis::validate_url(&self.broker) {
+                let (key, message) = message.split_once(": ").unwrap_or(("broker.url", &message));
+                problem(key, message);
+            }
         }
-        if self.broker.prefix.is_empty() {
-            problem("broker.prefix", "must not be empty");
+        if self.broker.prefix.is_empty()
+            || self
+                .broker
+                .prefix
+                .chars()
+                .any(|character| character.is_whitespace() || character.is_control())
+        {
+            problem(
+                "broker.prefix",
+                "must be non-empty, without whitespace or control characters",
+            );
         }
         for (index, rule) in self.channels.iter().enumerate() {
             for message in rule.problems() {
@@ -442,6 +451,21 @@ mod tests {
                 "channels[0].join"
             ]
         );
+    }
+
+    #[test]
+    fn a_redis_broker_is_accepted_with_a_redis_url_and_refused_with_anything_else() {
+        let redis = "[broker]\ntype = \"redis\"\nurl = \"redis://:secret@10.0.0.1:6380/1\"\n";
+        assert!(Config::from_sources(Some(redis), env(&[])).is_ok());
+        let errors = errors_of(Config::from_sources(
+            Some("[broker]\ntype = \"redis\"\nurl = \"10.0.0.1\"\nprefix = \"my app\"\n"),
+            env(&[]),
+        ));
+        let keys: Vec<&str> = errors.iter().map(|err| err.key.as_str()).collect();
+        assert_eq!(keys, ["broker.url", "broker.prefix"]);
+        // The memory broker does not look at the URL.
+        let memory = "[broker]\nurl = \"10.0.0.1\"\n";
+        assert!(Config::from_sources(Some(memory), env(&[])).is_ok());
     }
 
     #[test]

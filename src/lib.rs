@@ -10,9 +10,10 @@
 //!   No IO, no actix.
 //! - [`human_duration`]: `"15s"`-style durations for the config.
 //! - [`auth`]: `Identity`, the `Authenticator` chain, `Revalidation`. No actix.
-//! - [`broker`]: the `Broker` trait, the sink it pushes into, `MemoryBroker`.
+//! - [`broker`]: the `Broker` trait, the sink it pushes into, `MemoryBroker`, `RedisBroker`.
 //! - [`metrics`]: every metric name, the Prometheus recorder.
-//! - [`hub`]: channel-group actors, the group registry, channel policy, the node's connections.
+//! - [`hub`]: channel-group actors, the group registry, channel policy, the node's connections
+//!   (by user and session), the sink the broker delivers into.
 //! - [`connection`]: the per-socket actor, its writer task, inbound rate limits.
 //! - [`config`]: the TOML + environment configuration, validated with errors that name the key.
 //! - [`api`]: HTTP edges: `GET /ws`, `/metrics`, `/healthz`, `/readyz`.
@@ -20,7 +21,8 @@
 //!
 //! ## Invariants, stated as absences
 //!
-//! - Only the broker module knows how publications travel between nodes.
+//! - Only the broker module knows how publications travel between nodes, and only
+//!   `broker::redis` imports `fred`.
 //! - `protocol` and `auth` use no actix; only `api` and `connection` touch WebSocket types.
 //! - No actor handler blocks or awaits network IO in place: it spawns the future and maps the
 //!   result back into the actor.

@@ -22,9 +22,25 @@ pub const CLOSES: &str = "switchboard_closes_total";
 pub const PUBLISH_TO_DELIVER: &str = "switchboard_publish_to_deliver_seconds";
 pub const BROKER_PUBLISHED: &str = "switchboard_broker_published_total";
 pub const BROKER_SUBSCRIPTIONS: &str = "switchboard_broker_subscriptions";
+pub const BROKER_PUBLISH_FAILURES: &str = "switchboard_broker_publish_failures_total";
+pub const BROKER_RECEIVED: &str = "switchboard_broker_received_total";
+pub const BROKER_DECODE_ERRORS: &str = "switchboard_broker_decode_errors_total";
+pub const BROKER_RECONNECTS: &str = "switchboard_broker_reconnects_total";
+pub const BROKER_ROUND_TRIP: &str = "switchboard_broker_round_trip_seconds";
+pub const BROKER_UP: &str = "switchboard_broker_up";
+pub const CONTROL_DISCONNECTS: &str = "switchboard_control_disconnects_total";
+
+/// The metrics only a Redis broker exports (a memory node never has them).
+pub const REDIS_ONLY: [&str; 5] = [
+    BROKER_RECEIVED,
+    BROKER_DECODE_ERRORS,
+    BROKER_RECONNECTS,
+    BROKER_ROUND_TRIP,
+    BROKER_PUBLISH_FAILURES,
+];
 
 /// Every metric name, for the test that checks each one is really exported.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 18] = [
     CONNECTIONS,
     CONNECTIONS_ACCEPTED,
     HANDSHAKES_REFUSED,
@@ -36,6 +52,13 @@ pub const ALL: [&str; 11] = [
     PUBLISH_TO_DELIVER,
     BROKER_PUBLISHED,
     BROKER_SUBSCRIPTIONS,
+    BROKER_PUBLISH_FAILURES,
+    BROKER_RECEIVED,
+    BROKER_DECODE_ERRORS,
+    BROKER_RECONNECTS,
+    BROKER_ROUND_TRIP,
+    BROKER_UP,
+    CONTROL_DISCONNECTS,
 ];
 
 /// Latency buckets, in seconds: 100 µs to 10 s.
@@ -108,8 +131,39 @@ fn describe() {
         BROKER_SUBSCRIPTIONS,
         "Broker channel subscriptions held by this node."
     );
+    describe_counter!(
+        BROKER_PUBLISH_FAILURES,
+        "Publications the broker could not take (the publisher heard backend_unavailable)."
+    );
+    describe_counter!(
+        BROKER_RECEIVED,
+        "Messages received from Redis, by kind (channel, user, control, node)."
+    );
+    describe_counter!(
+        BROKER_DECODE_ERRORS,
+        "Redis payloads dropped because they were not a valid envelope or control op, by kind."
+    );
+    describe_counter!(
+        BROKER_RECONNECTS,
+        "Reconnections to Redis, by client (publisher, subscriber)."
+    );
+    describe_histogram!(
+        BROKER_ROUND_TRIP,
+        Unit::Seconds,
+        "Pub/sub round trip of the readiness probe: publish on the node's channel to receipt."
+    );
+    describe_gauge!(
+        BROKER_UP,
+        "1 while the broker can publish and receive (the readiness probe answers), else 0."
+    );
+    describe_counter!(
+        CONTROL_DISCONNECTS,
+        "Connections closed on this node by control operations."
+    );
     // Gauges start at zero rather than absent, so dashboards and tests see them at once.
     metrics::gauge!(CONNECTIONS).set(0.0);
     metrics::gauge!(CHANNELS).set(0.0);
     metrics::gauge!(BROKER_SUBSCRIPTIONS).set(0.0);
+    metrics::gauge!(BROKER_UP).set(0.0);
+    metrics::counter!(CONTROL_DISCONNECTS).absolute(0);
 }

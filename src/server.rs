@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use actix::Arbiter;
 use actix_web::{App, HttpServer, web};
 
-use crate::api::{self, AppState, ConnectionIds, HandshakeLimits};
+use crate::api::{self, AppState, HandshakeLimits};
 use crate::auth::AuthChain;
-use crate::broker::{Broker, BrokerType, MemoryBroker};
+use crate::broker::{Broker, BrokerError, BrokerSink, BrokerType, MemoryBroker, RedisBroker};
 use crate::config::Config;
 use crate::connection::ConnectionSettings;
 use crate::connection::admission::Admission;
-use crate::hub::{ChannelPolicy, GroupRegistry, Hub};
+use crate::hub::{ChannelPolicy, ConnectionDirectory, GroupRegistry, Hub, HubSink};
 use crate::metrics::{Metrics, MetricsError};
 
 /// How often histogram buffers are drained.
@@ -38,8 +38,8 @@ pub enum ServerError {
     Metrics(#[from] MetricsError),
     #[error("cannot serve on the listener: {0}")]
     Listen(#[source] std::io::Error),
-    #[error("broker type {0:?} is not available in this version")]
-    UnsupportedBroker(BrokerType),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
 }
@@ -65,12 +65,15 @@ pub async fn run(
         .map(|_| Arbiter::new())
         .collect();
     let registry = GroupRegistry::new();
+    let directory = Arc::new(ConnectionDirectory::new());
+    let sink: Arc<dyn BrokerSink> = Arc::new(HubSink::new(registry.clone(), directory.clone()));
     let broker: Arc<dyn Broker> = match config.broker.broker_type {
-        BrokerType::Memory => Arc::new(MemoryBroker::new(Arc::new(registry.clone()))),
-        other => return Err(ServerError::UnsupportedBroker(other)),
+        BrokerType::Memory => Arc::new(MemoryBroker::new(sink)),
+        BrokerType::Redis => Arc::new(RedisBroker::start(&config.broker, sink)?),
     };
     let hub = Hub::new(
         registry,
+        directory,
         broker,
         arbiters.iter().map(Arbiter::handle).collect(),
     );
@@ -95,7 +98,6 @@ pub async fn run(
         },
         admission: Admission::new(server_config.max_connections),
         metrics: metrics.clone(),
-        connection_ids: ConnectionIds::new(),
     });
 
     let grace = server_config.shutdown_grace.0;

@@ -8,7 +8,6 @@ mod health;
 mod ws;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix_web::{HttpResponse, http::StatusCode, web};
 use serde_json::json;
@@ -16,7 +15,7 @@ use serde_json::json;
 use crate::auth::AuthChain;
 use crate::connection::ConnectionSettings;
 use crate::connection::admission::Admission;
-use crate::hub::{ConnectionKey, Hub};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 
 /// Limits applied at the handshake, before a connection exists.
@@ -25,33 +24,6 @@ pub struct HandshakeLimits {
     pub allowed_origins: Vec<String>,
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
-}
-
-/// Allocates connection keys and their public ids (`c_<node><counter>`), unique per node run.
-#[derive(Debug)]
-pub struct ConnectionIds {
-    node: u32,
-    next: AtomicU64,
-}
-
-impl ConnectionIds {
-    pub fn new() -> Self {
-        Self {
-            node: fastrand::u32(..),
-            next: AtomicU64::new(1),
-        }
-    }
-
-    pub fn allocate(&self) -> (ConnectionKey, Arc<str>) {
-        let key = self.next.fetch_add(1, Ordering::Relaxed);
-        (key, Arc::from(format!("c_{:08x}{key:x}", self.node)))
-    }
-}
-
-impl Default for ConnectionIds {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// What every handler can reach.
@@ -63,7 +35,6 @@ pub struct AppState {
     /// The node's connection limit (`server.max_connections`).
     pub admission: Admission,
     pub metrics: Metrics,
-    pub connection_ids: ConnectionIds,
 }
 
 /// Registers every route.

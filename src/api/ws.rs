@@ -108,7 +108,7 @@ async fn accept(
     let (closer, close_receiver) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(writer::run(session, queue_receiver, close_receiver, ticket));
 
-    let (key, id) = state.connection_ids.allocate();
+    let (key, id) = state.hub.directory().allocate();
     let parts = ConnectionParts {
         key,
         id,

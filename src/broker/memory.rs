@@ -1,26 +1,28 @@
 //! The embedded single-node broker: no Redis, no network.
 //!
-//! `publish` hands the publication straight to the local sink when the channel is subscribed
+//! `publish` hands the publication straight to the local sink when its topic is subscribed
 //! (and drops it otherwise, as Redis would with no subscriber), and answers with the sink's
 //! verdict, so a publisher whose channel is overloaded is told so instead of losing the message
-//! silently. Subscriptions are reference counts in a concurrent map. Limits: one node only; never
-//! unavailable.
+//! silently. Control operations go straight to the sink. Subscriptions are reference counts in a
+//! concurrent map. Limits: one node only; never unavailable.
 
 use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::{Broker, BrokerError, BrokerFuture, BrokerSink, Publication};
+use super::{Broker, BrokerError, BrokerFuture, BrokerSink, Publication, Topic};
 use crate::metrics as names;
-use crate::protocol::ChannelName;
+use crate::protocol::ControlOp;
 
 pub struct MemoryBroker {
     sink: Arc<dyn BrokerSink>,
-    subscriptions: DashMap<ChannelName, usize>,
+    subscriptions: DashMap<Topic, usize>,
 }
 
 impl MemoryBroker {
     pub fn new(sink: Arc<dyn BrokerSink>) -> Self {
+        // Never unavailable.
+        metrics::gauge!(names::BROKER_UP).set(1.0);
         Self {
             sink,
             subscriptions: DashMap::new(),
@@ -39,7 +41,7 @@ impl Broker for MemoryBroker {
 
     fn publish(&self, publication: Publication) -> BrokerFuture {
         metrics::counter!(names::BROKER_PUBLISHED).increment(1);
-        let delivered = if self.subscriptions.contains_key(&publication.channel) {
+        let delivered = if self.subscriptions.contains_key(&publication.topic) {
             self.sink
                 .on_publication(Arc::new(publication))
                 .map_err(BrokerError::from)
@@ -49,14 +51,19 @@ impl Broker for MemoryBroker {
         Box::pin(std::future::ready(delivered))
     }
 
-    fn subscribe(&self, channel: &ChannelName) -> BrokerFuture {
-        *self.subscriptions.entry(channel.clone()).or_insert(0) += 1;
+    fn publish_control(&self, op: ControlOp) -> BrokerFuture {
+        self.sink.on_control(op);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn subscribe(&self, topic: &Topic) -> BrokerFuture {
+        *self.subscriptions.entry(topic.clone()).or_insert(0) += 1;
         self.record_gauge();
         Box::pin(std::future::ready(Ok(())))
     }
 
-    fn unsubscribe(&self, channel: &ChannelName) -> BrokerFuture {
-        self.subscriptions.remove_if_mut(channel, |_, references| {
+    fn unsubscribe(&self, topic: &Topic) -> BrokerFuture {
+        self.subscriptions.remove_if_mut(topic, |_, references| {
             *references = references.saturating_sub(1);
             *references == 0
         });
@@ -77,6 +84,7 @@ impl Broker for MemoryBroker {
 mod tests {
     use super::*;
     use crate::broker::SinkError;
+    use crate::protocol::ChannelName;
     use serde_json::json;
 
     /// A sink whose channel is always overloaded.
@@ -84,15 +92,23 @@ mod tests {
 
     impl BrokerSink for OverloadedSink {
         fn on_publication(&self, publication: Arc<Publication>) -> Result<(), SinkError> {
-            Err(SinkError::Overloaded(publication.channel.clone()))
+            let channel = publication.topic.channel().cloned();
+            Err(SinkError::Overloaded(
+                channel.expect("a channel publication"),
+            ))
         }
+
+        fn on_control(&self, _op: ControlOp) {}
     }
 
     #[tokio::test]
     async fn an_overloaded_channel_fails_the_publish_instead_of_dropping_it() {
         let broker = MemoryBroker::new(Arc::new(OverloadedSink));
         let channel = ChannelName::parse("busy").expect("channel");
-        broker.subscribe(&channel).await.expect("subscribe");
+        broker
+            .subscribe(&Topic::Channel(channel.clone()))
+            .await
+            .expect("subscribe");
         let result = broker
             .publish(Publication::new(channel.clone(), json!(1), None))
             .await;

@@ -5,20 +5,24 @@
 //! The broker pushes into the narrow sink it is given at construction; it never holds the hub or
 //! any actor, so it can be tested alone.
 //!
-//! Subscriptions are per channel per node, reference-counted: the hub subscribes when a channel
-//! gets its first local member and unsubscribes after the last, so a node holds one subscription
-//! per channel however many local members it has.
+//! Subscriptions are per topic per node, reference-counted: a channel's group subscribes when it
+//! starts and unsubscribes when it retires, each connection of a user holds a reference to the
+//! user's topic, so a node holds one subscription per topic however many local members it has.
+//! The contract every implementation passes is `tests/it/broker_contract.rs`.
 //!
-//! Implementations, one file each:
+//! Implementations, one module each:
 //! - [`memory::MemoryBroker`]: single node, no Redis; publications are handed straight back to
-//!   the local sink when the channel is subscribed. Never unavailable.
+//!   the local sink when the topic is subscribed. Never unavailable.
+//! - [`redis::RedisBroker`]: any number of nodes through Redis or Redis Cluster; back ends
+//!   publish with plain `PUBLISH`. Unavailable while Redis is unreachable.
+//!
+//! A [`Topic`] is a channel or a user (every connection of the user). Control operations
+//! (disconnects) travel through the broker too, to every node.
 //!
 //! Nothing outside this module knows how a broker transports publications.
 
 pub mod memory;
-
-#[cfg(test)]
-mod contract_tests;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,15 +32,50 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::protocol::ChannelName;
+use crate::protocol::{ChannelName, ControlOp};
 
 pub use memory::MemoryBroker;
+pub use redis::RedisBroker;
 
-/// One message published to one channel. Shared by reference (`Arc`) from the broker to the
-/// group, which encodes it once per encoding.
+/// What a publication is addressed to, and what a node subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// The members of a channel (`PREFIX:ch:NAME` in Redis).
+    Channel(ChannelName),
+    /// Every connection of a user (`PREFIX:user:USER`); frames carry no channel.
+    User(Arc<str>),
+}
+
+impl Topic {
+    /// The channel, for a channel topic.
+    pub fn channel(&self) -> Option<&ChannelName> {
+        match self {
+            Topic::Channel(channel) => Some(channel),
+            Topic::User(_) => None,
+        }
+    }
+}
+
+impl From<ChannelName> for Topic {
+    fn from(channel: ChannelName) -> Self {
+        Topic::Channel(channel)
+    }
+}
+
+impl std::fmt::Display for Topic {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Topic::Channel(channel) => write!(formatter, "channel {channel}"),
+            Topic::User(user) => write!(formatter, "user {user}"),
+        }
+    }
+}
+
+/// One message published to one topic. Shared by reference (`Arc`) from the broker to the
+/// group (or the user's connections), which encodes it once per encoding.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Publication {
-    pub channel: ChannelName,
+    pub topic: Topic,
     pub data: Value,
     /// The publishing user's id; `None` for back-end and anonymous publications.
     pub from: Option<String>,
@@ -45,9 +84,9 @@ pub struct Publication {
 }
 
 impl Publication {
-    pub fn new(channel: ChannelName, data: Value, from: Option<String>) -> Self {
+    pub fn new(topic: impl Into<Topic>, data: Value, from: Option<String>) -> Self {
         Self {
-            channel,
+            topic: topic.into(),
             data,
             from,
             published_at: Instant::now(),
@@ -55,12 +94,15 @@ impl Publication {
     }
 }
 
-/// Where a broker delivers what it receives. Implemented by the hub's group registry.
+/// Where a broker delivers what it receives. Implemented by the hub.
 pub trait BrokerSink: Send + Sync + 'static {
     /// Hands a publication to this node's members. Never blocks: when the channel's group is too
     /// far behind to take it, the answer is [`SinkError::Overloaded`] and the broker decides what
     /// the publisher hears (the memory broker answers its publish with an error).
     fn on_publication(&self, publication: Arc<Publication>) -> Result<(), SinkError>;
+
+    /// Applies a control operation to this node's connections (those it matches, if any).
+    fn on_control(&self, op: ControlOp);
 }
 
 /// Why a sink did not take a publication.
@@ -80,6 +122,9 @@ pub enum BrokerError {
     /// The publication reached the broker but not the channel's members; nothing was delivered.
     #[error(transparent)]
     Overloaded(#[from] SinkError),
+    /// The broker could not be built from its configuration (names the key).
+    #[error("invalid broker configuration: {0}")]
+    Config(String),
 }
 
 /// The future every broker operation returns (object-safe, `Send`, owns its inputs).
@@ -91,17 +136,23 @@ pub trait Broker: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Publishes to every subscribed node, this one included. Resolves once the transport has
-    /// accepted the publication (not once members received it).
+    /// accepted the publication (not once members received it). Publications from one caller
+    /// to one topic are delivered in the order of the calls.
     fn publish(&self, publication: Publication) -> BrokerFuture;
 
-    /// Adds one reference to this node's subscription to `channel`; resolves once publications
-    /// on it will reach the sink.
-    fn subscribe(&self, channel: &ChannelName) -> BrokerFuture;
+    /// Publishes a control operation to every node, this one included.
+    fn publish_control(&self, op: ControlOp) -> BrokerFuture;
 
-    /// Drops one reference; the transport subscription ends with the last one.
-    fn unsubscribe(&self, channel: &ChannelName) -> BrokerFuture;
+    /// Adds one reference to this node's subscription to `topic`; resolves once publications
+    /// on it reach the sink. An error means it is not live *now*; the reference is held either
+    /// way (the broker subscribes when it can), and is released by `unsubscribe`. The reference
+    /// is taken by the call itself, not when the future is first polled.
+    fn subscribe(&self, topic: &Topic) -> BrokerFuture;
 
-    /// How many channels this node is subscribed to now.
+    /// Drops one reference (by the call itself); the transport subscription ends with the last.
+    fn unsubscribe(&self, topic: &Topic) -> BrokerFuture;
+
+    /// How many topics this node is subscribed to now.
     fn subscriptions(&self) -> usize;
 
     /// Whether the broker can publish and receive right now (`/readyz`).

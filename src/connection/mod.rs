@@ -26,8 +26,11 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
 use crate::auth::{AuthChain, AuthError, Identity};
-use crate::broker::Publication;
-use crate::hub::{ChannelPolicy, ConnectionKey, Disconnect, Hub, Member, Outbound, OutboundSender};
+use crate::broker::{BrokerFuture, Publication};
+use crate::hub::{
+    ChannelPolicy, ConnectionKey, Disconnect, Draining, Hub, LocalConnection, Member, Outbound,
+    OutboundSender,
+};
 use crate::metrics as names;
 use crate::protocol::codec::{decode_binary, decode_text};
 use crate::protocol::frame::FrameError;
@@ -125,7 +128,7 @@ impl Connection {
             connection: self.key,
             encoding: self.encoding,
             queue: self.queue.clone(),
-            on_overflow: ctx.address().recipient(),
+            disconnect: ctx.address().recipient(),
         }
     }
 
@@ -173,9 +176,10 @@ impl Connection {
         ctx.stop();
     }
 
-    /// Joins the channels named at the handshake, then sends `welcome` (the first frame), then
-    /// an `error` for each refused channel, then starts reading client frames.
-    fn join_initial_channels(&mut self, ctx: &mut Context<Self>) {
+    /// Joins the channels named at the handshake (and waits for the user's topic subscription),
+    /// then sends `welcome` (the first frame), then an `error` for each refused channel, then
+    /// starts reading client frames.
+    fn join_initial_channels(&mut self, ctx: &mut Context<Self>, user_subscribed: BrokerFuture) {
         let mut refused = Vec::new();
         let mut joining = Vec::new();
         for name in std::mem::take(&mut self.initial_channels) {
@@ -193,9 +197,16 @@ impl Connection {
             let join = self.hub.join(channel.clone(), member.clone());
             async move { (channel, join.await) }
         });
-        futures_util::future::join_all(joins)
+        let id = self.id.clone();
+        let user_subscribed = async move {
+            if let Err(err) = user_subscribed.await {
+                // The broker keeps the reference and subscribes once it can.
+                tracing::debug!(connection = %id, error = %err, "user topic not subscribed yet");
+            }
+        };
+        futures_util::future::join(futures_util::future::join_all(joins), user_subscribed)
             .into_actor(self)
-            .map(move |results, connection, ctx| {
+            .map(move |(results, ()), connection, ctx| {
                 for (channel, result) in &results {
                     if let Err(err) = result {
                         connection.channels.remove(channel);
@@ -438,14 +449,16 @@ impl Actor for Connection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if self
-            .hub
-            .register(self.key, ctx.address().recipient())
-            .is_err()
-        {
-            return self.close(ctx, CloseCode::Restart, crate::hub::DRAIN_REASON);
+        let registered = self.hub.register(LocalConnection {
+            member: self.member(ctx),
+            id: self.id.clone(),
+            user: self.identity.user.as_deref().map(Arc::from),
+            session: self.identity.session.as_deref().map(Arc::from),
+        });
+        match registered {
+            Ok(user_subscribed) => self.join_initial_channels(ctx, user_subscribed),
+            Err(Draining) => self.close(ctx, CloseCode::Restart, crate::hub::DRAIN_REASON),
         }
-        self.join_initial_channels(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {

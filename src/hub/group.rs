@@ -2,7 +2,8 @@
 //! arbiters.
 //!
 //! A group is started with its first join, so it never exists empty. It subscribes to its
-//! channel on the broker when it starts and unsubscribes when it stops; joins that arrive before
+//! channel on the broker when it starts and unsubscribes when it stops (also after a failed
+//! subscribe, which holds a reference too); joins that arrive before
 //! the subscription is confirmed wait for it. Once subscribed, it stops itself (after removing
 //! itself from the registry) when its last member leaves; a join that raced with that stop finds
 //! its reply channel dropped and is retried by the hub against a fresh group.
@@ -22,9 +23,9 @@ use actix::prelude::*;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
-use super::member::{ConnectionKey, Disconnect, Member, Outbound};
+use super::member::{ConnectionKey, Member, Outbound};
 use super::registry::GroupRegistry;
-use crate::broker::{Broker, Publication};
+use crate::broker::{Broker, Publication, Topic};
 use crate::metrics as names;
 use crate::protocol::{ChannelName, CloseCode, Encoding, OutboundFrame, ServerFrame};
 
@@ -150,14 +151,19 @@ pub struct FanOut {
     pub gone: Vec<ConnectionKey>,
 }
 
+/// The close reason sent with 4010.
+pub const SLOW_CONSUMER_REASON: &str = "outbound queue overflowed";
+
 /// Queues `publication` to every member: encoded at most once per encoding, the same bytes
-/// shared by every member of that encoding, `try_send` only. Public for the fan-out benchmark.
+/// shared by every member of that encoding, `try_send` only. A member whose queue is full is told
+/// to close with 4010 `slow_consumer`; the caller removes overflowed and gone members. Records the
+/// delivery metrics. Public for the fan-out benchmark.
 pub fn fan_out(members: &[Member], publication: &Publication) -> FanOut {
     let mut json: Option<OutboundFrame> = None;
     let mut msgpack: Option<OutboundFrame> = None;
     let mut result = FanOut::default();
     let frame = ServerFrame::Message {
-        channel: publication.channel.as_str(),
+        channel: publication.topic.channel().map(ChannelName::as_str),
         data: &publication.data,
         from: publication.from.as_deref(),
     };
@@ -171,7 +177,7 @@ pub fn fan_out(members: &[Member], publication: &Publication) -> FanOut {
             None => match member.encoding.encode(&frame) {
                 Ok(encoded) => slot.insert(encoded),
                 Err(err) => {
-                    tracing::warn!(channel = %publication.channel, error = %err, "cannot encode publication");
+                    tracing::warn!(topic = %publication.topic, error = %err, "cannot encode publication");
                     metrics::counter!(names::MESSAGES_DROPPED, "reason" => "encode_error")
                         .increment(1);
                     continue;
@@ -180,9 +186,19 @@ pub fn fan_out(members: &[Member], publication: &Publication) -> FanOut {
         };
         match member.queue.try_send(Outbound::Frame(encoded.clone())) {
             Ok(()) => result.delivered += 1,
-            Err(TrySendError::Full(_)) => result.overflowed.push(member.connection),
+            Err(TrySendError::Full(_)) => {
+                member.close(CloseCode::SlowConsumer, SLOW_CONSUMER_REASON);
+                result.overflowed.push(member.connection);
+            }
             Err(TrySendError::Closed(_)) => result.gone.push(member.connection),
         }
+    }
+    metrics::counter!(names::MESSAGES_DELIVERED).increment(result.delivered);
+    metrics::histogram!(names::PUBLISH_TO_DELIVER)
+        .record(publication.published_at.elapsed().as_secs_f64());
+    if !result.overflowed.is_empty() {
+        metrics::counter!(names::MESSAGES_DROPPED, "reason" => "slow_consumer")
+            .increment(result.overflowed.len() as u64);
     }
     result
 }
@@ -193,7 +209,7 @@ impl Actor for Group {
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::gauge!(names::CHANNELS).increment(1.0);
         self.broker
-            .subscribe(&self.name)
+            .subscribe(&Topic::Channel(self.name.clone()))
             .into_actor(self)
             .map(|result, group, ctx| {
                 let pending = match std::mem::replace(&mut group.subscription, Subscription::Active)
@@ -210,7 +226,7 @@ impl Actor for Group {
                         group.retire_if_empty(ctx);
                     }
                     Err(err) => {
-                        tracing::warn!(channel = %group.name, error = %err, "subscribe failed");
+                        tracing::debug!(channel = %group.name, error = %err, "subscribe failed");
                         group.subscription = Subscription::Failed;
                         for (_, reply) in pending {
                             let _ = reply.send(Err(JoinError::BackendUnavailable(err.to_string())));
@@ -225,15 +241,15 @@ impl Actor for Group {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         metrics::gauge!(names::CHANNELS).decrement(1.0);
-        if matches!(self.subscription, Subscription::Active) {
-            let unsubscribing = self.broker.unsubscribe(&self.name);
-            let name = self.name.clone();
-            actix::spawn(async move {
-                if let Err(err) = unsubscribing.await {
-                    tracing::warn!(channel = %name, error = %err, "unsubscribe failed");
-                }
-            });
-        }
+        // `started` took a reference whatever became of it (a failed subscribe holds one too);
+        // the broker drops it when called, so the future need not be awaited.
+        let unsubscribing = self.broker.unsubscribe(&Topic::Channel(self.name.clone()));
+        let name = self.name.clone();
+        actix::spawn(async move {
+            if let Err(err) = unsubscribing.await {
+                tracing::warn!(channel = %name, error = %err, "unsubscribe failed");
+            }
+        });
     }
 }
 
@@ -271,30 +287,9 @@ impl Handler<Deliver> for Group {
 
     fn handle(&mut self, Deliver(publication): Deliver, ctx: &mut Self::Context) {
         let FanOut {
-            delivered,
-            overflowed,
-            gone,
+            overflowed, gone, ..
         } = fan_out(&self.members, &publication);
-        metrics::counter!(names::MESSAGES_DELIVERED).increment(delivered);
-        metrics::histogram!(names::PUBLISH_TO_DELIVER)
-            .record(publication.published_at.elapsed().as_secs_f64());
-        if !overflowed.is_empty() {
-            metrics::counter!(names::MESSAGES_DROPPED, "reason" => "slow_consumer")
-                .increment(overflowed.len() as u64);
-        }
-        for connection in overflowed {
-            if let Some(&position) = self.index.get(&connection) {
-                // Unbounded on purpose, and still bounded in count: a member is told at most once,
-                // because it is removed right below; and the notice must not be lost, or the
-                // connection would stay open without receiving.
-                self.members[position].on_overflow.do_send(Disconnect {
-                    code: CloseCode::SlowConsumer,
-                    reason: "outbound queue overflowed".to_owned(),
-                });
-            }
-            self.remove(connection);
-        }
-        for connection in gone {
+        for connection in overflowed.into_iter().chain(gone) {
             self.remove(connection);
         }
         if self.members.is_empty() {

@@ -1,5 +1,5 @@
 //! What a channel group knows about each member: where to put its frames (a bounded queue) and
-//! whom to tell when that queue overflows. Also the messages the hub sends to connections.
+//! how to ask it to close. Also the messages the hub sends to connections.
 
 use actix::prelude::{Message, Recipient};
 use bytes::Bytes;
@@ -41,8 +41,21 @@ pub struct Member {
     pub connection: ConnectionKey,
     pub encoding: Encoding,
     pub queue: OutboundSender,
-    /// Told `Disconnect { SlowConsumer }` when `queue` is full.
-    pub on_overflow: Recipient<Disconnect>,
+    /// Where to ask the connection to close: `SlowConsumer` when `queue` is full, a control
+    /// operation's code, `Restart` on drain.
+    pub disconnect: Recipient<Disconnect>,
+}
+
+impl Member {
+    /// Asks the connection to close. Not subject to a mailbox bound, and still bounded in count:
+    /// every caller tells a connection at most once per reason, and the notice must not be lost,
+    /// or the connection would stay open without receiving.
+    pub fn close(&self, code: CloseCode, reason: &str) {
+        self.disconnect.do_send(Disconnect {
+            code,
+            reason: reason.to_owned(),
+        });
+    }
 }
 
 /// Members for unit tests, whose overflow notices go to an actor that ignores them.
@@ -74,7 +87,7 @@ pub(crate) mod testing {
             connection,
             encoding,
             queue,
-            on_overflow: IgnoreDisconnects.start().recipient(),
+            disconnect: IgnoreDisconnects.start().recipient(),
         };
         (member, receiver)
     }

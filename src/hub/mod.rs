@@ -3,16 +3,20 @@
 //! - [`group`]: the channel-group actor (one per channel with local members) and its fan-out.
 //! - [`registry`]: channel name → group, and the broker's sink.
 //! - [`member`]: what a group knows of a member (its bounded outbound queue), `Disconnect`.
+//! - [`directory`]: the connections on this node, by key, user and session; connection ids.
+//! - [`sink`]: what the broker delivers to this node (publications, control operations).
 //! - [`policy`]: the `[[channels]]` rules.
 //!
 //! [`Hub`] is the facade connections use: join and leave channels, publish through the broker,
-//! and register themselves so that node-wide operations (the drain on shutdown) can reach them.
-//! The hub never touches sockets or WebSocket types.
+//! and register themselves so that node-wide operations (user publications, control operations,
+//! the drain on shutdown) can reach them. The hub never touches sockets or WebSocket types.
 
+pub mod directory;
 pub mod group;
 pub mod member;
 pub mod policy;
 pub mod registry;
+pub mod sink;
 
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -20,18 +24,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix::prelude::*;
-use dashmap::DashMap;
 use tokio::sync::oneshot;
 
-use crate::broker::{Broker, BrokerFuture, Publication};
+use crate::broker::{Broker, BrokerFuture, Publication, Topic};
 use crate::metrics as names;
 use crate::protocol::{ChannelName, CloseCode};
 
+pub use directory::{ConnectionDirectory, LocalConnection};
 pub use group::{FanOut, JoinError, fan_out};
 use group::{Group, Join, Leave};
 pub use member::{ConnectionKey, Disconnect, Member, Outbound, OutboundSender, outbound_queue};
 pub use policy::{Access, ChannelPolicy, ChannelRule};
 pub use registry::GroupRegistry;
+pub use sink::HubSink;
 
 /// How often a join is retried when it raced with its group stopping.
 const JOIN_ATTEMPTS: usize = 3;
@@ -52,17 +57,19 @@ struct HubInner {
     registry: GroupRegistry,
     broker: Arc<dyn Broker>,
     arbiters: Vec<ArbiterHandle>,
-    /// Every connection on this node, by key: how to ask it to close.
-    connections: DashMap<ConnectionKey, Recipient<Disconnect>>,
+    /// Every connection on this node.
+    directory: Arc<ConnectionDirectory>,
     /// Set once by `drain`; connections registering after it are told to close at once.
     draining: AtomicBool,
 }
 
 impl Hub {
-    /// `arbiters` run the group actors (a channel's arbiter is chosen by hash of its name); at
-    /// least one is required.
+    /// `registry` and `directory` are the ones the broker's [`HubSink`] delivers to. `arbiters`
+    /// run the group actors (a channel's arbiter is chosen by hash of its name); at least one is
+    /// required.
     pub fn new(
         registry: GroupRegistry,
+        directory: Arc<ConnectionDirectory>,
         broker: Arc<dyn Broker>,
         arbiters: Vec<ArbiterHandle>,
     ) -> Self {
@@ -71,10 +78,14 @@ impl Hub {
                 registry,
                 broker,
                 arbiters,
-                connections: DashMap::new(),
+                directory,
                 draining: AtomicBool::new(false),
             }),
         }
+    }
+
+    pub fn directory(&self) -> &ConnectionDirectory {
+        &self.inner.directory
     }
 
     pub fn broker(&self) -> &Arc<dyn Broker> {
@@ -148,14 +159,20 @@ impl Hub {
         self.inner.broker.publish(publication)
     }
 
-    /// Records a connection; `Err(Draining)` when the node is draining, in which case the
-    /// connection must close itself with 1012 (the drain's sweep may already have passed it).
-    pub fn register(
-        &self,
-        key: ConnectionKey,
-        disconnect: Recipient<Disconnect>,
-    ) -> Result<(), Draining> {
-        if self.inner.connections.insert(key, disconnect).is_none() {
+    /// Records a connection, and subscribes this node to its user's topic (one broker reference
+    /// per connection; the broker holds one transport subscription per user). The returned
+    /// future resolves once publications to the user reach the connection (an error: not now,
+    /// but the broker will subscribe when it can).
+    ///
+    /// `Err(Draining)` when the node is draining, in which case the connection must close itself
+    /// with 1012 (the drain's sweep may already have passed it); it is recorded all the same, and
+    /// `unregister` must follow.
+    pub fn register(&self, connection: LocalConnection) -> Result<BrokerFuture, Draining> {
+        let subscribed = match &connection.user {
+            Some(user) => self.inner.broker.subscribe(&Topic::User(user.clone())),
+            None => Box::pin(std::future::ready(Ok(()))),
+        };
+        if self.inner.directory.insert(connection) {
             metrics::gauge!(names::CONNECTIONS).increment(1.0);
         }
         // Insert, then check; `drain` sets, then sweeps. With both SeqCst, every connection is
@@ -163,13 +180,17 @@ impl Hub {
         if self.inner.draining.load(Ordering::SeqCst) {
             Err(Draining)
         } else {
-            Ok(())
+            Ok(subscribed)
         }
     }
 
     pub fn unregister(&self, key: ConnectionKey) {
-        if self.inner.connections.remove(&key).is_some() {
+        if let Some(connection) = self.inner.directory.remove(key) {
             metrics::gauge!(names::CONNECTIONS).decrement(1.0);
+            if let Some(user) = connection.user {
+                // The reference is dropped by the call itself.
+                drop(self.inner.broker.unsubscribe(&Topic::User(user)));
+            }
         }
     }
 
@@ -182,11 +203,8 @@ impl Hub {
     /// so it bypasses mailbox bounds.
     pub fn drain(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
-        for disconnect in self.inner.connections.iter() {
-            disconnect.do_send(Disconnect {
-                code: CloseCode::Restart,
-                reason: DRAIN_REASON.to_owned(),
-            });
+        for member in self.inner.directory.all_members() {
+            member.close(CloseCode::Restart, DRAIN_REASON);
         }
     }
 }

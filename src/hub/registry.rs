@@ -1,7 +1,7 @@
 //! The registry of live channel groups on this node: channel name → group actor address.
 //!
-//! It is also the [`BrokerSink`]: the broker hands it each publication, and it forwards the
-//! publication to the channel's group, if this node has one, with a bounded `try_send`.
+//! It also delivers channel publications from the broker (through the hub's sink) to the
+//! channel's group, if this node has one, with a bounded `try_send`.
 //!
 //! actix bounds a mailbox per *sender*: a sender whose message fills the mailbox is parked and
 //! its further `try_send`s are refused until the group catches up, but every `Addr` clone is a
@@ -15,7 +15,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
 use super::group::{Deliver, Group, Join};
-use crate::broker::{BrokerSink, Publication, SinkError};
+use crate::broker::{Publication, SinkError};
 use crate::metrics as names;
 use crate::protocol::ChannelName;
 
@@ -57,19 +57,24 @@ impl GroupRegistry {
     }
 }
 
-impl BrokerSink for GroupRegistry {
-    fn on_publication(&self, publication: Arc<Publication>) -> Result<(), SinkError> {
+impl GroupRegistry {
+    /// Hands a publication on `channel` to its group, if this node has one.
+    pub(crate) fn deliver(
+        &self,
+        channel: &ChannelName,
+        publication: Arc<Publication>,
+    ) -> Result<(), SinkError> {
         // Borrowed from the map, not cloned: see the module docs.
-        let Some(group) = self.groups.get(publication.channel.as_str()) else {
+        let Some(group) = self.groups.get(channel.as_str()) else {
             return Ok(());
         };
         match group.value().try_send(Deliver(publication)) {
             // A closed mailbox is a group that just retired: it has no members left to miss it.
             Ok(()) | Err(SendError::Closed(_)) => Ok(()),
-            Err(SendError::Full(Deliver(publication))) => {
+            Err(SendError::Full(_)) => {
                 metrics::counter!(names::MESSAGES_DROPPED, "reason" => "group_overloaded")
                     .increment(1);
-                Err(SinkError::Overloaded(publication.channel.clone()))
+                Err(SinkError::Overloaded(channel.clone()))
             }
         }
     }
@@ -81,6 +86,7 @@ mod tests {
     use crate::broker::{Broker, MemoryBroker};
     use crate::hub::group::{GROUP_MAILBOX_CAPACITY, Group};
     use crate::hub::member::testing::member;
+    use crate::hub::{ConnectionDirectory, HubSink};
     use crate::protocol::{ChannelName, Encoding};
     use actix::prelude::*;
     use serde_json::json;
@@ -89,7 +95,8 @@ mod tests {
     fn a_group_that_falls_behind_refuses_publications_and_recovers_once_it_catches_up() {
         System::new().block_on(async {
             let registry = GroupRegistry::new();
-            let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(Arc::new(registry.clone())));
+            let sink = HubSink::new(registry.clone(), Arc::new(ConnectionDirectory::new()));
+            let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(Arc::new(sink)));
             let channel = ChannelName::parse("busy").expect("channel");
             let (member, _receiver) = member(1, Encoding::Json, 1);
             let (reply, _joined) = tokio::sync::oneshot::channel();
@@ -106,11 +113,10 @@ mod tests {
             });
             let outcomes: Vec<Result<(), SinkError>> = (0..GROUP_MAILBOX_CAPACITY + 8)
                 .map(|n| {
-                    registry.on_publication(Arc::new(Publication::new(
-                        channel.clone(),
-                        json!(n),
-                        None,
-                    )))
+                    registry.deliver(
+                        &channel,
+                        Arc::new(Publication::new(channel.clone(), json!(n), None)),
+                    )
                 })
                 .collect();
             let accepted = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
@@ -126,11 +132,10 @@ mod tests {
 
             // Let the group run: it drains its mailbox and takes publications again.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            let after = registry.on_publication(Arc::new(Publication::new(
-                channel.clone(),
-                json!("after"),
-                None,
-            )));
+            let after = registry.deliver(
+                &channel,
+                Arc::new(Publication::new(channel.clone(), json!("after"), None)),
+            );
             assert_eq!(after, Ok(()));
         });
     }

@@ -66,6 +66,9 @@ pub enum DecodeError {
     Json(String),
     #[error("invalid MessagePack: {0}")]
     MessagePack(String),
+    /// Well-formed, but not a valid value of the expected shape.
+    #[error("invalid: {0}")]
+    Invalid(String),
 }
 
 /// Decodes a text frame (JSON) into a client frame.
@@ -96,7 +99,7 @@ mod tests {
     fn json_frames_match_the_contract() {
         let data = json!({"text": "hi"});
         let frame = ServerFrame::Message {
-            channel: "room:1",
+            channel: Some("room:1"),
             data: &data,
             from: Some("42"),
         };

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::codec::DecodeError;
+use super::control::starts_like_json_object;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,11 +19,7 @@ impl Envelope {
     /// Decodes a payload that is either a JSON envelope or a MessagePack envelope. JSON is tried
     /// first when the payload starts like a JSON object (`{` after optional whitespace).
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        let first = payload
-            .iter()
-            .find(|byte| !byte.is_ascii_whitespace())
-            .copied();
-        if first == Some(b'{') {
+        if starts_like_json_object(payload) {
             serde_json::from_slice(payload).map_err(|err| DecodeError::Json(err.to_string()))
         } else {
             rmp_serde::from_slice(payload).map_err(|err| DecodeError::MessagePack(err.to_string()))

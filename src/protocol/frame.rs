@@ -149,8 +149,11 @@ pub enum ServerFrame<'a> {
         channels: &'a [&'a str],
         expires_at: Option<u64>,
     },
+    /// A publication. `channel` is absent for a direct message (sent to the user or to this
+    /// connection rather than to a channel).
     Message {
-        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
         data: &'a Value,
         #[serde(skip_serializing_if = "Option::is_none")]
         from: Option<&'a str>,

@@ -1,5 +1,5 @@
 //! The wire contract, and nothing else: the frames clients and servers exchange, channel names,
-//! close codes, error codes, the broker envelope, and the two encodings (JSON, MessagePack).
+//! close codes, error codes, the broker envelope, control operations, and the two encodings (JSON, MessagePack).
 //!
 //! This module does no IO and knows nothing of actix, sockets or Redis. Everything here is pure
 //! data and pure functions, so it is tested by unit tests and benchmarked without a server.
@@ -8,6 +8,7 @@
 pub mod channel;
 pub mod close;
 pub mod codec;
+pub mod control;
 pub mod envelope;
 pub mod error_code;
 pub mod frame;
@@ -15,6 +16,7 @@ pub mod frame;
 pub use channel::{ChannelName, InvalidChannel};
 pub use close::CloseCode;
 pub use codec::{DecodeError, EncodeError, Encoding, OutboundFrame};
+pub use control::{ControlOp, ControlTarget};
 pub use envelope::Envelope;
 pub use error_code::ErrorCode;
 pub use frame::{ClientFrame, ClientRequest, ServerFrame};

@@ -3,9 +3,14 @@
 // The harness is one binary; `pub` inside it is for sibling modules, not an API.
 #![allow(unreachable_pub)]
 
+mod broker_contract;
 mod cli;
+mod cluster;
+mod faults;
 mod frames;
 mod handshake;
 mod lifecycle;
+mod multinode;
 mod protections;
+mod redis;
 mod support;

@@ -42,6 +42,8 @@ pub struct TestServer {
     pub child: Child,
     pub address: SocketAddr,
     config_path: PathBuf,
+    /// Where standard error goes when the test reads the log.
+    log_path: Option<PathBuf>,
 }
 
 impl TestServer {
@@ -51,6 +53,22 @@ impl TestServer {
     }
 
     pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(config, env, None).await
+    }
+
+    /// Like `start`, with the node's log (standard error, at `info`) kept for [`Self::log`].
+    pub async fn start_logged(config: &str) -> Self {
+        let log_path = temp_file("server.log", "");
+        Self::spawn(config, &[("RUST_LOG", "info")], Some(log_path)).await
+    }
+
+    /// What the node has logged so far (only for `start_logged`).
+    pub fn log(&self) -> String {
+        let path = self.log_path.as_ref().expect("started with start_logged");
+        std::fs::read_to_string(path).expect("read log")
+    }
+
+    async fn spawn(config: &str, env: &[(&str, &str)], log_path: Option<PathBuf>) -> Self {
         let config_path = temp_file("config.toml", config);
         let mut command = Command::new(binary());
         command
@@ -64,7 +82,10 @@ impl TestServer {
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(match &log_path {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+                None => Stdio::inherit(),
+            })
             .kill_on_drop(true);
         for (name, value) in env {
             command.env(name, value);
@@ -75,6 +96,7 @@ impl TestServer {
             child,
             address,
             config_path,
+            log_path,
         }
     }
 
@@ -92,12 +114,54 @@ impl TestServer {
 
     /// A JSON client on `/ws`, past its `welcome` frame.
     pub async fn client(&self) -> Client {
-        let mut client = Client::connect(&self.ws_url("/ws"), &[])
+        self.client_in(&[]).await
+    }
+
+    /// A JSON client that joined `channels` at the handshake, past its `welcome` frame (which
+    /// must list them all).
+    pub async fn client_in(&self, channels: &[&str]) -> Client {
+        let query: Vec<String> = channels
+            .iter()
+            .map(|channel| format!("channel={channel}"))
+            .collect();
+        let mut client = Client::connect(&self.ws_url(&format!("/ws?{}", query.join("&"))), &[])
             .await
             .expect("connect");
         let welcome = client.recv().await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
+        assert_eq!(
+            welcome["channels"],
+            serde_json::json!(channels),
+            "{welcome}"
+        );
         client
+    }
+
+    /// A JSON client past its `welcome`, and the connection id the welcome gave it.
+    pub async fn identified_client(&self) -> (Client, String) {
+        let mut client = Client::connect(&self.ws_url("/ws"), &[])
+            .await
+            .expect("connect");
+        let welcome = client.recv().await;
+        let id = welcome["connection_id"].as_str().expect("connection_id");
+        (client, id.to_owned())
+    }
+
+    /// The status of `GET /readyz`.
+    pub async fn readiness(&self) -> u16 {
+        self.get("/readyz").await.0
+    }
+
+    /// Waits until `GET /readyz` answers `status`.
+    pub async fn wait_for_readiness(&self, status: u16) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.readiness().await != status {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz never answered {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
@@ -146,6 +210,9 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config_path);
+        if let Some(path) = &self.log_path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -249,6 +316,16 @@ impl Client {
             return frame;
         }
         self.recv_from_socket().await
+    }
+
+    /// The next data frame if one arrives within `limit`.
+    pub async fn recv_within(&mut self, limit: Duration) -> Option<Value> {
+        if let Some(frame) = self.unread.pop_front() {
+            return Some(frame);
+        }
+        tokio::time::timeout(limit, self.recv_from_socket())
+            .await
+            .ok()
     }
 
     async fn recv_from_socket(&mut self) -> Value {

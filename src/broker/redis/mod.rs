@@ -1,0 +1,344 @@
+//! The Redis broker: any number of nodes act as one server, and back-ends reach clients with a
+//! plain `PUBLISH` (PROTOCOL.md §6). Nothing outside this module knows Redis exists, and it is
+//! the only module that imports `fred`.
+//!
+//! Two connections per node (a subscriber connection cannot publish under RESP2):
+//! - the publisher [`Client`], fed by one ordered queue and pipelined ([`publisher`]);
+//! - the [`SubscriberClient`], whose subscriptions are reference-counted, batched and restored
+//!   after reconnects by one task ([`subscriptions`]), and whose messages are decoded and handed
+//!   to the sink ([`receiver`]).
+//!
+//! Every publication, this node's own included, comes back through Redis: one path, one order.
+//! With `cluster = true`, channel traffic uses sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`); user
+//! and control channels stay classic, which Redis Cluster broadcasts to every shard.
+//!
+//! Faults: the node starts without Redis and connects when it comes up; after a disconnect the
+//! clients reconnect with backoff (100 ms doubling to 1 s) and every channel still needed is
+//! subscribed again. While Redis is unreachable, publishes and new subscriptions fail at once
+//! with [`BrokerError::Unavailable`]. `is_ready` (and `/readyz`) reflect the [`probe`]: a
+//! message published on the node's own channel and received back.
+//!
+//! Limits: at most one in-flight pipeline per node (publishing is ordered); messages the
+//! receiver falls more than [`RECEIVE_BUFFER`] behind on are lost and counted.
+
+mod link;
+mod names;
+mod probe;
+mod publisher;
+mod receiver;
+mod subscriptions;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::ClientLike;
+use fred::types::Builder;
+use fred::types::config::{
+    ClusterDiscoveryPolicy, Config as FredConfig, ReconnectPolicy, ServerConfig, UnresponsiveConfig,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{Broker, BrokerConfig, BrokerError, BrokerFuture, BrokerSink, Publication, Topic};
+use crate::protocol::{ControlOp, Envelope};
+use link::Link;
+use names::{Names, RedisChannel};
+use probe::{PROBE_INTERVAL, Probe};
+use publisher::Outgoing;
+use subscriptions::Subscriptions;
+
+/// Messages the subscriber buffers for the receiver before the oldest are lost.
+const RECEIVE_BUFFER: usize = 16_384;
+/// Reconnect backoff: from 100 ms, doubling, to at most 1 s, forever.
+const RECONNECT_MIN_DELAY_MS: u32 = 100;
+const RECONNECT_MAX_DELAY_MS: u32 = 1_000;
+/// A connection with a command unanswered this long is dropped and reconnected.
+const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(5);
+
+/// What the broker's tasks share.
+struct Shared {
+    names: Names,
+    publisher: Client,
+    publisher_link: Link,
+    subscriber: SubscriberClient,
+    subscriber_link: Link,
+    subscriptions: Subscriptions,
+    probe: Probe,
+    outgoing: mpsc::Sender<Outgoing>,
+}
+
+impl Shared {
+    fn can_publish(&self) -> bool {
+        self.publisher_link.is_up(&self.publisher)
+    }
+
+    fn can_subscribe(&self) -> bool {
+        self.subscriber_link.is_up(&self.subscriber)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.can_publish() && self.can_subscribe() && self.probe.is_fresh()
+    }
+}
+
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Checks `broker.url` (and `broker.cluster`) without connecting: the message names the key.
+pub fn validate_url(config: &BrokerConfig) -> Result<(), String> {
+    fred_config(config).map(drop)
+}
+
+fn fred_config(config: &BrokerConfig) -> Result<FredConfig, String> {
+    let mut fred = FredConfig::from_url(&config.url)
+        .map_err(|err| format!("broker.url: {:?} is not a Redis URL: {err}", config.url))?;
+    if config.cluster {
+        fred.server = match fred.server {
+            ServerConfig::Centralized { server } => ServerConfig::Clustered {
+                hosts: vec![server],
+                policy: ClusterDiscoveryPolicy::default(),
+            },
+            clustered @ ServerConfig::Clustered { .. } => clustered,
+            _ => {
+                return Err(
+                    "broker.cluster: true needs a redis:// or redis-cluster:// URL in broker.url"
+                        .into(),
+                );
+            }
+        };
+    }
+    // Without this, a node started before Redis would give up instead of waiting for it.
+    fred.fail_fast = false;
+    Ok(fred)
+}
+
+impl RedisBroker {
+    /// Builds the clients and starts connecting in the background (Redis need not be up);
+    /// must run inside a tokio runtime. Fails only on a bad configuration.
+    pub fn start(config: &BrokerConfig, sink: Arc<dyn BrokerSink>) -> Result<Self, BrokerError> {
+        let node_id = format!("{:016x}", fastrand::u64(..));
+        let names = Names::new(&config.prefix, &node_id, config.cluster);
+        let mut builder = Builder::from_config(fred_config(config).map_err(BrokerError::Config)?);
+        builder
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                RECONNECT_MIN_DELAY_MS,
+                RECONNECT_MAX_DELAY_MS,
+                2,
+            ))
+            .with_connection_config(|connection| {
+                connection.tcp.nodelay = Some(true);
+                connection.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(UNRESPONSIVE_AFTER),
+                    interval: Duration::from_secs(1),
+                };
+            });
+        let publisher = builder
+            .build()
+            .map_err(|err| BrokerError::Config(format!("broker.url: {err}")))?;
+        builder.with_performance_config(|performance| {
+            performance.broadcast_channel_capacity = RECEIVE_BUFFER;
+        });
+        let subscriber = builder
+            .build_subscriber_client()
+            .map_err(|err| BrokerError::Config(format!("broker.url: {err}")))?;
+
+        let (outgoing, queue) = mpsc::channel(publisher::QUEUE_CAPACITY);
+        let shared = Arc::new(Shared {
+            subscriptions: Subscriptions::new(vec![names.control(), names.node()]),
+            names,
+            publisher: publisher.clone(),
+            publisher_link: Link::new("publisher"),
+            subscriber: subscriber.clone(),
+            subscriber_link: Link::new("subscriber"),
+            probe: Probe::default(),
+            outgoing,
+        });
+        // The receiver subscribes to fred's message broadcast before any subscription exists.
+        let receiving = tokio::spawn(receiver::run(shared.clone(), sink));
+        let mut tasks = vec![
+            receiving,
+            tokio::spawn(subscriptions::reconcile(shared.clone())),
+            tokio::spawn(publisher::run(shared.clone(), queue)),
+            tokio::spawn(probe_loop(shared.clone())),
+        ];
+        let watched = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            watched
+                .publisher_link
+                .watch(watched.publisher.clone())
+                .await;
+        }));
+        let watched = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            watched
+                .subscriber_link
+                .watch(watched.subscriber.clone())
+                .await;
+        }));
+        for connection in [publisher.connect(), subscriber.connect()] {
+            tasks.push(tokio::spawn(async move {
+                if let Ok(Err(err)) = connection.await {
+                    tracing::error!(error = %err, "redis connection task ended");
+                }
+            }));
+        }
+        tracing::info!(url = %redacted(&config.url), cluster = config.cluster, node = %node_id, "redis broker starting");
+        Ok(Self { shared, tasks })
+    }
+
+    /// Queues a payload for publishing; resolves with Redis's answer.
+    fn send(&self, channel: RedisChannel, payload: Bytes) -> BrokerFuture {
+        if !self.shared.can_publish() {
+            metrics::counter!(crate::metrics::BROKER_PUBLISH_FAILURES).increment(1);
+            return Box::pin(std::future::ready(Err(BrokerError::Unavailable(
+                "redis is not connected".into(),
+            ))));
+        }
+        let (reply, answer) = oneshot::channel();
+        let outgoing = Outgoing {
+            channel,
+            payload,
+            reply: Some(reply),
+        };
+        if let Err(err) = self.shared.outgoing.try_send(outgoing) {
+            metrics::counter!(crate::metrics::BROKER_PUBLISH_FAILURES).increment(1);
+            let reason = match err {
+                mpsc::error::TrySendError::Full(_) => "too many publications waiting for redis",
+                mpsc::error::TrySendError::Closed(_) => "the redis publisher has stopped",
+            };
+            return Box::pin(std::future::ready(Err(BrokerError::Unavailable(
+                reason.into(),
+            ))));
+        }
+        Box::pin(async move {
+            answer.await.unwrap_or_else(|_| {
+                Err(BrokerError::Unavailable(
+                    "the redis publisher has stopped".into(),
+                ))
+            })
+        })
+    }
+}
+
+/// The URL without its password, for logs.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Publishes a probe every [`PROBE_INTERVAL`] and reports readiness.
+async fn probe_loop(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(PROBE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if shared.can_publish() {
+            let probe = Outgoing {
+                channel: shared.names.node(),
+                payload: shared.probe.next(),
+                reply: None,
+            };
+            // A full queue is a busy publisher; the next tick tries again.
+            let _ = shared.outgoing.try_send(probe);
+        }
+        shared.probe.report(shared.is_ready());
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (publisher, subscriber) = (
+                self.shared.publisher.clone(),
+                self.shared.subscriber.clone(),
+            );
+            runtime.spawn(async move {
+                let _ = publisher.quit().await;
+                let _ = subscriber.quit().await;
+            });
+        }
+    }
+}
+
+impl Broker for RedisBroker {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn publish(&self, publication: Publication) -> BrokerFuture {
+        let channel = self.shared.names.topic(&publication.topic);
+        let envelope = Envelope {
+            data: publication.data,
+            from: publication.from,
+        };
+        self.send(channel, Bytes::from(envelope.to_json()))
+    }
+
+    fn publish_control(&self, op: ControlOp) -> BrokerFuture {
+        self.send(self.shared.names.control(), Bytes::from(op.to_json()))
+    }
+
+    fn subscribe(&self, topic: &Topic) -> BrokerFuture {
+        let connected = self.shared.can_subscribe();
+        self.shared
+            .subscriptions
+            .add(self.shared.names.topic(topic), connected)
+    }
+
+    fn unsubscribe(&self, topic: &Topic) -> BrokerFuture {
+        self.shared
+            .subscriptions
+            .release(&self.shared.names.topic(topic));
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn subscriptions(&self) -> usize {
+        self.shared.subscriptions.len()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.shared.is_ready()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str, cluster: bool) -> BrokerConfig {
+        BrokerConfig {
+            url: url.to_owned(),
+            cluster,
+            ..BrokerConfig::default()
+        }
+    }
+
+    #[test]
+    fn urls_are_checked_with_the_key_named() {
+        assert!(validate_url(&config("redis://127.0.0.1:6379", false)).is_ok());
+        assert!(validate_url(&config("redis://127.0.0.1:7000", true)).is_ok());
+        let err = validate_url(&config("http//nope", false)).expect_err("invalid");
+        assert!(err.starts_with("broker.url:"), "{err}");
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_logged_urls() {
+        assert_eq!(
+            redacted("redis://user:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
+    }
+}

@@ -1,0 +1,393 @@
+//! The node's Redis subscriptions: what it needs (reference counts per Redis channel, plus the
+//! permanent control and node channels) and what Redis has confirmed, reconciled by one task.
+//!
+//! Callers only change reference counts, which is synchronous and cheap; the [`reconcile`] task
+//! turns the difference between "needed" and "confirmed" into as few commands as it can: one
+//! `SUBSCRIBE` (or `UNSUBSCRIBE`) per [`BATCH`] classic channels, one `SSUBSCRIBE` per hash slot
+//! for sharded ones (Redis refuses cross-slot batches), all of a round's commands in flight at
+//! once. While a round is in flight (and for [`COALESCE`] after a wake-up) new changes
+//! accumulate, so a burst of 10,000 joins costs a few dozen rounds, not 10,000 round trips.
+//!
+//! After a reconnect Redis has forgotten every subscription of the old connection: the task
+//! forgets what was confirmed and subscribes everything still needed again, including channels
+//! whose subscribe failed while Redis was down (fred's own `manage_subscriptions` replays only
+//! subscriptions that once succeeded, and cannot tell a waiting join when its channel is live).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::config::Options;
+use futures_util::future::join_all;
+use tokio::sync::{Notify, broadcast, oneshot};
+
+use super::Shared;
+use super::names::RedisChannel;
+use crate::broker::{BrokerError, BrokerFuture};
+use crate::metrics as names;
+
+/// Classic channels per `SUBSCRIBE`/`UNSUBSCRIBE` command.
+const BATCH: usize = 1_000;
+/// How long a subscription command may take before it counts as failed.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the task lets changes accumulate after being woken, so that a burst of joins becomes
+/// one round. Small next to a join's own cost to the client (a frame and a reply).
+const COALESCE: Duration = Duration::from_millis(1);
+/// How soon a failed round, or a disconnected client, is looked at again.
+const RETRY_INTERVAL: Duration = Duration::from_millis(100);
+
+type Waiter = oneshot::Sender<Result<(), BrokerError>>;
+
+#[derive(Default)]
+struct State {
+    /// Reference counts of the channels callers need.
+    references: HashMap<RedisChannel, usize>,
+    /// Channels needed for the node's whole life (control, node probe).
+    permanent: Vec<RedisChannel>,
+    /// Channels Redis has confirmed on the current connection.
+    confirmed: HashSet<RedisChannel>,
+    /// Callers waiting for a channel to be confirmed.
+    waiters: HashMap<RedisChannel, Vec<Waiter>>,
+}
+
+impl State {
+    fn needed(&self, channel: &RedisChannel) -> bool {
+        self.references.contains_key(channel) || self.permanent.contains(channel)
+    }
+
+    fn resolve(&mut self, channel: &RedisChannel, result: &Result<(), BrokerError>) {
+        for waiter in self.waiters.remove(channel).unwrap_or_default() {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Subscriptions {
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+impl Subscriptions {
+    pub(super) fn new(permanent: Vec<RedisChannel>) -> Self {
+        Self {
+            state: Mutex::new(State {
+                permanent,
+                ..State::default()
+            }),
+            wake: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves counts that are still consistent enough to use.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a reference; the future resolves once Redis confirms the subscription. When the
+    /// client is not connected it fails at once, and the reference stays: the channel is
+    /// subscribed when Redis is back.
+    pub(super) fn add(&self, channel: RedisChannel, connected: bool) -> BrokerFuture {
+        let receiver = {
+            let mut state = self.state();
+            *state.references.entry(channel.clone()).or_insert(0) += 1;
+            self.record_gauge(&state);
+            if state.confirmed.contains(&channel) {
+                return Box::pin(std::future::ready(Ok(())));
+            }
+            if !connected {
+                self.wake.notify_one();
+                return Box::pin(std::future::ready(Err(not_connected())));
+            }
+            let (sender, receiver) = oneshot::channel();
+            state.waiters.entry(channel).or_default().push(sender);
+            receiver
+        };
+        self.wake.notify_one();
+        Box::pin(async move {
+            receiver.await.unwrap_or_else(|_| {
+                Err(BrokerError::Unavailable(
+                    "the broker stopped before subscribing".into(),
+                ))
+            })
+        })
+    }
+
+    /// Drops a reference; the channel is unsubscribed after its last one.
+    pub(super) fn release(&self, channel: &RedisChannel) {
+        let mut state = self.state();
+        let last = match state.references.get_mut(channel) {
+            Some(references) => {
+                *references = references.saturating_sub(1);
+                *references == 0
+            }
+            None => false,
+        };
+        if last {
+            state.references.remove(channel);
+            self.record_gauge(&state);
+            drop(state);
+            self.wake.notify_one();
+        }
+    }
+
+    /// How many channels callers hold references to (not counting the permanent ones).
+    pub(super) fn len(&self) -> usize {
+        self.state().references.len()
+    }
+
+    /// Whether Redis has confirmed `channel` on the current connection.
+    #[cfg(test)]
+    fn is_confirmed(&self, channel: &RedisChannel) -> bool {
+        self.state().confirmed.contains(channel)
+    }
+
+    fn record_gauge(&self, state: &State) {
+        metrics::gauge!(names::BROKER_SUBSCRIPTIONS).set(state.references.len() as f64);
+    }
+
+    /// What to subscribe and unsubscribe now. Channels to unsubscribe leave `confirmed` before
+    /// the command is sent, so a join racing with it waits for a fresh subscribe instead of
+    /// trusting one that is being torn down.
+    fn plan(&self) -> (Vec<RedisChannel>, Vec<RedisChannel>) {
+        let mut state = self.state();
+        let mut subscribe: Vec<RedisChannel> = state
+            .references
+            .keys()
+            .chain(state.permanent.iter())
+            .filter(|channel| !state.confirmed.contains(*channel))
+            .cloned()
+            .collect();
+        subscribe.sort_unstable();
+        subscribe.dedup();
+        let unsubscribe: Vec<RedisChannel> = state
+            .confirmed
+            .iter()
+            .filter(|channel| !state.needed(channel))
+            .cloned()
+            .collect();
+        for channel in &unsubscribe {
+            state.confirmed.remove(channel);
+        }
+        (subscribe, unsubscribe)
+    }
+
+    fn confirm(&self, channels: &[RedisChannel], result: &Result<(), BrokerError>) {
+        let mut state = self.state();
+        for channel in channels {
+            if result.is_ok() {
+                state.confirmed.insert(channel.clone());
+            }
+            state.resolve(channel, result);
+        }
+    }
+
+    /// After a reconnect: Redis holds none of the old connection's subscriptions.
+    fn forget_confirmed(&self) -> usize {
+        let mut state = self.state();
+        state.confirmed.clear();
+        state.references.len() + state.permanent.len()
+    }
+
+    fn fail_waiters(&self) {
+        let mut state = self.state();
+        let channels: Vec<RedisChannel> = state.waiters.keys().cloned().collect();
+        for channel in channels {
+            state.resolve(&channel, &Err(not_connected()));
+        }
+    }
+}
+
+fn not_connected() -> BrokerError {
+    BrokerError::Unavailable("redis is not connected".into())
+}
+
+/// Keeps the subscriber's Redis subscriptions equal to what the node needs, for as long as the
+/// client lives; returns when it is closed.
+pub(super) async fn reconcile(shared: Arc<Shared>) {
+    let subscriptions = &shared.subscriptions;
+    let client = &shared.subscriber;
+    let mut reconnects = client.reconnect_rx();
+    let options = Options {
+        timeout: Some(COMMAND_TIMEOUT),
+        fail_fast: true,
+        max_attempts: Some(1),
+        ..Options::default()
+    };
+    let commands = client.with_options(&options);
+    let mut retry = false;
+    loop {
+        if shared.can_subscribe() {
+            let (subscribe, unsubscribe) = subscriptions.plan();
+            if !subscribe.is_empty() || !unsubscribe.is_empty() {
+                retry = !apply(subscriptions, &commands, subscribe, unsubscribe).await;
+                if !retry {
+                    // Changes that arrived during the round are handled at once.
+                    tokio::time::sleep(COALESCE).await;
+                    continue;
+                }
+            }
+        } else {
+            subscriptions.fail_waiters();
+            retry = true;
+        }
+        tokio::select! {
+            () = subscriptions.wake.notified() => tokio::time::sleep(COALESCE).await,
+            event = reconnects.recv() => match event {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let needed = subscriptions.forget_confirmed();
+                    tracing::debug!(channels = needed, "redis subscriber connected; subscribing");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            () = tokio::time::sleep(RETRY_INTERVAL), if retry => {}
+        }
+    }
+}
+
+/// Sends one round of commands; `true` if every one succeeded.
+async fn apply<C: PubsubInterface + Sync>(
+    subscriptions: &Subscriptions,
+    client: &C,
+    subscribe: Vec<RedisChannel>,
+    unsubscribe: Vec<RedisChannel>,
+) -> bool {
+    let mut commands = Vec::new();
+    for (sharded, batch) in batches(unsubscribe) {
+        commands.push(Box::pin(async move {
+            let names: Vec<String> = batch.iter().map(|channel| channel.name.clone()).collect();
+            let result = if sharded {
+                client.sunsubscribe(names).await
+            } else {
+                client.unsubscribe(names).await
+            };
+            if let Err(err) = &result {
+                // The channel may stay subscribed in Redis until the next reconnect; its
+                // publications find no group here and are dropped.
+                tracing::warn!(channels = batch.len(), error = %err, "unsubscribe failed");
+            }
+            result.is_ok()
+        })
+            as std::pin::Pin<
+                Box<dyn std::future::Future<Output = bool> + Send + '_>,
+            >);
+    }
+    for (sharded, batch) in batches(subscribe) {
+        commands.push(Box::pin(async move {
+            let names: Vec<String> = batch.iter().map(|channel| channel.name.clone()).collect();
+            let result = if sharded {
+                client.ssubscribe(names).await
+            } else {
+                client.subscribe(names).await
+            };
+            let result = result.map_err(|err| BrokerError::Unavailable(err.to_string()));
+            if let Err(err) = &result {
+                tracing::warn!(channels = batch.len(), error = %err, "subscribe failed");
+            }
+            subscriptions.confirm(&batch, &result);
+            result.is_ok()
+        }));
+    }
+    join_all(commands).await.into_iter().all(|ok| ok)
+}
+
+/// Splits channels into commands: classic ones in batches of [`BATCH`], sharded ones by hash
+/// slot (a sharded command's channels must share a slot).
+fn batches(channels: Vec<RedisChannel>) -> Vec<(bool, Vec<RedisChannel>)> {
+    let (sharded, classic): (Vec<RedisChannel>, Vec<RedisChannel>) =
+        channels.into_iter().partition(|channel| channel.sharded);
+    let mut batches: Vec<(bool, Vec<RedisChannel>)> = classic
+        .chunks(BATCH)
+        .map(|chunk| (false, chunk.to_vec()))
+        .collect();
+    let mut by_slot: HashMap<u16, Vec<RedisChannel>> = HashMap::new();
+    for channel in sharded {
+        by_slot
+            .entry(fred::util::redis_keyslot(channel.name.as_bytes()))
+            .or_default()
+            .push(channel);
+    }
+    batches.extend(by_slot.into_values().map(|batch| (true, batch)));
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(name: &str, sharded: bool) -> RedisChannel {
+        RedisChannel {
+            name: name.to_owned(),
+            sharded,
+        }
+    }
+
+    #[test]
+    fn classic_channels_batch_by_count_and_sharded_ones_by_slot() {
+        let mut channels: Vec<RedisChannel> = (0..2_500)
+            .map(|n| channel(&format!("sb:user:{n}"), false))
+            .collect();
+        channels.push(channel("sb:ch:{room}:a", true));
+        channels.push(channel("sb:ch:{room}:b", true));
+        channels.push(channel("sb:ch:other", true));
+        let batches = batches(channels);
+        let classic: Vec<usize> = batches
+            .iter()
+            .filter(|(sharded, _)| !sharded)
+            .map(|(_, batch)| batch.len())
+            .collect();
+        assert_eq!(classic, vec![1_000, 1_000, 500]);
+        let mut sharded: Vec<usize> = batches
+            .iter()
+            .filter(|(sharded, _)| *sharded)
+            .map(|(_, batch)| batch.len())
+            .collect();
+        sharded.sort_unstable();
+        assert_eq!(
+            sharded,
+            vec![1, 2],
+            "the two {{room}} channels share a slot"
+        );
+    }
+
+    #[tokio::test]
+    async fn references_are_counted_and_unsubscribing_forgets_the_confirmation_first() {
+        let subscriptions = Subscriptions::new(vec![channel("sb:control", false)]);
+        let room = channel("sb:ch:room", false);
+        let first = subscriptions.add(room.clone(), true);
+        let _second = subscriptions.add(room.clone(), true);
+        let (subscribe, unsubscribe) = subscriptions.plan();
+        assert_eq!(
+            subscribe,
+            vec![channel("sb:ch:room", false), channel("sb:control", false)]
+        );
+        assert!(unsubscribe.is_empty());
+        subscriptions.confirm(&subscribe, &Ok(()));
+        assert_eq!(first.await, Ok(()));
+        assert_eq!(
+            subscriptions.add(room.clone(), true).await,
+            Ok(()),
+            "already live"
+        );
+        for _ in 0..3 {
+            subscriptions.release(&room);
+        }
+        assert_eq!(subscriptions.len(), 0);
+        let (subscribe, unsubscribe) = subscriptions.plan();
+        assert!(subscribe.is_empty());
+        assert_eq!(unsubscribe, vec![room.clone()]);
+        assert!(!subscriptions.is_confirmed(&room));
+        // Not connected: fails now, keeps the reference for later.
+        assert!(subscriptions.add(room.clone(), false).await.is_err());
+        assert_eq!(subscriptions.len(), 1);
+        assert_eq!(subscriptions.forget_confirmed(), 2);
+        assert_eq!(
+            subscriptions.plan().0.len(),
+            2,
+            "everything again after a reconnect"
+        );
+    }
+}

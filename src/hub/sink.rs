@@ -1,0 +1,185 @@
+//! The hub's side of the broker: [`HubSink`] takes what the broker receives and hands it to this
+//! node. Channel publications go to the channel's group; user publications go straight to that
+//! user's connections (no group: a user's sockets on one node are few); control operations close
+//! the connections they name.
+//!
+//! It never blocks: everything it does is a `try_send` into a bounded queue or mailbox, or a
+//! close notice to a connection.
+
+use std::sync::Arc;
+
+use super::directory::ConnectionDirectory;
+use super::group::fan_out;
+use super::registry::GroupRegistry;
+use crate::broker::{BrokerSink, Publication, SinkError, Topic};
+use crate::metrics as names;
+use crate::protocol::ControlOp;
+
+pub struct HubSink {
+    groups: GroupRegistry,
+    directory: Arc<ConnectionDirectory>,
+}
+
+impl HubSink {
+    pub fn new(groups: GroupRegistry, directory: Arc<ConnectionDirectory>) -> Self {
+        Self { groups, directory }
+    }
+}
+
+impl BrokerSink for HubSink {
+    fn on_publication(&self, publication: Arc<Publication>) -> Result<(), SinkError> {
+        match &publication.topic {
+            Topic::Channel(channel) => self.groups.deliver(channel, publication.clone()),
+            Topic::User(user) => {
+                let members = self.directory.members_of_user(user);
+                if !members.is_empty() {
+                    // Overflowed members were told to close; gone ones leave the directory as
+                    // their actors stop.
+                    fan_out(&members, &publication);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn on_control(&self, op: ControlOp) {
+        let ControlOp::Disconnect {
+            target,
+            code,
+            reason,
+        } = &op;
+        let members = self.directory.matching(target);
+        metrics::counter!(names::CONTROL_DISCONNECTS).increment(members.len() as u64);
+        tracing::info!(?target, %code, matched = members.len(), "control disconnect");
+        for member in members {
+            member.close(*code, reason);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::{Broker, MemoryBroker};
+    use crate::hub::member::{ConnectionKey, Disconnect, Member, Outbound, outbound_queue};
+    use crate::hub::{Hub, LocalConnection};
+    use crate::protocol::{CloseCode, ControlTarget, Encoding, OutboundFrame};
+    use actix::prelude::*;
+    use serde_json::{Value, json};
+    use std::sync::Mutex;
+    use tokio::sync::mpsc;
+
+    /// Records the close requests a connection receives.
+    #[derive(Default)]
+    struct RecordingConnection {
+        closes: Arc<Mutex<Vec<CloseCode>>>,
+    }
+
+    impl Actor for RecordingConnection {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Disconnect> for RecordingConnection {
+        type Result = ();
+        fn handle(&mut self, disconnect: Disconnect, _: &mut Self::Context) {
+            if let Ok(mut closes) = self.closes.lock() {
+                closes.push(disconnect.code);
+            }
+        }
+    }
+
+    struct Node {
+        hub: Hub,
+        broker: Arc<dyn Broker>,
+    }
+
+    fn node() -> Node {
+        let registry = GroupRegistry::new();
+        let directory = Arc::new(ConnectionDirectory::new());
+        let sink = Arc::new(HubSink::new(registry.clone(), directory.clone()));
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(sink));
+        let hub = Hub::new(
+            registry,
+            directory,
+            broker.clone(),
+            vec![Arbiter::current()],
+        );
+        Node { hub, broker }
+    }
+
+    fn connect(
+        hub: &Hub,
+        user: &str,
+        session: &str,
+    ) -> (
+        ConnectionKey,
+        mpsc::Receiver<Outbound>,
+        Arc<Mutex<Vec<CloseCode>>>,
+    ) {
+        let (key, id) = hub.directory().allocate();
+        let (queue, receiver) = outbound_queue(8);
+        let recorder = RecordingConnection::default();
+        let closes = recorder.closes.clone();
+        let member = Member {
+            connection: key,
+            encoding: Encoding::Json,
+            queue,
+            disconnect: recorder.start().recipient(),
+        };
+        let registered = hub.register(LocalConnection {
+            member,
+            id,
+            user: Some(Arc::from(user)),
+            session: Some(Arc::from(session)),
+        });
+        assert!(registered.is_ok());
+        (key, receiver, closes)
+    }
+
+    fn json_frame(receiver: &mut mpsc::Receiver<Outbound>) -> Option<Value> {
+        match receiver.try_recv() {
+            Ok(Outbound::Frame(OutboundFrame::Text(text))) => serde_json::from_str(&text).ok(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_user_publication_reaches_every_connection_of_that_user_without_a_channel() {
+        System::new().block_on(async {
+            let node = node();
+            let (_, mut alice_1, _) = connect(&node.hub, "alice", "s1");
+            let (alice_2_key, mut alice_2, _) = connect(&node.hub, "alice", "s2");
+            let (_, mut bob, _) = connect(&node.hub, "bob", "s3");
+            assert_eq!(node.broker.subscriptions(), 2, "one per user");
+
+            let publication =
+                Publication::new(Topic::User(Arc::from("alice")), json!({"n": 1}), None);
+            node.broker.publish(publication).await.expect("publish");
+            let expected = json!({"type": "message", "data": {"n": 1}});
+            assert_eq!(json_frame(&mut alice_1), Some(expected.clone()));
+            assert_eq!(json_frame(&mut alice_2), Some(expected));
+            assert_eq!(json_frame(&mut bob), None);
+
+            node.hub.unregister(alice_2_key);
+            assert_eq!(
+                node.broker.subscriptions(),
+                2,
+                "alice still has a connection"
+            );
+        });
+    }
+
+    #[test]
+    fn control_operations_close_what_they_name() {
+        System::new().block_on(async {
+            let node = node();
+            let (_, _alice_queue, alice) = connect(&node.hub, "alice", "s1");
+            let (_, _bob_queue, bob) = connect(&node.hub, "bob", "s2");
+            let op = ControlOp::disconnect(ControlTarget::Session("s2".into()));
+            node.broker.publish_control(op).await.expect("control");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            assert_eq!(*bob.lock().expect("lock"), vec![CloseCode::LoggedOut]);
+            assert!(alice.lock().expect("lock").is_empty());
+        });
+    }
+}

@@ -1,0 +1,207 @@
+//! Control operations (PROTOCOL.md §6): what back-ends and nodes publish on `PREFIX:control` to
+//! act on connections wherever they are.
+//!
+//! `{"op": "disconnect", "user": "42"}`, or with `"session"` or `"connection"` instead of
+//! `"user"`; optional `"code"` (default 4002 `logged_out`) and `"reason"`. Exactly one target is
+//! named. JSON or MessagePack, like the envelope. Decoding validates everything a node acts on, so
+//! a bad op is refused here with a message naming the field and never half-applied.
+
+use serde::{Deserialize, Serialize};
+
+use super::close::CloseCode;
+use super::codec::DecodeError;
+
+/// The longest close reason a WebSocket close frame carries (125 bytes minus the code).
+pub const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// The reason sent with a disconnect op that gives none.
+pub const DEFAULT_DISCONNECT_REASON: &str = "logged out";
+
+/// Which connections a control op acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlTarget {
+    /// Every connection of this user id.
+    User(String),
+    /// Every connection of this session id.
+    Session(String),
+    /// One connection, by its public id (`c_…`, as in `welcome`).
+    Connection(String),
+}
+
+/// A decoded, validated control operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlOp {
+    /// Close the target's sockets with `code` and `reason`.
+    Disconnect {
+        target: ControlTarget,
+        code: CloseCode,
+        reason: String,
+    },
+}
+
+/// The wire shape, before validation.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireOp {
+    op: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    connection: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+impl ControlOp {
+    /// A disconnect with the default code (4002) and reason.
+    pub fn disconnect(target: ControlTarget) -> Self {
+        ControlOp::Disconnect {
+            target,
+            code: CloseCode::LoggedOut,
+            reason: DEFAULT_DISCONNECT_REASON.to_owned(),
+        }
+    }
+
+    /// Decodes and validates a JSON or MessagePack control op.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let wire: WireOp = if starts_like_json_object(payload) {
+            serde_json::from_slice(payload).map_err(|err| DecodeError::Json(err.to_string()))?
+        } else {
+            rmp_serde::from_slice(payload)
+                .map_err(|err| DecodeError::MessagePack(err.to_string()))?
+        };
+        Self::from_wire(wire).map_err(DecodeError::Invalid)
+    }
+
+    fn from_wire(wire: WireOp) -> Result<Self, String> {
+        if wire.op != "disconnect" {
+            return Err(format!("op: unknown operation {:?}", wire.op));
+        }
+        let target = match (wire.user, wire.session, wire.connection) {
+            (Some(user), None, None) => ControlTarget::User(user),
+            (None, Some(session), None) => ControlTarget::Session(session),
+            (None, None, Some(connection)) => ControlTarget::Connection(connection),
+            _ => return Err("exactly one of user, session, connection is required".to_owned()),
+        };
+        let code = match wire.code {
+            None => CloseCode::LoggedOut,
+            Some(code) if code == 1000 || (3000..=4999).contains(&code) => {
+                CloseCode::from_code(code)
+            }
+            Some(code) => return Err(format!("code: {code} is not 1000 or 3000..=4999")),
+        };
+        let reason = wire
+            .reason
+            .unwrap_or_else(|| DEFAULT_DISCONNECT_REASON.to_owned());
+        if reason.len() > MAX_CLOSE_REASON_BYTES {
+            return Err(format!(
+                "reason: longer than {MAX_CLOSE_REASON_BYTES} bytes"
+            ));
+        }
+        Ok(ControlOp::Disconnect {
+            target,
+            code,
+            reason,
+        })
+    }
+
+    /// The JSON form a node publishes.
+    pub fn to_json(&self) -> Vec<u8> {
+        let ControlOp::Disconnect {
+            target,
+            code,
+            reason,
+        } = self;
+        let mut wire = WireOp {
+            op: "disconnect".to_owned(),
+            code: Some(code.code()),
+            reason: Some(reason.clone()),
+            ..WireOp::default()
+        };
+        match target {
+            ControlTarget::User(user) => wire.user = Some(user.clone()),
+            ControlTarget::Session(session) => wire.session = Some(session.clone()),
+            ControlTarget::Connection(connection) => wire.connection = Some(connection.clone()),
+        }
+        // Serialising strings and integers to JSON cannot fail.
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+}
+
+/// Whether a payload is JSON (an object, after optional whitespace) rather than MessagePack.
+pub(crate) fn starts_like_json_object(payload: &[u8]) -> bool {
+    payload
+        .iter()
+        .find(|byte| !byte.is_ascii_whitespace())
+        .is_some_and(|&byte| byte == b'{')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decode(value: serde_json::Value) -> Result<ControlOp, DecodeError> {
+        ControlOp::decode(value.to_string().as_bytes())
+    }
+
+    #[test]
+    fn a_disconnect_names_one_target_and_defaults_to_4002() {
+        assert_eq!(
+            decode(json!({"op": "disconnect", "user": "42"})).expect("valid"),
+            ControlOp::disconnect(ControlTarget::User("42".into()))
+        );
+        assert_eq!(
+            decode(json!({"op": "disconnect", "connection": "c_1", "code": 4003, "reason": "bye"}))
+                .expect("valid"),
+            ControlOp::Disconnect {
+                target: ControlTarget::Connection("c_1".into()),
+                code: CloseCode::Forbidden,
+                reason: "bye".into()
+            }
+        );
+    }
+
+    #[test]
+    fn msgpack_ops_decode_like_json_and_round_trip() {
+        let op = ControlOp::Disconnect {
+            target: ControlTarget::Session("s".into()),
+            code: CloseCode::SessionExpired,
+            reason: "expired".into(),
+        };
+        assert_eq!(ControlOp::decode(&op.to_json()).expect("json"), op);
+        let wire: serde_json::Value = serde_json::from_slice(&op.to_json()).expect("json");
+        let packed = rmp_serde::to_vec_named(&wire).expect("pack");
+        assert_eq!(ControlOp::decode(&packed).expect("msgpack"), op);
+    }
+
+    #[test]
+    fn invalid_ops_are_refused_with_the_field_named() {
+        let cases = [
+            (json!({"op": "reboot", "user": "1"}), "op"),
+            (json!({"op": "disconnect"}), "exactly one"),
+            (
+                json!({"op": "disconnect", "user": "1", "session": "s"}),
+                "exactly one",
+            ),
+            (
+                json!({"op": "disconnect", "user": "1", "code": 1006}),
+                "code",
+            ),
+            (
+                json!({"op": "disconnect", "user": "1", "reason": "x".repeat(200)}),
+                "reason",
+            ),
+        ];
+        for (op, field) in cases {
+            let err = decode(op.clone()).expect_err("invalid");
+            assert!(err.to_string().contains(field), "{op}: {err}");
+        }
+        assert!(ControlOp::decode(b"{\"op\": \"disconnect\", \"user\": 42}").is_err());
+        assert!(ControlOp::decode(b"garbage").is_err());
+    }
+}

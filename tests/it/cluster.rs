@@ -1,0 +1,89 @@
+//! Redis Cluster: three masters started by the test, two nodes with `cluster = true`. Channel
+//! traffic uses sharded pub/sub; control operations still reach every node.
+
+use serde_json::json;
+
+use crate::redis::{Backend, RedisCluster, node_config};
+use crate::support::TestServer;
+
+#[tokio::test]
+async fn with_redis_cluster_channel_traffic_uses_sharded_pub_sub_across_nodes() {
+    let cluster = RedisCluster::start().await;
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let node = TestServer::start(&node_config(&cluster.url(), "cluster = true\n")).await;
+        node.wait_for_readiness(200).await;
+        nodes.push(node);
+    }
+    // Channels in different hash slots, hence (most likely) on different masters.
+    let channels = ["room:a", "room:b", "room:c", "room:d"];
+    let mut members = Vec::new();
+    for node in &nodes {
+        members.push(node.client_in(&channels).await);
+    }
+
+    let mut publisher = nodes[0].client().await;
+    for (id, channel) in channels.iter().enumerate() {
+        let reply = publisher
+            .request(
+                json!({"action": "publish", "channel": channel, "data": id}),
+                id as u64 + 1,
+            )
+            .await;
+        assert_eq!(reply["type"], "reply", "{reply}");
+    }
+    for member in &mut members {
+        let mut received: Vec<(String, u64)> = Vec::new();
+        for _ in channels {
+            let frame = member.recv().await;
+            received.push((
+                frame["channel"].as_str().expect("channel").to_owned(),
+                frame["data"].as_u64().expect("data"),
+            ));
+        }
+        received.sort();
+        let expected: Vec<(String, u64)> = channels
+            .iter()
+            .enumerate()
+            .map(|(id, channel)| ((*channel).to_owned(), id as u64))
+            .collect();
+        assert_eq!(received, expected);
+    }
+
+    // A back-end publishes with SPUBLISH.
+    let backend = Backend::connect(&cluster.url(), true).await;
+    assert_eq!(
+        backend
+            .spublish("sb:ch:room:a", json!({"data": "sharded"}).to_string())
+            .await,
+        2
+    );
+    for member in &mut members {
+        assert_eq!(member.recv().await["data"], "sharded");
+    }
+
+    // Every node's subscription is a shard subscription on the channel's master, none classic.
+    for channel in channels {
+        let redis_channel = format!("sb:ch:{channel}");
+        let mut shard_subscribers = 0;
+        for master in &cluster.nodes {
+            let answer = master.cli(&["PUBSUB", "SHARDNUMSUB", &redis_channel]).await;
+            shard_subscribers += answer
+                .lines()
+                .nth(1)
+                .and_then(|count| count.trim().parse::<u32>().ok())
+                .expect("SHARDNUMSUB count");
+        }
+        assert_eq!(shard_subscribers, 2, "{redis_channel}");
+    }
+
+    // Control operations travel by classic pub/sub, which the cluster broadcasts.
+    let (mut target, id) = nodes[1].identified_client().await;
+    backend
+        .publish(
+            "sb:control",
+            json!({"op": "disconnect", "connection": id}).to_string(),
+        )
+        .await;
+    assert_eq!(target.expect_close().await.0, 4002);
+}

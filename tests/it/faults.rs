@@ -1,0 +1,125 @@
+//! Redis faults: a node started before Redis, and Redis killed and restarted under running nodes.
+//! The nodes degrade (not ready, `backend_unavailable`) and recover by themselves.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::multinode::nodes;
+use crate::redis::{RedisServer, free_port, node_config};
+use crate::support::{Client, TestServer};
+
+/// Asks `client` to publish to `channel` and returns the answer frame.
+async fn publish(client: &mut Client, channel: &str, id: u64) -> serde_json::Value {
+    client
+        .request(
+            json!({"action": "publish", "channel": channel, "data": id}),
+            id,
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_node_started_without_redis_waits_not_ready_and_connects_when_redis_comes_up() {
+    let port = free_port();
+    let node = TestServer::start(&node_config(&format!("redis://127.0.0.1:{port}"), "")).await;
+    assert_eq!(node.get("/healthz").await.0, 200, "alive without redis");
+    let (status, body) = node.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("broker_unavailable"), "{body}");
+
+    let mut client = node.client().await;
+    let refused = client
+        .request(json!({"action": "join", "channel": "room"}), 1)
+        .await;
+    assert_eq!(refused["code"], "backend_unavailable", "{refused}");
+    assert_eq!(
+        publish(&mut client, "room", 2).await["code"],
+        "backend_unavailable"
+    );
+
+    let redis = RedisServer::start_on(port, false).await;
+    node.wait_for_readiness(200).await;
+    let joined = client
+        .request(json!({"action": "join", "channel": "room"}), 3)
+        .await;
+    assert_eq!(joined["type"], "reply", "{joined}");
+    redis
+        .client()
+        .await
+        .publish("sb:ch:room", json!({"data": "hello"}).to_string())
+        .await;
+    assert_eq!(client.recv().await["data"], "hello");
+}
+
+#[tokio::test]
+async fn after_redis_restarts_every_subscription_is_restored_and_delivery_resumes_within_5s() {
+    let mut redis = RedisServer::start().await;
+    let nodes = nodes(&redis, 2, "").await;
+    let mut members = vec![
+        nodes[0].client_in(&["room", "other"]).await,
+        nodes[1].client_in(&["room"]).await,
+    ];
+    let mut publisher = nodes[0].client().await;
+
+    redis.kill().await;
+    for node in &nodes {
+        node.wait_for_readiness(503).await;
+        node.wait_for_metric("switchboard_broker_up", 0.0).await;
+    }
+    let refused = publish(&mut publisher, "room", 1).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "backend_unavailable", "{refused}");
+
+    redis.restart().await;
+    let restarted = Instant::now();
+    let backend = redis.client().await;
+    // Publish until both nodes deliver again; nothing published before the restart may appear.
+    let mut resumed = [false, false];
+    // Numbered from 1000, apart from the refused publish's data (1).
+    let mut attempt = 1_000;
+    while resumed != [true, true] {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(5),
+            "delivery did not resume within 5 s of the restart (resumed: {resumed:?})"
+        );
+        attempt += 1;
+        backend
+            .publish("sb:ch:room", json!({"data": attempt}).to_string())
+            .await;
+        for (member, done) in members.iter_mut().zip(resumed.iter_mut()) {
+            while let Some(frame) = member.recv_within(Duration::from_millis(100)).await {
+                assert_eq!(frame["channel"], "room", "{frame}");
+                assert_ne!(frame["data"], 1, "the refused publish was not sent later");
+                *done = true;
+            }
+        }
+    }
+    eprintln!(
+        "delivery resumed {:?} after the restart",
+        restarted.elapsed()
+    );
+
+    // No subscription was lost: each node holds its channels again, and clients publish.
+    assert_eq!(backend.numsub("sb:ch:room").await, 2);
+    assert_eq!(backend.numsub("sb:ch:other").await, 1);
+    for node in &nodes {
+        node.wait_for_readiness(200).await;
+        assert!(
+            node.metric("switchboard_broker_reconnects_total{client=\"subscriber\"}")
+                .await
+                .unwrap_or(0.0)
+                >= 1.0
+        );
+    }
+    let answer = publish(&mut publisher, "room", 99).await;
+    assert_eq!(answer["type"], "reply", "{answer}");
+    for member in &mut members {
+        loop {
+            let frame = member.recv().await;
+            if frame["data"] == 99 {
+                break;
+            }
+        }
+    }
+}

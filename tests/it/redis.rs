@@ -1,0 +1,289 @@
+//! Real `redis-server` processes for the tests: a standalone server or a three-master cluster,
+//! each on free loopback ports (at most 55535, since a cluster node also listens on port +
+//! 10000), killed on drop. Also a small client for what back-ends do: publish, and ask Redis
+//! what is subscribed.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use crate::support::WAIT;
+
+/// Ports are handed out from here upward, so parallel tests never race for one.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A free port ≤ 55535 whose cluster bus port (+10000) is free too.
+pub fn free_port() -> u16 {
+    if NEXT_PORT.load(Ordering::Relaxed) == 0 {
+        // Spread concurrent test binaries apart.
+        let start = 20_000 + (std::process::id() % 300) as u16 * 100;
+        let _ = NEXT_PORT.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    loop {
+        let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        assert!(port <= 55_535, "ran out of test ports");
+        let free = |port: u16| TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
+/// A `redis-server` child process.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    directory: PathBuf,
+    cluster: bool,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        Self::start_on(free_port(), false).await
+    }
+
+    /// Starts on `port` (e.g. to restart where a killed server was).
+    pub async fn start_on(port: u16, cluster: bool) -> Self {
+        let directory = std::env::temp_dir().join(format!(
+            "switchboard-it-redis-{}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&directory).expect("redis directory");
+        let mut server = Self {
+            child: None,
+            port,
+            directory,
+            cluster,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&self.directory)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if self.cluster {
+            command.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]);
+        }
+        self.child = Some(command.spawn().expect(
+            "cannot run redis-server: `make test` installs it (apt-get install redis-server)",
+        ));
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.answers_ping().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server on port {} did not start",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn answers_ping(&self) -> bool {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
+            return false;
+        };
+        if stream.write_all(b"PING\r\n").await.is_err() {
+            return false;
+        }
+        let mut answer = [0u8; 7];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut answer)).await,
+            Ok(Ok(_)) if &answer == b"+PONG\r\n"
+        )
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to its clients).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill redis-server");
+        }
+    }
+
+    /// Starts the server again on the same port, empty (as after a crash without persistence).
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.spawn().await;
+    }
+
+    /// A client, as a back-end would hold one.
+    pub async fn client(&self) -> Backend {
+        Backend::connect(&self.url(), false).await
+    }
+
+    /// Runs `redis-cli -p PORT ARGS…` and returns its standard output.
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .await
+            .expect("run redis-cli");
+        assert!(output.status.success(), "redis-cli {args:?} failed");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas) on loopback.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start() -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(RedisServer::start_on(free_port(), true).await);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = Self { nodes };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        for node in &cluster.nodes {
+            while !node
+                .cli(&["CLUSTER", "INFO"])
+                .await
+                .contains("cluster_state:ok")
+            {
+                assert!(tokio::time::Instant::now() < deadline, "cluster not ok");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        cluster
+    }
+
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+}
+
+/// A back-end's view of Redis.
+pub struct Backend {
+    pub client: Client,
+}
+
+impl Backend {
+    pub async fn connect(url: &str, cluster: bool) -> Self {
+        let mut config = Config::from_url(url).expect("redis url");
+        if cluster {
+            if let fred::types::config::ServerConfig::Centralized { server } = config.server {
+                config.server = fred::types::config::ServerConfig::Clustered {
+                    hosts: vec![server],
+                    policy: Default::default(),
+                };
+            }
+        }
+        let client = Builder::from_config(config).build().expect("build client");
+        tokio::time::timeout(WAIT, client.init())
+            .await
+            .expect("redis connect timed out")
+            .expect("redis connect");
+        Self { client }
+    }
+
+    /// `PUBLISH channel payload`; returns how many subscribers Redis reached.
+    pub async fn publish(&self, channel: &str, payload: impl Into<Vec<u8>>) -> i64 {
+        let payload = RedisValue::Bytes(payload.into().into());
+        self.client
+            .publish(channel, payload)
+            .await
+            .expect("PUBLISH")
+    }
+
+    /// `SPUBLISH` (sharded pub/sub, for Redis Cluster).
+    pub async fn spublish(&self, channel: &str, payload: impl Into<Vec<u8>>) -> i64 {
+        let payload = RedisValue::Bytes(payload.into().into());
+        self.client
+            .spublish(channel, payload)
+            .await
+            .expect("SPUBLISH")
+    }
+
+    /// `PUBSUB NUMSUB channel`: how many connections subscribe to `channel`.
+    pub async fn numsub(&self, channel: &str) -> i64 {
+        let answer: Vec<RedisValue> = self
+            .command("PUBSUB", vec!["NUMSUB", channel])
+            .await
+            .convert()
+            .expect("NUMSUB answer");
+        answer.get(1).and_then(RedisValue::as_i64).unwrap_or(-1)
+    }
+
+    /// `PUBSUB CHANNELS pattern`.
+    pub async fn channels(&self, pattern: &str) -> Vec<String> {
+        self.command("PUBSUB", vec!["CHANNELS", pattern])
+            .await
+            .convert()
+            .expect("CHANNELS answer")
+    }
+
+    /// How many times Redis has run `command` (from `INFO commandstats`).
+    pub async fn calls(&self, command: &str) -> u64 {
+        let info: String = self
+            .command("INFO", vec!["commandstats"])
+            .await
+            .convert()
+            .expect("INFO answer");
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|calls| calls.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub async fn command(&self, name: &'static str, args: Vec<&str>) -> RedisValue {
+        self.client
+            .custom(
+                CustomCommand::new_static(name, ClusterHash::Random, false),
+                args.clone(),
+            )
+            .await
+            .unwrap_or_else(|err| panic!("{name} {args:?}: {err}"))
+    }
+}
+
+/// The config of a node using the Redis broker at `url`.
+pub fn node_config(url: &str, extra: &str) -> String {
+    format!("[broker]\ntype = \"redis\"\nurl = \"{url}\"\n{extra}")
+}
