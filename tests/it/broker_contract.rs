@@ -194,11 +194,11 @@ async fn a_node_holds_one_redis_subscription_per_channel_and_batches_subscribes(
     assert!(eventually(|| broker.is_ready()).await);
 
     let room = channel("room");
-    for _ in 0..100 {
+    for _ in 0..10_000 {
         broker.subscribe(&room).await.expect("subscribe");
     }
     assert_eq!(backend.numsub("sb:ch:room").await, 1);
-    for _ in 0..100 {
+    for _ in 0..10_000 {
         broker.unsubscribe(&room).await.expect("unsubscribe");
     }
     let mut remaining = -1;

@@ -112,6 +112,13 @@ async fn after_redis_restarts_every_subscription_is_restored_and_delivery_resume
                 >= 1.0
         );
     }
+    // The Redis series exist once they have a value (decode errors: see multinode.rs).
+    let metrics = nodes[0].metrics().await;
+    for name in switchboard::metrics::REDIS_ONLY {
+        if name != switchboard::metrics::BROKER_DECODE_ERRORS {
+            assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+        }
+    }
     let answer = publish(&mut publisher, "room", 99).await;
     assert_eq!(answer["type"], "reply", "{answer}");
     for member in &mut members {
@@ -122,4 +129,22 @@ async fn after_redis_restarts_every_subscription_is_restored_and_delivery_resume
             }
         }
     }
+}
+
+/// Readiness is a pub/sub round trip, not a PING: with publishes paused (`CLIENT PAUSE … WRITE`
+/// blocks `PUBLISH` while `PING` still answers) the node turns not ready, and ready again after.
+#[tokio::test]
+async fn readiness_follows_the_pub_sub_round_trip_not_just_the_connection() {
+    let redis = RedisServer::start().await;
+    let node = &nodes(&redis, 1, "").await[0];
+    let paused_at = Instant::now();
+    redis.cli(&["CLIENT", "PAUSE", "5000", "WRITE"]).await;
+    assert_eq!(redis.cli(&["PING"]).await.trim(), "PONG");
+    node.wait_for_readiness(503).await;
+    assert!(
+        paused_at.elapsed() < Duration::from_secs(5),
+        "noticed during the pause"
+    );
+    assert_eq!(node.get("/healthz").await.0, 200, "alive all along");
+    node.wait_for_readiness(200).await;
 }

@@ -49,8 +49,11 @@ use probe::{PROBE_INTERVAL, Probe};
 use publisher::Outgoing;
 use subscriptions::Subscriptions;
 
-/// Messages the subscriber buffers for the receiver before the oldest are lost.
-const RECEIVE_BUFFER: usize = 16_384;
+/// Messages the subscriber buffers for the receiver before the oldest are lost. fred allocates
+/// this many slots for each of its event channels up front (about 3 MB at 4,096); the receiver
+/// decodes a message in a few microseconds, so this is tens of milliseconds of slack at 100,000
+/// messages per second.
+const RECEIVE_BUFFER: usize = 4_096;
 /// Reconnect backoff: from 100 ms, doubling, to at most 1 s, forever.
 const RECONNECT_MIN_DELAY_MS: u32 = 100;
 const RECONNECT_MAX_DELAY_MS: u32 = 1_000;
