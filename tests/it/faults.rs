@@ -148,3 +148,39 @@ async fn readiness_follows_the_pub_sub_round_trip_not_just_the_connection() {
     assert_eq!(node.get("/healthz").await.0, 200, "alive all along");
     node.wait_for_readiness(200).await;
 }
+
+#[tokio::test]
+async fn a_password_in_the_url_authenticates_and_a_wrong_one_leaves_the_node_not_ready() {
+    let redis = RedisServer::start_with_password("s3cret").await;
+    let good = &nodes(&redis, 1, "").await[0];
+    let mut member = good.client_in(&["room"]).await;
+    redis
+        .client()
+        .await
+        .publish("sb:ch:room", json!({"data": "authenticated"}).to_string())
+        .await;
+    assert_eq!(member.recv().await["data"], "authenticated");
+
+    let wrong = format!("redis://:wrong@127.0.0.1:{}", redis.port);
+    let refused = TestServer::start_logged(&node_config(&wrong, "")).await;
+    // The operator is told why, once per client, not once per retry.
+    let deadline = Instant::now() + crate::support::WAIT;
+    while !refused.log().contains("WRONGPASS") {
+        assert!(
+            Instant::now() < deadline,
+            "no auth error logged:\n{}",
+            refused.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = refused.log();
+    assert_eq!(log.matches("cannot connect to redis").count(), 2, "{log}");
+    assert!(!log.contains(":wrong@"), "no password in the log");
+    assert_eq!(refused.readiness().await, 503);
+    assert_eq!(
+        refused.get("/healthz").await.0,
+        200,
+        "keeps serving, keeps retrying"
+    );
+}

@@ -42,6 +42,8 @@ pub struct RedisServer {
     pub port: u16,
     directory: PathBuf,
     cluster: bool,
+    /// `requirepass`, if any.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -49,21 +51,34 @@ impl RedisServer {
         Self::start_on(free_port(), false).await
     }
 
+    /// A server that requires `password` (`requirepass`).
+    pub async fn start_with_password(password: &str) -> Self {
+        let mut server = Self::new(free_port(), false);
+        server.password = Some(password.to_owned());
+        server.spawn().await;
+        server
+    }
+
     /// Starts on `port` (e.g. to restart where a killed server was).
     pub async fn start_on(port: u16, cluster: bool) -> Self {
+        let mut server = Self::new(port, cluster);
+        server.spawn().await;
+        server
+    }
+
+    fn new(port: u16, cluster: bool) -> Self {
         let directory = std::env::temp_dir().join(format!(
             "switchboard-it-redis-{}-{port}",
             std::process::id()
         ));
         std::fs::create_dir_all(&directory).expect("redis directory");
-        let mut server = Self {
+        Self {
             child: None,
             port,
             directory,
             cluster,
-        };
-        server.spawn().await;
-        server
+            password: None,
+        }
     }
 
     async fn spawn(&mut self) {
@@ -80,6 +95,9 @@ impl RedisServer {
             .kill_on_drop(true);
         if self.cluster {
             command.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]);
+        }
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
         }
         self.child = Some(command.spawn().expect(
             "cannot run redis-server: `make test` installs it (apt-get install redis-server)",
@@ -102,15 +120,20 @@ impl RedisServer {
         if stream.write_all(b"PING\r\n").await.is_err() {
             return false;
         }
+        // Without the password the answer is `-NOAUTH …`, which still says the server is up.
         let mut answer = [0u8; 7];
         matches!(
             tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut answer)).await,
-            Ok(Ok(_)) if &answer == b"+PONG\r\n"
+            Ok(Ok(_)) if &answer == b"+PONG\r\n" || answer.starts_with(b"-NOAUTH")
         )
     }
 
+    /// The URL a node or back end uses, with the password when there is one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Kills the server (SIGKILL: no goodbye to its clients).
@@ -133,12 +156,12 @@ impl RedisServer {
 
     /// Runs `redis-cli -p PORT ARGS…` and returns its standard output.
     pub async fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .await
-            .expect("run redis-cli");
+        let mut command = Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string()]);
+        if let Some(password) = &self.password {
+            command.args(["--no-auth-warning", "-a", password]);
+        }
+        let output = command.args(args).output().await.expect("run redis-cli");
         assert!(output.status.success(), "redis-cli {args:?} failed");
         String::from_utf8_lossy(&output.stdout).into_owned()
     }

@@ -37,12 +37,18 @@ impl Link {
         let mut errors = client.error_rx();
         let mut connections = client.reconnect_rx();
         let mut connected_before = false;
+        // One warning per outage: the first error after a connection (or at start), not one per
+        // reconnect attempt.
+        let mut warned = false;
         loop {
             tokio::select! {
                 error = errors.recv() => match error {
                     Ok((error, _server)) => {
-                        if self.up.swap(false, Ordering::SeqCst) {
-                            tracing::warn!(client = self.name, %error, "redis connection lost; reconnecting");
+                        let was_up = self.up.swap(false, Ordering::SeqCst);
+                        if !warned {
+                            warned = true;
+                            let what = if was_up { "redis connection lost" } else { "cannot connect to redis" };
+                            tracing::warn!(client = self.name, %error, "{what}; retrying with backoff");
                         }
                     }
                     Err(RecvError::Lagged(_)) => self.up.store(false, Ordering::SeqCst),
@@ -51,6 +57,7 @@ impl Link {
                 connection = connections.recv() => match connection {
                     Ok(_) | Err(RecvError::Lagged(_)) => {
                         self.up.store(true, Ordering::SeqCst);
+                        warned = false;
                         if connected_before {
                             metrics::counter!(names::BROKER_RECONNECTS, "client" => self.name)
                                 .increment(1);

@@ -28,19 +28,32 @@ struct ProbePayload {
     seq: u64,
 }
 
-#[derive(Default)]
 struct State {
     next_seq: u64,
     /// Probes sent and not yet echoed, oldest first.
     outstanding: VecDeque<(u64, Instant)>,
     last_echo: Option<Instant>,
-    /// What was last reported (for logging transitions once).
-    reported_ready: bool,
+    /// What was last logged (`None`: nothing yet), so each change is logged once.
+    reported_ready: Option<bool>,
+    started: Instant,
 }
 
-#[derive(Default)]
 pub(super) struct Probe {
     state: Mutex<State>,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(State {
+                next_seq: 0,
+                outstanding: VecDeque::new(),
+                last_echo: None,
+                reported_ready: None,
+                started: Instant::now(),
+            }),
+        }
+    }
 }
 
 impl Probe {
@@ -94,17 +107,25 @@ impl Probe {
             .is_some_and(|echo| echo.elapsed() < READY_WINDOW)
     }
 
-    /// Publishes the readiness gauge, and logs when readiness changes.
+    /// Publishes the readiness gauge, and logs when readiness changes (not being ready yet
+    /// right after start is not news until the readiness window has passed).
     pub(super) fn report(&self, ready: bool) {
         metrics::gauge!(names::BROKER_UP).set(if ready { 1.0 } else { 0.0 });
         let mut state = self.state();
-        if state.reported_ready != ready {
-            state.reported_ready = ready;
+        let news = match state.reported_ready {
+            Some(reported) => reported != ready,
+            None => ready || state.started.elapsed() > READY_WINDOW,
+        };
+        if news {
+            state.reported_ready = Some(ready);
             drop(state);
             if ready {
                 tracing::info!("redis pub/sub is ready");
             } else {
-                tracing::warn!("redis pub/sub is not ready: no probe echo within {READY_WINDOW:?}");
+                tracing::warn!(
+                    "redis pub/sub is not ready: no probe echo within {READY_WINDOW:?}; \
+                     /readyz answers 503"
+                );
             }
         }
     }
