@@ -176,6 +176,9 @@ pub struct BrokerConfig {
     pub url: String,
     pub prefix: String,
     pub cluster: bool,
+    /// With a `rediss://` URL: trust only the CA certificates in this PEM file (a private CA)
+    /// instead of the system's.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for BrokerConfig {
@@ -185,6 +188,7 @@ impl Default for BrokerConfig {
             url: "redis://127.0.0.1:6379".to_owned(),
             prefix: "sb".to_owned(),
             cluster: false,
+            tls_ca_file: None,
         }
     }
 }

@@ -184,3 +184,33 @@ async fn a_password_in_the_url_authenticates_and_a_wrong_one_leaves_the_node_not
         "keeps serving, keeps retrying"
     );
 }
+
+#[tokio::test]
+async fn a_rediss_url_with_a_private_ca_connects_over_tls() {
+    let redis = RedisServer::start_tls().await;
+    let ca = redis.tls_ca.as_ref().expect("ca").display().to_string();
+    let node = TestServer::start(&node_config(
+        &redis.url(),
+        &format!("tls_ca_file = {ca:?}\n"),
+    ))
+    .await;
+    node.wait_for_readiness(200).await;
+    let mut member = node.client_in(&["room"]).await;
+    redis
+        .cli(&["PUBLISH", "sb:ch:room", r#"{"data": "over tls"}"#])
+        .await;
+    assert_eq!(member.recv().await["data"], "over tls");
+
+    // Trusting the system's CAs instead, the test CA's certificate is refused.
+    let untrusting = TestServer::start_logged(&node_config(&redis.url(), "")).await;
+    let deadline = Instant::now() + crate::support::WAIT;
+    while !untrusting.log().contains("cannot connect to redis") {
+        assert!(
+            Instant::now() < deadline,
+            "no TLS error logged:\n{}",
+            untrusting.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(untrusting.readiness().await, 503);
+}

@@ -44,6 +44,8 @@ pub struct RedisServer {
     cluster: bool,
     /// `requirepass`, if any.
     password: Option<String>,
+    /// The CA certificate, when the server speaks only TLS.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -55,6 +57,40 @@ impl RedisServer {
     pub async fn start_with_password(password: &str) -> Self {
         let mut server = Self::new(free_port(), false);
         server.password = Some(password.to_owned());
+        server.spawn().await;
+        server
+    }
+
+    /// A server that speaks only TLS, with a certificate for 127.0.0.1 issued by a CA made for
+    /// the test (its PEM file is `tls_ca`).
+    pub async fn start_tls() -> Self {
+        let mut server = Self::new(free_port(), false);
+        let ca = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        // OpenSSL (redis-cli) matches the server certificate's issuer by name.
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "switchboard test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca).expect("CA certificate");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("server params")
+            .signed_by(&key, &ca)
+            .expect("server certificate");
+        let write = |name: &str, pem: String| {
+            let path = server.directory.join(name);
+            std::fs::write(&path, pem).expect("write pem");
+            path
+        };
+        let ca_path = write("ca.pem", ca.pem());
+        write("server.pem", certificate.pem());
+        write("server.key", key.serialize_pem());
+        server.tls_ca = Some(ca_path);
         server.spawn().await;
         server
     }
@@ -78,17 +114,36 @@ impl RedisServer {
             directory,
             cluster,
             password: None,
+            tls_ca: None,
         }
     }
 
     async fn spawn(&mut self) {
         let mut command = Command::new("redis-server");
+        match &self.tls_ca {
+            Some(ca) => {
+                let directory = &self.directory;
+                command
+                    .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .arg("--tls-ca-cert-file")
+                    .arg(ca)
+                    .arg("--tls-cert-file")
+                    .arg(directory.join("server.pem"))
+                    .arg("--tls-key-file")
+                    .arg(directory.join("server.key"))
+                    .args(["--tls-auth-clients", "no"]);
+            }
+            None => {
+                command.args(["--port", &self.port.to_string()]);
+            }
+        }
         command
-            .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--protected-mode", "no", "--loglevel", "warning"])
             .arg("--dir")
             .arg(&self.directory)
+            .arg("--logfile")
+            .arg(self.directory.join("redis.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -106,14 +161,23 @@ impl RedisServer {
         while !self.answers_ping().await {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "redis-server on port {} did not start",
-                self.port
+                "redis-server on port {} did not start:\n{}",
+                self.port,
+                std::fs::read_to_string(self.directory.join("redis.log")).unwrap_or_default()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     async fn answers_ping(&self) -> bool {
+        if self.tls_ca.is_some() {
+            return Command::new("redis-cli")
+                .args(self.cli_connection())
+                .arg("PING")
+                .output()
+                .await
+                .is_ok_and(|output| output.stdout.starts_with(b"PONG"));
+        }
         let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await else {
             return false;
         };
@@ -130,10 +194,27 @@ impl RedisServer {
 
     /// The URL a node or back end uses, with the password when there is one.
     pub fn url(&self) -> String {
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         match &self.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(password) => format!("{scheme}://:{password}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// `redis-cli` arguments to reach this server.
+    fn cli_connection(&self) -> Vec<String> {
+        let mut args = vec!["-p".to_owned(), self.port.to_string()];
+        if let Some(password) = &self.password {
+            args.extend(["--no-auth-warning".into(), "-a".into(), password.clone()]);
+        }
+        if let Some(ca) = &self.tls_ca {
+            args.extend(["--tls".into(), "--cacert".into(), ca.display().to_string()]);
+        }
+        args
     }
 
     /// Kills the server (SIGKILL: no goodbye to its clients).
@@ -156,12 +237,12 @@ impl RedisServer {
 
     /// Runs `redis-cli -p PORT ARGS…` and returns its standard output.
     pub async fn cli(&self, args: &[&str]) -> String {
-        let mut command = Command::new("redis-cli");
-        command.args(["-p", &self.port.to_string()]);
-        if let Some(password) = &self.password {
-            command.args(["--no-auth-warning", "-a", password]);
-        }
-        let output = command.args(args).output().await.expect("run redis-cli");
+        let output = Command::new("redis-cli")
+            .args(self.cli_connection())
+            .args(args)
+            .output()
+            .await
+            .expect("run redis-cli");
         assert!(output.status.success(), "redis-cli {args:?} failed");
         String::from_utf8_lossy(&output.stdout).into_owned()
     }

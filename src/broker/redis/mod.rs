@@ -36,7 +36,8 @@ use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::ClientLike;
 use fred::types::Builder;
 use fred::types::config::{
-    ClusterDiscoveryPolicy, Config as FredConfig, ReconnectPolicy, ServerConfig, UnresponsiveConfig,
+    ClusterDiscoveryPolicy, Config as FredConfig, ReconnectPolicy, ServerConfig, TlsConnector,
+    UnresponsiveConfig,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -97,7 +98,16 @@ pub fn validate_url(config: &BrokerConfig) -> Result<(), String> {
 }
 
 fn fred_config(config: &BrokerConfig) -> Result<FredConfig, String> {
-    let mut fred = FredConfig::from_url(&config.url)
+    // With a CA file the TLS setup is ours: parse the URL as plain (so fred does not load the
+    // system's certificates, which may be absent), then add TLS trusting that CA.
+    let url = match (&config.tls_ca_file, config.url.strip_prefix("rediss")) {
+        (Some(_), Some(rest)) => format!("redis{rest}"),
+        (Some(_), None) => {
+            return Err("broker.tls_ca_file: only applies to a rediss:// broker.url".into());
+        }
+        (None, _) => config.url.clone(),
+    };
+    let mut fred = FredConfig::from_url(&url)
         .map_err(|err| format!("broker.url: {:?} is not a Redis URL: {err}", config.url))?;
     if config.cluster {
         fred.server = match fred.server {
@@ -114,9 +124,40 @@ fn fred_config(config: &BrokerConfig) -> Result<FredConfig, String> {
             }
         };
     }
+    if let Some(path) = &config.tls_ca_file {
+        fred.tls = Some(tls_trusting(path)?.into());
+    }
     // Without this, a node started before Redis would give up instead of waiting for it.
     fred.fail_fast = false;
     Ok(fred)
+}
+
+/// A TLS connector that trusts exactly the CA certificates in the PEM file at `path`.
+fn tls_trusting(path: &std::path::Path) -> Result<TlsConnector, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let problem = |what: String| format!("broker.tls_ca_file: {}: {what}", path.display());
+    let mut roots = rustls::RootCertStore::empty();
+    let certificates =
+        CertificateDer::pem_file_iter(path).map_err(|err| problem(err.to_string()))?;
+    for certificate in certificates {
+        let certificate = certificate.map_err(|err| problem(err.to_string()))?;
+        roots
+            .add(certificate)
+            .map_err(|err| problem(err.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(problem("no certificate in the file".into()));
+    }
+    // The provider is named, not taken from the process default, which is ambiguous (and
+    // `builder()` panics) once two crypto back ends are compiled in.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| problem(err.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(config))
 }
 
 impl RedisBroker {
@@ -334,6 +375,20 @@ mod tests {
         assert!(validate_url(&config("redis://127.0.0.1:7000", true)).is_ok());
         let err = validate_url(&config("http//nope", false)).expect_err("invalid");
         assert!(err.starts_with("broker.url:"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_ca_file_needs_a_rediss_url_and_a_readable_certificate() {
+        let mut with_ca = config("redis://127.0.0.1:6379", false);
+        with_ca.tls_ca_file = Some("/nonexistent/ca.pem".into());
+        let err = validate_url(&with_ca).expect_err("plain url");
+        assert!(err.contains("rediss://"), "{err}");
+        with_ca.url = "rediss://127.0.0.1:6380".into();
+        let err = validate_url(&with_ca).expect_err("missing file");
+        assert!(
+            err.starts_with("broker.tls_ca_file: /nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 
     #[test]
