@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::multinode::nodes;
-use crate::redis::{RedisServer, free_port, node_config};
+use crate::multinode::{nodes, nodes_at};
+use crate::redis::{RedisSentinel, RedisServer, free_port, node_config};
 use crate::support::{Client, TestServer};
 
 /// Asks `client` to publish to `channel` and returns the answer frame.
@@ -213,4 +213,52 @@ async fn a_rediss_url_with_a_private_ca_connects_over_tls() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(untrusting.readiness().await, 503);
+}
+
+/// Redis Sentinel: the node finds the primary through the sentinel, and when the primary dies
+/// and the sentinel promotes the replica, the node follows and delivery resumes.
+#[tokio::test]
+async fn with_sentinel_the_node_follows_a_failover_to_the_promoted_replica() {
+    let mut redis = RedisSentinel::start().await;
+    let node = &nodes_at(&redis.url(), 1).await[0];
+    let mut member = node.client_in(&["room"]).await;
+    redis
+        .primary
+        .client()
+        .await
+        .publish("sb:ch:room", json!({"data": "before"}).to_string())
+        .await;
+    assert_eq!(member.recv().await["data"], "before");
+
+    redis.primary.kill().await;
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(30);
+    while !redis.failed_over().await {
+        assert!(Instant::now() < deadline, "the sentinel did not fail over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let promoted = redis.replica.client().await;
+    let mut attempt = 0;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "delivery did not resume after the failover"
+        );
+        attempt += 1;
+        promoted
+            .publish("sb:ch:room", json!({"data": attempt}).to_string())
+            .await;
+        if member
+            .recv_within(Duration::from_millis(200))
+            .await
+            .is_some()
+        {
+            break;
+        }
+    }
+    eprintln!(
+        "delivery resumed {:?} after the primary died",
+        killed.elapsed()
+    );
+    node.wait_for_readiness(200).await;
 }

@@ -10,9 +10,18 @@ use crate::support::TestServer;
 
 /// `count` nodes using `redis`, each with `extra` config, all ready.
 pub async fn nodes(redis: &RedisServer, count: usize, extra: &str) -> Vec<TestServer> {
+    nodes_with(&redis.url(), count, extra).await
+}
+
+/// `count` nodes using the Redis at `url`, all ready.
+pub async fn nodes_at(url: &str, count: usize) -> Vec<TestServer> {
+    nodes_with(url, count, "").await
+}
+
+async fn nodes_with(url: &str, count: usize, extra: &str) -> Vec<TestServer> {
     let mut nodes = Vec::new();
     for _ in 0..count {
-        nodes.push(TestServer::start(&node_config(&redis.url(), extra)).await);
+        nodes.push(TestServer::start(&node_config(url, extra)).await);
     }
     for node in &nodes {
         node.wait_for_readiness(200).await;

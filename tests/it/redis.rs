@@ -46,6 +46,8 @@ pub struct RedisServer {
     password: Option<String>,
     /// The CA certificate, when the server speaks only TLS.
     pub tls_ca: Option<PathBuf>,
+    /// More `redis-server` arguments (`--replicaof …`).
+    extra_args: Vec<String>,
 }
 
 impl RedisServer {
@@ -95,6 +97,18 @@ impl RedisServer {
         server
     }
 
+    /// A replica of the server on `primary_port`.
+    pub async fn start_replica_of(primary_port: u16) -> Self {
+        let mut server = Self::new(free_port(), false);
+        server.extra_args = vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary_port.to_string(),
+        ];
+        server.spawn().await;
+        server
+    }
+
     /// Starts on `port` (e.g. to restart where a killed server was).
     pub async fn start_on(port: u16, cluster: bool) -> Self {
         let mut server = Self::new(port, cluster);
@@ -115,6 +129,7 @@ impl RedisServer {
             cluster,
             password: None,
             tls_ca: None,
+            extra_args: Vec::new(),
         }
     }
 
@@ -154,6 +169,7 @@ impl RedisServer {
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
         }
+        command.args(&self.extra_args);
         self.child = Some(command.spawn().expect(
             "cannot run redis-server: `make test` installs it (apt-get install redis-server)",
         ));
@@ -301,7 +317,104 @@ impl RedisCluster {
     }
 }
 
-/// A back-end's view of Redis.
+/// A primary, a replica, and one Sentinel monitoring them as `mymaster` (quorum 1, a primary
+/// is down after 1 s), for failover tests.
+pub struct RedisSentinel {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    sentinel: Child,
+    pub port: u16,
+    directory: PathBuf,
+}
+
+impl RedisSentinel {
+    pub async fn start() -> Self {
+        let primary = RedisServer::start().await;
+        let replica = RedisServer::start_replica_of(primary.port).await;
+        let port = free_port();
+        let directory = std::env::temp_dir().join(format!(
+            "switchboard-it-sentinel-{}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&directory).expect("sentinel directory");
+        let config = directory.join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 5000\n",
+                directory.display(),
+                primary.port
+            ),
+        )
+        .expect("sentinel.conf");
+        let sentinel = Command::new("redis-server")
+            .arg(&config)
+            .args(["--sentinel", "--logfile"])
+            .arg(directory.join("sentinel.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run redis-server --sentinel");
+        let setup = Self {
+            primary,
+            replica,
+            sentinel,
+            port,
+            directory,
+        };
+        // Failover needs the sentinel to know the replica.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let replicas = Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "SENTINEL", "REPLICAS", "mymaster"])
+                .output()
+                .await
+                .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+                .unwrap_or_default();
+            if replicas.contains(&setup.replica.port.to_string()) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sentinel never saw the replica: {replicas}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        setup
+    }
+
+    /// The URL a node uses to find the primary through the sentinel.
+    pub fn url(&self) -> String {
+        format!(
+            "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=mymaster",
+            self.port
+        )
+    }
+
+    /// Whether the sentinel has promoted the replica.
+    pub async fn failed_over(&self) -> bool {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"])
+            .output()
+            .await
+            .expect("redis-cli");
+        String::from_utf8_lossy(&output.stdout).contains(&self.replica.port.to_string())
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.sentinel.start_kill();
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+/// A back end's view of Redis.
 pub struct Backend {
     pub client: Client,
 }
