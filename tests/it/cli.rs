@@ -116,14 +116,13 @@ async fn serve_without_a_config_file_runs_on_the_defaults() {
     assert_eq!(body, r#"{"status":"ok"}"#);
 }
 
-/// The README's five-minute tour, run as written.
-#[tokio::test]
-async fn the_readme_tour_script_works() {
-    let server = TestServer::start("").await;
+/// Runs the README's tour script with `urls` (Bob's, then optionally Alice's) and checks that
+/// Bob received Alice's message.
+pub async fn run_the_tour(urls: &[String]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tour.py");
     let output = tokio::process::Command::new("python3")
         .arg(script)
-        .arg(server.ws_url("/ws"))
+        .args(urls)
         .output();
     let output = tokio::time::timeout(crate::support::WAIT, output)
         .await
@@ -133,6 +132,13 @@ async fn the_readme_tour_script_works() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains(r#"bob got: {"type": "message", "channel": "room:1", "data": {"text": "hello from alice"}}"#), "{stdout}");
+}
+
+/// The README's five-minute tour, run as written.
+#[tokio::test]
+async fn the_readme_tour_script_works() {
+    let server = TestServer::start("").await;
+    run_the_tour(&[server.ws_url("/ws")]).await;
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 use serde_json::json;
 
+use crate::multinode::members_in;
 use crate::redis::{Backend, RedisCluster, node_config};
 use crate::support::TestServer;
 
@@ -17,10 +18,7 @@ async fn with_redis_cluster_channel_traffic_uses_sharded_pub_sub_across_nodes() 
     }
     // Channels in different hash slots, hence (most likely) on different masters.
     let channels = ["room:a", "room:b", "room:c", "room:d"];
-    let mut members = Vec::new();
-    for node in &nodes {
-        members.push(node.client_in(&channels).await);
-    }
+    let mut members = members_in(&nodes, &channels).await;
 
     let mut publisher = nodes[0].client().await;
     for (id, channel) in channels.iter().enumerate() {

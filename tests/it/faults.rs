@@ -164,15 +164,7 @@ async fn a_password_in_the_url_authenticates_and_a_wrong_one_leaves_the_node_not
     let wrong = format!("redis://:wrong@127.0.0.1:{}", redis.port);
     let refused = TestServer::start_logged(&node_config(&wrong, "")).await;
     // The operator is told why, once per client, not once per retry.
-    let deadline = Instant::now() + crate::support::WAIT;
-    while !refused.log().contains("WRONGPASS") {
-        assert!(
-            Instant::now() < deadline,
-            "no auth error logged:\n{}",
-            refused.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    refused.wait_for_log("WRONGPASS").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = refused.log();
     assert_eq!(log.matches("cannot connect to redis").count(), 2, "{log}");
@@ -203,15 +195,7 @@ async fn a_rediss_url_with_a_private_ca_connects_over_tls() {
 
     // Trusting the system's CAs instead, the test CA's certificate is refused.
     let untrusting = TestServer::start_logged(&node_config(&redis.url(), "")).await;
-    let deadline = Instant::now() + crate::support::WAIT;
-    while !untrusting.log().contains("cannot connect to redis") {
-        assert!(
-            Instant::now() < deadline,
-            "no TLS error logged:\n{}",
-            untrusting.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    untrusting.wait_for_log("cannot connect to redis").await;
     assert_eq!(untrusting.readiness().await, 503);
 }
 

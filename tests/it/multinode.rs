@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::lifecycle::{TEN_THOUSAND_CHANNELS, join_and_leave_ten_thousand_channels};
 use crate::redis::{RedisServer, node_config};
-use crate::support::TestServer;
+use crate::support::{Client, TestServer};
 
 /// `count` nodes using `redis`, each with `extra` config, all ready.
 pub async fn nodes(redis: &RedisServer, count: usize, extra: &str) -> Vec<TestServer> {
@@ -16,6 +16,15 @@ pub async fn nodes(redis: &RedisServer, count: usize, extra: &str) -> Vec<TestSe
 /// `count` nodes using the Redis at `url`, all ready.
 pub async fn nodes_at(url: &str, count: usize) -> Vec<TestServer> {
     nodes_with(url, count, "").await
+}
+
+/// One client per node, each joined to `channels`.
+pub async fn members_in(nodes: &[TestServer], channels: &[&str]) -> Vec<Client> {
+    let mut members = Vec::new();
+    for node in nodes {
+        members.push(node.client_in(channels).await);
+    }
+    members
 }
 
 async fn nodes_with(url: &str, count: usize, extra: &str) -> Vec<TestServer> {
@@ -33,10 +42,7 @@ async fn nodes_with(url: &str, count: usize, extra: &str) -> Vec<TestServer> {
 async fn a_publication_on_any_node_reaches_members_on_every_node() {
     let redis = RedisServer::start().await;
     let nodes = nodes(&redis, 3, "").await;
-    let mut members = Vec::new();
-    for node in &nodes {
-        members.push(node.client_in(&["room:1"]).await);
-    }
+    let mut members = members_in(&nodes, &["room:1"]).await;
     for (index, node) in nodes.iter().enumerate() {
         let mut publisher = node.client().await;
         let reply = publisher
@@ -60,10 +66,7 @@ async fn a_publication_on_any_node_reaches_members_on_every_node() {
 async fn back_ends_reach_clients_on_every_node_with_a_plain_publish() {
     let redis = RedisServer::start().await;
     let nodes = nodes(&redis, 2, "").await;
-    let mut members = Vec::new();
-    for node in &nodes {
-        members.push(node.client_in(&["room:1"]).await);
-    }
+    let mut members = members_in(&nodes, &["room:1"]).await;
     let backend = redis.client().await;
     // JSON, exactly as PROTOCOL.md's Django one-liner sends it.
     let reached = backend
@@ -138,10 +141,7 @@ async fn messages_from_one_publisher_arrive_in_order_on_every_node() {
         "[server]\nrate_limit = 10000\nrate_limit_burst = 10000\n",
     )
     .await;
-    let mut members = Vec::new();
-    for node in &nodes {
-        members.push(node.client_in(&["ordered"]).await);
-    }
+    let mut members = members_in(&nodes, &["ordered"]).await;
     let mut publisher = nodes[0].client().await;
     const MESSAGES: u64 = 1_000;
     for n in 0..MESSAGES {
@@ -264,10 +264,7 @@ fn readme_publish_commands(redis: &RedisServer) -> Vec<String> {
 async fn the_readme_publishers_reach_clients_on_every_node() {
     let redis = RedisServer::start().await;
     let nodes = nodes(&redis, 2, "").await;
-    let mut members = Vec::new();
-    for node in &nodes {
-        members.push(node.client_in(&["room:1"]).await);
-    }
+    let mut members = members_in(&nodes, &["room:1"]).await;
     for command in readme_publish_commands(&redis) {
         let output = tokio::process::Command::new("sh")
             .args(["-c", &command])
@@ -300,26 +297,5 @@ async fn the_readme_publishers_reach_clients_on_every_node() {
 async fn the_readme_tour_crosses_nodes() {
     let redis = RedisServer::start().await;
     let nodes = nodes(&redis, 2, "").await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tour.py");
-    let output = tokio::process::Command::new("python3")
-        .arg(script)
-        .arg(nodes[0].ws_url("/ws"))
-        .arg(nodes[1].ws_url("/ws"))
-        .output();
-    let output = tokio::time::timeout(crate::support::WAIT, output)
-        .await
-        .expect("tour finished")
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains(
-            r#"bob got: {"type": "message", "channel": "room:1", "data": {"text": "hello from alice"}}"#
-        ),
-        "{stdout}"
-    );
+    crate::cli::run_the_tour(&[nodes[0].ws_url("/ws"), nodes[1].ws_url("/ws")]).await;
 }

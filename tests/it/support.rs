@@ -68,6 +68,19 @@ impl TestServer {
         std::fs::read_to_string(path).expect("read log")
     }
 
+    /// Waits until the log (of a `start_logged` node) contains `text`.
+    pub async fn wait_for_log(&self, text: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.log().contains(text) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{text:?} never logged:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn spawn(config: &str, env: &[(&str, &str)], log_path: Option<PathBuf>) -> Self {
         let config_path = temp_file("config.toml", config);
         let mut command = Command::new(binary());
