@@ -113,17 +113,23 @@ async fn each_node_holds_one_redis_subscription_per_channel_however_many_members
 }
 
 #[tokio::test]
-async fn ten_thousand_joins_to_distinct_channels_take_a_few_subscribe_commands() {
+async fn ten_thousand_joins_and_leaves_take_a_few_subscribe_and_unsubscribe_commands() {
     let redis = RedisServer::start().await;
     let backend = redis.client().await;
     let node = &nodes(&redis, 1, TEN_THOUSAND_CHANNELS).await[0];
     let subscribes_before = backend.calls("subscribe").await;
+    let unsubscribes_before = backend.calls("unsubscribe").await;
     join_and_leave_ten_thousand_channels(node).await;
     let subscribes = backend.calls("subscribe").await - subscribes_before;
     // 20 windows of 500 joins; each window costs at most a few rounds.
     assert!(
         subscribes <= 200,
         "10,000 joins took {subscribes} SUBSCRIBE commands"
+    );
+    let unsubscribes = backend.calls("unsubscribe").await - unsubscribes_before;
+    assert!(
+        unsubscribes <= 200,
+        "10,000 leaves took {unsubscribes} UNSUBSCRIBE commands"
     );
     let deadline = tokio::time::Instant::now() + crate::support::WAIT;
     while !backend.channels("sb:ch:*").await.is_empty() {
