@@ -1,44 +1,29 @@
 //! Group fan-out without sockets: one publication queued to N members' bounded queues (encode
 //! once, share the bytes, `try_send` each), then the queues drained as writers would.
 
-use actix::prelude::*;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 use switchboard::broker::Publication;
-use switchboard::hub::{Disconnect, Member, fan_out, outbound_queue};
+use switchboard::hub::{Disconnector, Member, fan_out, outbound_queue};
 use switchboard::protocol::{ChannelName, Encoding};
 
-/// Stands in for connections: receives (and ignores) overflow notices.
-struct NullConnection;
-
-impl Actor for NullConnection {
-    type Context = Context<Self>;
-}
-
-impl Handler<Disconnect> for NullConnection {
-    type Result = ();
-    fn handle(&mut self, _: Disconnect, _: &mut Self::Context) {}
-}
-
 fn fanout(criterion: &mut Criterion) {
-    let system = System::new();
     let mut group = criterion.benchmark_group("fan_out");
     for members in [100usize, 5_000] {
-        let (queues, receivers): (Vec<Member>, Vec<_>) = system.block_on(async {
-            let recipient = NullConnection.start().recipient();
-            (0..members)
-                .map(|connection| {
-                    let (queue, receiver) = outbound_queue(16);
-                    let member = Member {
-                        connection: connection as u64,
-                        encoding: Encoding::Json,
-                        queue,
-                        disconnect: recipient.clone(),
-                    };
-                    (member, receiver)
-                })
-                .unzip()
-        });
+        // Nobody watches the close notices: a benchmark member never overflows.
+        let (disconnect, _notices) = Disconnector::new();
+        let (queues, receivers): (Vec<Member>, Vec<_>) = (0..members)
+            .map(|connection| {
+                let (queue, receiver) = outbound_queue(16);
+                let member = Member {
+                    connection: connection as u64,
+                    encoding: Encoding::Json,
+                    queue,
+                    disconnect: disconnect.clone(),
+                };
+                (member, receiver)
+            })
+            .unzip();
         let mut receivers = receivers;
         let publication = Publication::new(
             ChannelName::parse("room:1").expect("channel"),

@@ -28,8 +28,8 @@ use tokio::sync::oneshot;
 use crate::auth::{AuthChain, AuthError, Identity};
 use crate::broker::{BrokerFuture, Publication};
 use crate::hub::{
-    ChannelPolicy, ConnectionKey, Disconnect, Draining, Hub, LocalConnection, Member, Outbound,
-    OutboundSender,
+    ChannelPolicy, ConnectionKey, Disconnect, Disconnector, Draining, Hub, LocalConnection, Member,
+    Outbound, OutboundSender,
 };
 use crate::metrics as names;
 use crate::protocol::codec::{decode_binary, decode_text};
@@ -78,6 +78,10 @@ pub struct Connection {
     settings: Arc<ConnectionSettings>,
     queue: OutboundSender,
     closer: Option<oneshot::Sender<CloseRequest>>,
+    /// What groups, the directory and the drain use to ask this connection to close.
+    disconnector: Disconnector,
+    /// Where their one notice arrives; watched from `started`.
+    disconnect_notice: Option<oneshot::Receiver<Disconnect>>,
     channels: HashSet<ChannelName>,
     initial_channels: Vec<String>,
     inbound: Option<AggregatedMessageStream>,
@@ -95,6 +99,7 @@ impl Connection {
         settings: Arc<ConnectionSettings>,
     ) -> Self {
         let now = Instant::now();
+        let (disconnector, disconnect_notice) = Disconnector::new();
         Self {
             key: parts.key,
             id: parts.id,
@@ -116,6 +121,8 @@ impl Connection {
             settings,
             queue: parts.queue,
             closer: Some(parts.closer),
+            disconnector,
+            disconnect_notice: Some(disconnect_notice),
             channels: HashSet::new(),
             initial_channels: parts.initial_channels,
             inbound: Some(parts.inbound),
@@ -123,12 +130,12 @@ impl Connection {
         }
     }
 
-    fn member(&self, ctx: &Context<Self>) -> Member {
+    fn member(&self) -> Member {
         Member {
             connection: self.key,
             encoding: self.encoding,
             queue: self.queue.clone(),
-            disconnect: ctx.address().recipient(),
+            disconnect: self.disconnector.clone(),
         }
     }
 
@@ -192,7 +199,7 @@ impl Connection {
                 Err((code, reason)) => refused.push((code, reason)),
             }
         }
-        let member = self.member(ctx);
+        let member = self.member();
         let joins = joining.into_iter().map(|channel| {
             let join = self.hub.join(channel.clone(), member.clone());
             async move { (channel, join.await) }
@@ -342,7 +349,7 @@ impl Connection {
         if !self.channels.insert(channel.clone()) {
             return self.reply(ctx, id, &Value::Null);
         }
-        let member = self.member(ctx);
+        let member = self.member();
         self.hub
             .join(channel.clone(), member)
             .into_actor(self)
@@ -449,8 +456,19 @@ impl Actor for Connection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(notice) = self.disconnect_notice.take() {
+            notice
+                .into_actor(self)
+                .map(|notice, connection, ctx| {
+                    // An error is every `Disconnector` copy dropped: nobody can ask any more.
+                    if let Ok(Disconnect { code, reason }) = notice {
+                        connection.close(ctx, code, &reason);
+                    }
+                })
+                .spawn(ctx);
+        }
         let registered = self.hub.register(LocalConnection {
-            member: self.member(ctx),
+            member: self.member(),
             id: self.id.clone(),
             user: self.identity.user.as_deref().map(Arc::from),
             session: self.identity.session.as_deref().map(Arc::from),
@@ -508,13 +526,5 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         ctx.stop();
-    }
-}
-
-impl Handler<Disconnect> for Connection {
-    type Result = ();
-
-    fn handle(&mut self, disconnect: Disconnect, ctx: &mut Self::Context) {
-        self.close(ctx, disconnect.code, &disconnect.reason);
     }
 }

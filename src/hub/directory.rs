@@ -1,5 +1,5 @@
 //! The connections living on this node: who each one is (public id, user, session) and how to
-//! reach it (its [`Member`] handle: bounded queue and `Disconnect` recipient), indexed by user and
+//! reach it (its [`Member`] handle: bounded queue and one-shot `Disconnector`), indexed by user and
 //! by session for user-directed publications and control operations.
 //!
 //! It also allocates connection keys and public ids. An id (`c_<node><key>`) carries this node's

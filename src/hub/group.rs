@@ -358,6 +358,19 @@ mod tests {
     }
 
     #[test]
+    fn an_overflowed_member_is_told_to_close_with_4010() {
+        let (member, _queue, mut notices) =
+            crate::hub::member::testing::member_watched(7, Encoding::Json, 1);
+        let members = [member];
+        assert_eq!(fan_out(&members, &publication()).delivered, 1);
+        assert_eq!(fan_out(&members, &publication()).overflowed, vec![7]);
+        assert_eq!(
+            notices.try_recv().map(|notice| notice.code),
+            Ok(CloseCode::SlowConsumer)
+        );
+    }
+
+    #[test]
     fn full_queues_are_overflowed_and_closed_queues_are_gone() {
         System::new().block_on(async {
             let (members, mut receivers) = members(&[Encoding::Json; 3], 1);

@@ -1,9 +1,10 @@
 //! What a channel group knows about each member: where to put its frames (a bounded queue) and
-//! how to ask it to close. Also the messages the hub sends to connections.
+//! how to ask it to close (a one-shot [`Disconnector`]).
 
-use actix::prelude::{Message, Recipient};
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::{CloseCode, Encoding, OutboundFrame};
 
@@ -27,12 +28,42 @@ pub fn outbound_queue(capacity: usize) -> (OutboundSender, mpsc::Receiver<Outbou
 /// Node-local key of a connection (the public id is a string derived from it).
 pub type ConnectionKey = u64;
 
-/// Asks a connection to close itself with `code`.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
+/// Why a connection is asked to close: the code and reason of its close frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disconnect {
     pub code: CloseCode,
     pub reason: String,
+}
+
+/// How to ask one connection to close: a one-shot slot shared by every copy of its [`Member`]
+/// (in each of its groups, in the directory). The first `close` takes the slot and sends; later
+/// ones find it empty and do nothing, since that connection is already closing. So a connection
+/// receives at most one notice in its life, however many groups overflow it or operations name
+/// it: bounded by construction, with no mailbox to fill and nothing that can be lost.
+#[derive(Clone)]
+pub struct Disconnector(Arc<Mutex<Option<oneshot::Sender<Disconnect>>>>);
+
+impl Disconnector {
+    /// A slot, and the receiving end the connection watches.
+    pub fn new() -> (Self, oneshot::Receiver<Disconnect>) {
+        let (sender, receiver) = oneshot::channel();
+        (Self(Arc::new(Mutex::new(Some(sender)))), receiver)
+    }
+
+    /// Asks the connection to close with `code`, unless it has been asked already.
+    pub fn close(&self, code: CloseCode, reason: &str) {
+        let sender = match self.0.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(sender) = sender {
+            // A dropped receiver is a connection already gone.
+            let _ = sender.send(Disconnect {
+                code,
+                reason: reason.to_owned(),
+            });
+        }
+    }
 }
 
 /// A member of a channel group.
@@ -43,52 +74,75 @@ pub struct Member {
     pub queue: OutboundSender,
     /// Where to ask the connection to close: `SlowConsumer` when `queue` is full, a control
     /// operation's code, `Restart` on drain.
-    pub disconnect: Recipient<Disconnect>,
+    pub disconnect: Disconnector,
 }
 
 impl Member {
-    /// Asks the connection to close. Not subject to a mailbox bound, and still bounded in count:
-    /// every caller tells a connection at most once per reason, and the notice must not be lost,
-    /// or the connection would stay open without receiving.
+    /// Asks the connection to close (once; see [`Disconnector`]).
     pub fn close(&self, code: CloseCode, reason: &str) {
-        self.disconnect.do_send(Disconnect {
-            code,
-            reason: reason.to_owned(),
-        });
+        self.disconnect.close(code, reason);
     }
 }
 
-/// Members for unit tests, whose overflow notices go to an actor that ignores them.
+/// Members for unit tests, with the receiving end of their close notices.
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
-    use actix::prelude::{Actor, Context, Handler};
 
-    struct IgnoreDisconnects;
-
-    impl Actor for IgnoreDisconnects {
-        type Context = Context<Self>;
+    /// A member with an outbound queue of `capacity`, the queue's receiving end, and where its
+    /// close notice arrives.
+    pub(crate) fn member_watched(
+        connection: ConnectionKey,
+        encoding: Encoding,
+        capacity: usize,
+    ) -> (
+        Member,
+        mpsc::Receiver<Outbound>,
+        oneshot::Receiver<Disconnect>,
+    ) {
+        let (queue, receiver) = outbound_queue(capacity);
+        let (disconnect, notices) = Disconnector::new();
+        let member = Member {
+            connection,
+            encoding,
+            queue,
+            disconnect,
+        };
+        (member, receiver, notices)
     }
 
-    impl Handler<Disconnect> for IgnoreDisconnects {
-        type Result = ();
-        fn handle(&mut self, _: Disconnect, _: &mut Self::Context) {}
-    }
-
-    /// A member with an outbound queue of `capacity`, and the queue's receiving end. Must be
-    /// called inside a running actix `System`.
+    /// A member whose close notices nobody reads.
     pub(crate) fn member(
         connection: ConnectionKey,
         encoding: Encoding,
         capacity: usize,
     ) -> (Member, mpsc::Receiver<Outbound>) {
-        let (queue, receiver) = outbound_queue(capacity);
-        let member = Member {
-            connection,
-            encoding,
-            queue,
-            disconnect: IgnoreDisconnects.start().recipient(),
-        };
+        let (member, receiver, _notices) = member_watched(connection, encoding, capacity);
         (member, receiver)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_told_to_close_once_and_the_first_reason_wins() {
+        let (disconnector, mut notices) = Disconnector::new();
+        let copy = disconnector.clone();
+        disconnector.close(CloseCode::SlowConsumer, "outbound queue overflowed");
+        copy.close(CloseCode::LoggedOut, "logged out");
+        copy.close(CloseCode::Restart, "server restarting");
+        assert_eq!(
+            notices.try_recv(),
+            Ok(Disconnect {
+                code: CloseCode::SlowConsumer,
+                reason: "outbound queue overflowed".into()
+            })
+        );
+        // Closing a connection that is gone is harmless.
+        let (gone, receiver) = Disconnector::new();
+        drop(receiver);
+        gone.close(CloseCode::Normal, "");
     }
 }

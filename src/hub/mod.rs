@@ -2,7 +2,8 @@
 //!
 //! - [`group`]: the channel-group actor (one per channel with local members) and its fan-out.
 //! - [`registry`]: channel name → group, and the broker's sink.
-//! - [`member`]: what a group knows of a member (its bounded outbound queue), `Disconnect`.
+//! - [`member`]: what a group knows of a member (its bounded outbound queue, its one-shot
+//!   `Disconnector`).
 //! - [`directory`]: the connections on this node, by key, user and session; connection ids.
 //! - [`sink`]: what the broker delivers to this node (publications, control operations).
 //! - [`policy`]: the `[[channels]]` rules.
@@ -33,7 +34,9 @@ use crate::protocol::{ChannelName, CloseCode};
 pub use directory::{ConnectionDirectory, LocalConnection};
 pub use group::{FanOut, JoinError, fan_out};
 use group::{Group, Join, Leave};
-pub use member::{ConnectionKey, Disconnect, Member, Outbound, OutboundSender, outbound_queue};
+pub use member::{
+    ConnectionKey, Disconnect, Disconnector, Member, Outbound, OutboundSender, outbound_queue,
+};
 pub use policy::{Access, ChannelPolicy, ChannelRule};
 pub use registry::GroupRegistry;
 pub use sink::HubSink;

@@ -66,32 +66,13 @@ impl BrokerSink for HubSink {
 mod tests {
     use super::*;
     use crate::broker::{Broker, MemoryBroker};
-    use crate::hub::member::{ConnectionKey, Disconnect, Member, Outbound, outbound_queue};
+    use crate::hub::member::testing::member_watched;
+    use crate::hub::member::{ConnectionKey, Disconnect, Outbound};
     use crate::hub::{Hub, LocalConnection};
     use crate::protocol::{CloseCode, ControlTarget, Encoding, OutboundFrame};
     use actix::prelude::*;
     use serde_json::{Value, json};
-    use std::sync::Mutex;
-    use tokio::sync::mpsc;
-
-    /// Records the close requests a connection receives.
-    #[derive(Default)]
-    struct RecordingConnection {
-        closes: Arc<Mutex<Vec<CloseCode>>>,
-    }
-
-    impl Actor for RecordingConnection {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<Disconnect> for RecordingConnection {
-        type Result = ();
-        fn handle(&mut self, disconnect: Disconnect, _: &mut Self::Context) {
-            if let Ok(mut closes) = self.closes.lock() {
-                closes.push(disconnect.code);
-            }
-        }
-    }
+    use tokio::sync::{mpsc, oneshot};
 
     struct Node {
         hub: Hub,
@@ -119,18 +100,10 @@ mod tests {
     ) -> (
         ConnectionKey,
         mpsc::Receiver<Outbound>,
-        Arc<Mutex<Vec<CloseCode>>>,
+        oneshot::Receiver<Disconnect>,
     ) {
         let (key, id) = hub.directory().allocate();
-        let (queue, receiver) = outbound_queue(8);
-        let recorder = RecordingConnection::default();
-        let closes = recorder.closes.clone();
-        let member = Member {
-            connection: key,
-            encoding: Encoding::Json,
-            queue,
-            disconnect: recorder.start().recipient(),
-        };
+        let (member, receiver, notices) = member_watched(key, Encoding::Json, 8);
         let registered = hub.register(LocalConnection {
             member,
             id,
@@ -138,7 +111,7 @@ mod tests {
             session: Some(Arc::from(session)),
         });
         assert!(registered.is_ok());
-        (key, receiver, closes)
+        (key, receiver, notices)
     }
 
     fn json_frame(receiver: &mut mpsc::Receiver<Outbound>) -> Option<Value> {
@@ -178,13 +151,15 @@ mod tests {
     fn control_operations_close_what_they_name() {
         System::new().block_on(async {
             let node = node();
-            let (_, _alice_queue, alice) = connect(&node.hub, "alice", "s1");
-            let (_, _bob_queue, bob) = connect(&node.hub, "bob", "s2");
+            let (_, _alice_queue, mut alice) = connect(&node.hub, "alice", "s1");
+            let (_, _bob_queue, mut bob) = connect(&node.hub, "bob", "s2");
             let op = ControlOp::disconnect(ControlTarget::Session("s2".into()));
             node.broker.publish_control(op).await.expect("control");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            assert_eq!(*bob.lock().expect("lock"), vec![CloseCode::LoggedOut]);
-            assert!(alice.lock().expect("lock").is_empty());
+            assert_eq!(
+                bob.try_recv().map(|notice| notice.code),
+                Ok(CloseCode::LoggedOut)
+            );
+            assert!(alice.try_recv().is_err(), "alice is not in session s2");
         });
     }
 }

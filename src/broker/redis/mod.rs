@@ -239,9 +239,7 @@ impl RedisBroker {
     fn send(&self, channel: RedisChannel, payload: Bytes) -> BrokerFuture {
         if !self.shared.can_publish() {
             metrics::counter!(crate::metrics::BROKER_PUBLISH_FAILURES).increment(1);
-            return Box::pin(std::future::ready(Err(BrokerError::Unavailable(
-                "redis is not connected".into(),
-            ))));
+            return Box::pin(std::future::ready(Err(not_connected())));
         }
         let (reply, answer) = oneshot::channel();
         let outgoing = Outgoing {
@@ -267,6 +265,11 @@ impl RedisBroker {
             })
         })
     }
+}
+
+/// What a publish or subscribe hears while the connection is down.
+fn not_connected() -> BrokerError {
+    BrokerError::Unavailable("redis is not connected".into())
 }
 
 /// The URL without its password, for logs.

@@ -20,8 +20,8 @@ use fred::types::Value as RedisValue;
 use fred::types::config::Options;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Shared;
 use super::names::RedisChannel;
+use super::{Shared, not_connected};
 use crate::broker::BrokerError;
 use crate::metrics as names;
 
@@ -121,8 +121,4 @@ fn unconfirmed() -> BrokerError {
     BrokerError::Unavailable(format!(
         "redis did not confirm the publish within {PUBLISH_TIMEOUT:?}; it may still be delivered"
     ))
-}
-
-fn not_connected() -> BrokerError {
-    BrokerError::Unavailable("redis is not connected".into())
 }

@@ -22,8 +22,8 @@ use fred::types::config::Options;
 use futures_util::future::join_all;
 use tokio::sync::{Notify, broadcast, oneshot};
 
-use super::Shared;
 use super::names::RedisChannel;
+use super::{Shared, not_connected};
 use crate::broker::{BrokerError, BrokerFuture};
 use crate::metrics as names;
 
@@ -201,10 +201,6 @@ impl Subscriptions {
     }
 }
 
-fn not_connected() -> BrokerError {
-    BrokerError::Unavailable("redis is not connected".into())
-}
-
 /// Keeps the subscriber's Redis subscriptions equal to what the node needs, for as long as the
 /// client lives; returns when it is closed.
 pub(super) async fn reconcile(shared: Arc<Shared>) {
@@ -248,50 +244,59 @@ pub(super) async fn reconcile(shared: Arc<Shared>) {
     }
 }
 
-/// Sends one round of commands; `true` if every one succeeded.
+/// Which way a command changes the subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Subscribe,
+    Unsubscribe,
+}
+
+/// Sends one round of commands, all at once; `true` if every one succeeded.
 async fn apply<C: PubsubInterface + Sync>(
     subscriptions: &Subscriptions,
     client: &C,
     subscribe: Vec<RedisChannel>,
     unsubscribe: Vec<RedisChannel>,
 ) -> bool {
-    let mut commands = Vec::new();
-    for (sharded, batch) in batches(unsubscribe) {
-        commands.push(Box::pin(async move {
-            let names: Vec<String> = batch.iter().map(|channel| channel.name.clone()).collect();
-            let result = if sharded {
-                client.sunsubscribe(names).await
-            } else {
-                client.unsubscribe(names).await
-            };
+    let commands = batches(unsubscribe)
+        .into_iter()
+        .map(|batch| (Change::Unsubscribe, batch))
+        .chain(
+            batches(subscribe)
+                .into_iter()
+                .map(|batch| (Change::Subscribe, batch)),
+        )
+        .map(|(change, (sharded, batch))| async move {
+            let result = send(client, change, sharded, &batch)
+                .await
+                .map_err(|err| BrokerError::Unavailable(err.to_string()));
             if let Err(err) = &result {
-                // The channel may stay subscribed in Redis until the next reconnect; its
-                // publications find no group here and are dropped.
-                tracing::warn!(channels = batch.len(), error = %err, "unsubscribe failed");
+                // A failed unsubscribe may leave the channel subscribed in Redis until the next
+                // reconnect; its publications find no group here and are dropped.
+                tracing::warn!(?change, channels = batch.len(), error = %err, "redis subscription change failed");
+            }
+            if change == Change::Subscribe {
+                subscriptions.confirm(&batch, &result);
             }
             result.is_ok()
-        })
-            as std::pin::Pin<
-                Box<dyn std::future::Future<Output = bool> + Send + '_>,
-            >);
-    }
-    for (sharded, batch) in batches(subscribe) {
-        commands.push(Box::pin(async move {
-            let names: Vec<String> = batch.iter().map(|channel| channel.name.clone()).collect();
-            let result = if sharded {
-                client.ssubscribe(names).await
-            } else {
-                client.subscribe(names).await
-            };
-            let result = result.map_err(|err| BrokerError::Unavailable(err.to_string()));
-            if let Err(err) = &result {
-                tracing::warn!(channels = batch.len(), error = %err, "subscribe failed");
-            }
-            subscriptions.confirm(&batch, &result);
-            result.is_ok()
-        }));
-    }
+        });
     join_all(commands).await.into_iter().all(|ok| ok)
+}
+
+/// One `SUBSCRIBE`, `UNSUBSCRIBE`, `SSUBSCRIBE` or `SUNSUBSCRIBE` of `batch`.
+async fn send<C: PubsubInterface + Sync>(
+    client: &C,
+    change: Change,
+    sharded: bool,
+    batch: &[RedisChannel],
+) -> Result<(), fred::error::Error> {
+    let names: Vec<String> = batch.iter().map(|channel| channel.name.clone()).collect();
+    match (change, sharded) {
+        (Change::Subscribe, false) => client.subscribe(names).await,
+        (Change::Subscribe, true) => client.ssubscribe(names).await,
+        (Change::Unsubscribe, false) => client.unsubscribe(names).await,
+        (Change::Unsubscribe, true) => client.sunsubscribe(names).await,
+    }
 }
 
 /// Splits channels into commands: classic ones in batches of [`BATCH`], sharded ones by hash
