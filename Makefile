@@ -8,7 +8,7 @@ CONFIG ?=
 run:
 	$(CARGO) run --release --bin switchboard -- serve $(if $(CONFIG),--config $(CONFIG),)
 
-## Install what the tests need (redis-server, python websockets and redis) if missing, then run every test.
+## Install what the tests need (redis-server, openssl, python websockets and redis) if missing, then run every test.
 test: test-deps
 	$(CARGO) test --all-targets
 
@@ -16,6 +16,9 @@ test-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 		echo "installing redis-server"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+	@command -v openssl >/dev/null 2>&1 || { \
+		echo "installing openssl (the tests make their own signing keys)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
 	@python3 -c "import websockets, redis" 2>/dev/null || { \
 		echo "installing the python websockets and redis packages (README examples)"; \
 		python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore websockets redis; }

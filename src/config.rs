@@ -234,6 +234,22 @@ impl Config {
                 "must be non-empty, without whitespace or control characters",
             );
         }
+        for (key, message) in self.auth.problems() {
+            problem(&key, &message);
+        }
+        if let Some(store) = self.session_store() {
+            if store.url.is_empty() {
+                problem(
+                    "auth.redis_session.url",
+                    "required unless broker.type is \"redis\" (then broker.url is used)",
+                );
+            } else if let Err(message) = crate::broker::redis::validate_url(&store) {
+                let message = message
+                    .split_once(": ")
+                    .map_or(message.as_str(), |(_, message)| message);
+                problem("auth.redis_session.url", message);
+            }
+        }
         for (index, rule) in self.channels.iter().enumerate() {
             for message in rule.problems() {
                 let (field, message) = message.split_once(": ").unwrap_or(("pattern", &message));
@@ -241,6 +257,29 @@ impl Config {
             }
         }
         problems
+    }
+
+    /// Where `redis_session` reads sessions: its own `url`, else the broker's Redis (with the
+    /// broker's TLS and cluster settings). `None` when that authenticator is off; an empty
+    /// `url` when there is no Redis to fall back on.
+    pub fn session_store(&self) -> Option<BrokerConfig> {
+        let redis_session = self.auth.redis_session.as_ref()?;
+        Some(if !redis_session.url.is_empty() {
+            BrokerConfig {
+                broker_type: BrokerType::Redis,
+                url: redis_session.url.clone(),
+                cluster: false,
+                tls_ca_file: None,
+                ..self.broker.clone()
+            }
+        } else if self.broker.broker_type == BrokerType::Redis {
+            self.broker.clone()
+        } else {
+            BrokerConfig {
+                url: String::new(),
+                ..self.broker.clone()
+            }
+        })
     }
 
     /// The effective configuration as TOML (what `check-config` prints).

@@ -9,11 +9,14 @@
 //! - [`protocol`]: the wire contract: frames, channel names, close and error codes, encodings.
 //!   No IO, no actix.
 //! - [`human_duration`]: `"15s"`-style durations for the config.
-//! - [`auth`]: `Identity`, the `Authenticator` chain, `Revalidation`. No actix.
+//! - [`auth`]: `Identity`, the `Authenticator` chain (`jwt`, `gateway`, `introspect`,
+//!   `redis_session`), `Revalidation`. No actix, no Redis client.
 //! - [`broker`]: the `Broker` trait, the sink it pushes into, `MemoryBroker`, `RedisBroker`.
 //! - [`metrics`]: every metric name, the Prometheus recorder.
 //! - [`hub`]: channel-group actors, the group registry, channel policy, the node's connections
 //!   (by user and session), the sink the broker delivers into.
+//! - [`sessions`]: the node's table of back-end sessions, re-validated once per session per
+//!   interval; a dead one closes all its sockets with 4001.
 //! - [`connection`]: the per-socket actor, its writer task, inbound rate limits.
 //! - [`config`]: the TOML + environment configuration, validated with errors that name the key.
 //! - [`api`]: HTTP edges: `GET /ws`, `/metrics`, `/healthz`, `/readyz`.
@@ -22,7 +25,7 @@
 //! ## Invariants, stated as absences
 //!
 //! - Only the broker module knows how publications travel between nodes, and only
-//!   `broker::redis` imports `fred`.
+//!   `broker::redis` imports `fred` (its `RedisKeys` also serves `auth`'s session lookups).
 //! - `protocol` and `auth` use no actix; only `api` and `connection` touch WebSocket types.
 //! - No actor handler blocks or awaits network IO in place: it spawns the future and maps the
 //!   result back into the actor.
@@ -42,3 +45,4 @@ pub mod human_duration;
 pub mod metrics;
 pub mod protocol;
 pub mod server;
+pub mod sessions;

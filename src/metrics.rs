@@ -29,6 +29,13 @@ pub const BROKER_RECONNECTS: &str = "switchboard_broker_reconnects_total";
 pub const BROKER_ROUND_TRIP: &str = "switchboard_broker_round_trip_seconds";
 pub const BROKER_UP: &str = "switchboard_broker_up";
 pub const CONTROL_DISCONNECTS: &str = "switchboard_control_disconnects_total";
+pub const HANDSHAKES: &str = "switchboard_handshakes_total";
+pub const GATEWAY_UNTRUSTED: &str = "switchboard_gateway_untrusted_total";
+pub const AUTH_BACKEND_DURATION: &str = "switchboard_auth_backend_seconds";
+pub const AUTH_BACKEND_ERRORS: &str = "switchboard_auth_backend_errors_total";
+pub const SESSIONS: &str = "switchboard_sessions";
+pub const REVALIDATIONS: &str = "switchboard_revalidations_total";
+pub const REFRESHES: &str = "switchboard_refreshes_total";
 
 /// The metrics only a Redis broker exports (a memory node never has them).
 pub const REDIS_ONLY: [&str; 5] = [
@@ -39,8 +46,18 @@ pub const REDIS_ONLY: [&str; 5] = [
     BROKER_PUBLISH_FAILURES,
 ];
 
+/// The metrics that appear once an authenticator of that kind has worked (a node without
+/// `[auth.*]` sections never has them).
+pub const AUTH_ONLY: [&str; 5] = [
+    GATEWAY_UNTRUSTED,
+    AUTH_BACKEND_DURATION,
+    AUTH_BACKEND_ERRORS,
+    REVALIDATIONS,
+    REFRESHES,
+];
+
 /// Every metric name, for the test that checks each one is really exported.
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 25] = [
     CONNECTIONS,
     CONNECTIONS_ACCEPTED,
     HANDSHAKES_REFUSED,
@@ -59,6 +76,13 @@ pub const ALL: [&str; 18] = [
     BROKER_ROUND_TRIP,
     BROKER_UP,
     CONTROL_DISCONNECTS,
+    HANDSHAKES,
+    GATEWAY_UNTRUSTED,
+    AUTH_BACKEND_DURATION,
+    AUTH_BACKEND_ERRORS,
+    SESSIONS,
+    REVALIDATIONS,
+    REFRESHES,
 ];
 
 /// Latency buckets, in seconds: 100 µs to 10 s.
@@ -160,10 +184,37 @@ fn describe() {
         CONTROL_DISCONNECTS,
         "Connections closed on this node by control operations."
     );
+    describe_counter!(
+        HANDSHAKES,
+        "Handshakes by the authenticator that decided (anonymous: none did) and result (accepted, refused, unavailable)."
+    );
+    describe_counter!(
+        GATEWAY_UNTRUSTED,
+        "Gateway identity headers ignored because the peer is not a trusted proxy."
+    );
+    describe_histogram!(
+        AUTH_BACKEND_DURATION,
+        Unit::Seconds,
+        "Calls to authentication back ends (introspection view, Redis sessions), by authenticator."
+    );
+    describe_counter!(
+        AUTH_BACKEND_ERRORS,
+        "Authentication back-end calls that failed (timeout, 5xx, unreachable), by authenticator."
+    );
+    describe_gauge!(
+        SESSIONS,
+        "Sessions this node re-validates (one per session, however many sockets)."
+    );
+    describe_counter!(
+        REVALIDATIONS,
+        "Session re-validations, by authenticator and result (alive, dead, unavailable, failed_closed)."
+    );
+    describe_counter!(REFRESHES, "Client refresh requests, by result.");
     // Gauges start at zero rather than absent, so dashboards and tests see them at once.
     metrics::gauge!(CONNECTIONS).set(0.0);
     metrics::gauge!(CHANNELS).set(0.0);
     metrics::gauge!(BROKER_SUBSCRIPTIONS).set(0.0);
     metrics::gauge!(BROKER_UP).set(0.0);
     metrics::counter!(CONTROL_DISCONNECTS).absolute(0);
+    metrics::gauge!(SESSIONS).set(0.0);
 }

@@ -14,13 +14,16 @@ use actix::Arbiter;
 use actix_web::{App, HttpServer, web};
 
 use crate::api::{self, AppState, HandshakeLimits};
-use crate::auth::AuthChain;
-use crate::broker::{Broker, BrokerError, BrokerSink, BrokerType, MemoryBroker, RedisBroker};
+use crate::auth::{AuthBuildError, AuthChain, SessionStore};
+use crate::broker::{
+    Broker, BrokerError, BrokerSink, BrokerType, MemoryBroker, RedisBroker, RedisKeys,
+};
 use crate::config::Config;
 use crate::connection::ConnectionSettings;
 use crate::connection::admission::Admission;
 use crate::hub::{ChannelPolicy, ConnectionDirectory, GroupRegistry, Hub, HubSink};
 use crate::metrics::{Metrics, MetricsError};
+use crate::sessions::SessionKeeper;
 
 /// How often histogram buffers are drained.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -40,6 +43,8 @@ pub enum ServerError {
     Listen(#[source] std::io::Error),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("cannot set up authentication: {0}")]
+    Auth(#[from] AuthBuildError),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
 }
@@ -77,7 +82,17 @@ pub async fn run(
         broker,
         arbiters.iter().map(Arbiter::handle).collect(),
     );
-    let auth = Arc::new(AuthChain::new(Vec::new(), config.auth.anonymous));
+    let session_store: Option<Arc<dyn SessionStore>> = match config.session_store() {
+        Some(store_config) => Some(Arc::new(RedisKeys::start(&store_config)?)),
+        None => None,
+    };
+    let auth = Arc::new(AuthChain::from_config(&config.auth, session_store)?);
+    let sessions = SessionKeeper::new(
+        auth.clone(),
+        config.auth.revalidate_interval.0,
+        config.auth.revalidate_grace.0,
+    );
+    let revalidating = actix_web::rt::spawn(sessions.clone().run());
     let server_config = &config.server;
     let settings = Arc::new(ConnectionSettings {
         max_channels: server_config.max_channels_per_connection,
@@ -90,9 +105,11 @@ pub async fn run(
     let state = web::Data::new(AppState {
         hub,
         auth,
+        sessions,
         settings,
         limits: HandshakeLimits {
             allowed_origins: server_config.allowed_origins.clone(),
+            cookie_authentication: config.auth.reads_cookies(),
             max_frame_bytes: server_config.max_frame_bytes,
             outbound_queue: server_config.outbound_queue,
         },
@@ -125,6 +142,7 @@ pub async fn run(
         () = shutdown => {}
         finished = &mut serving => {
             upkeep.abort();
+            revalidating.abort();
             return match finished {
                 Ok(result) => result.map_err(ServerError::Http),
                 Err(err) => Err(ServerError::Http(std::io::Error::other(err))),
@@ -145,6 +163,7 @@ pub async fn run(
     let graceful = app_state.admission.admitted() == 0;
     handle.stop(graceful).await;
     upkeep.abort();
+    revalidating.abort();
     for arbiter in arbiters {
         arbiter.stop();
     }

@@ -17,11 +17,14 @@ use crate::connection::ConnectionSettings;
 use crate::connection::admission::Admission;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::sessions::SessionKeeper;
 
 /// Limits applied at the handshake, before a connection exists.
 #[derive(Debug, Clone)]
 pub struct HandshakeLimits {
     pub allowed_origins: Vec<String>,
+    /// An authenticator reads cookies: with no `allowed_origins`, only same-origin browsers.
+    pub cookie_authentication: bool,
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
 }
@@ -30,6 +33,7 @@ pub struct HandshakeLimits {
 pub struct AppState {
     pub hub: Hub,
     pub auth: Arc<AuthChain>,
+    pub sessions: SessionKeeper,
     pub settings: Arc<ConnectionSettings>,
     pub limits: HandshakeLimits,
     /// The node's connection limit (`server.max_connections`).

@@ -5,17 +5,19 @@ use actix::Actor;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::{AppState, error_response};
+use super::{AppState, HandshakeLimits, error_response};
 use crate::auth::{AuthError, Handshake};
 use crate::connection::{Connection, ConnectionParts, writer};
 use crate::hub::outbound_queue;
 use crate::metrics as names;
 use crate::protocol::Encoding;
 
-/// Why a handshake was refused; `code` is also the metric label.
+/// Why a handshake was refused: the status and `error` code the client gets, and the metric's
+/// `reason` label (the code itself, or finer for authentication: `expired`, `wrong_issuer`…).
 struct Refusal {
     status: StatusCode,
     code: &'static str,
+    label: &'static str,
     reason: String,
 }
 
@@ -24,7 +26,23 @@ impl Refusal {
         Self {
             status,
             code,
+            label: code,
             reason: reason.into(),
+        }
+    }
+
+    fn from_auth(err: AuthError) -> Self {
+        let (status, code) = match err {
+            AuthError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            AuthError::Refused { .. } | AuthError::RefreshUnsupported => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
+        };
+        Self {
+            status,
+            code,
+            label: err.label(),
+            reason: err.to_string(),
         }
     }
 }
@@ -40,7 +58,7 @@ pub(super) async fn upgrade(
             response
         }
         Err(refusal) => {
-            metrics::counter!(names::HANDSHAKES_REFUSED, "reason" => refusal.code).increment(1);
+            metrics::counter!(names::HANDSHAKES_REFUSED, "reason" => refusal.label).increment(1);
             tracing::debug!(code = refusal.code, reason = %refusal.reason, "handshake refused");
             error_response(refusal.status, refusal.code, &refusal.reason)
         }
@@ -66,7 +84,7 @@ async fn accept(
             format!("not a WebSocket upgrade: {err}"),
         )
     })?;
-    check_origin(request, &state.limits.allowed_origins)?;
+    check_origin(request, &state.limits)?;
     let encoding = negotiate_encoding(request)?;
     let ticket = state.admission.try_admit().ok_or_else(|| {
         Refusal::new(
@@ -84,16 +102,7 @@ async fn accept(
         .auth
         .authenticate(&handshake)
         .await
-        .map_err(|err| match err {
-            AuthError::Unavailable(_) => Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                err.to_string(),
-            ),
-            AuthError::Unauthorized(_) | AuthError::RefreshUnsupported => {
-                Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", err.to_string())
-            }
-        })?;
+        .map_err(Refusal::from_auth)?;
     let initial_channels = handshake.query_all("channel").map(str::to_owned).collect();
 
     let (response, session, inbound) =
@@ -123,26 +132,40 @@ async fn accept(
         parts,
         state.hub.clone(),
         state.auth.clone(),
+        state.sessions.clone(),
         state.settings.clone(),
     )
     .start();
     Ok(response)
 }
 
-/// A browser's `Origin` must be allow-listed when a list is configured; no `Origin` header
-/// means not a browser, which is not checked.
-fn check_origin(request: &HttpRequest, allowed: &[String]) -> Result<(), Refusal> {
+/// A browser's `Origin` must be allow-listed when a list is configured (`"*"`: any). With an
+/// empty list, any origin is accepted, unless an authenticator reads cookies: then only the
+/// server's own origin (the `Origin` host equals the `Host` header), since a cookie would let
+/// any site open an authenticated socket in its visitor's name (cross-site WebSocket
+/// hijacking). No `Origin` header means not a browser, which is not checked.
+fn check_origin(request: &HttpRequest, limits: &HandshakeLimits) -> Result<(), Refusal> {
     let Some(origin) = request.headers().get(header::ORIGIN) else {
         return Ok(());
     };
-    if allowed.is_empty() || allowed.iter().any(|entry| entry == "*") {
-        return Ok(());
-    }
     let origin = origin.to_str().unwrap_or_default();
-    if allowed
-        .iter()
-        .any(|entry| entry.eq_ignore_ascii_case(origin))
-    {
+    let allowed = &limits.allowed_origins;
+    let accepted = if allowed.iter().any(|entry| entry == "*") {
+        true
+    } else if !allowed.is_empty() {
+        allowed
+            .iter()
+            .any(|entry| entry.eq_ignore_ascii_case(origin))
+    } else if limits.cookie_authentication {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok());
+        host.is_some_and(|host| origin_host(origin).eq_ignore_ascii_case(host))
+    } else {
+        true
+    };
+    if accepted {
         Ok(())
     } else {
         Err(Refusal::new(
@@ -151,6 +174,14 @@ fn check_origin(request: &HttpRequest, allowed: &[String]) -> Result<(), Refusal
             format!("origin {origin:?} is not allowed"),
         ))
     }
+}
+
+/// The `host[:port]` part of an origin (`https://app.example:8443` → `app.example:8443`).
+fn origin_host(origin: &str) -> &str {
+    origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest)
+        .trim_end_matches('/')
 }
 
 /// JSON when the client offers no subprotocol; else the first one offered that we speak.

@@ -5,22 +5,84 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::{Handshake, Identity};
+use crate::metrics as names;
 
 /// A boxed future, as returned by authenticators (traits with `async fn` are not object-safe).
 pub type AuthFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, AuthError>> + Send + 'a>>;
+
+/// Why a credential was refused: the `reason` label of `switchboard_handshakes_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// No authenticator accepted the handshake and anonymous connections are off.
+    NoCredential,
+    /// A token that is not a well-formed, correctly signed JWT for an allowed algorithm.
+    InvalidToken,
+    /// A token past its `exp`.
+    Expired,
+    /// A token before its `nbf`.
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    /// No configured key for the token's issuer and `kid`.
+    UnknownKey,
+    /// A valid token without the configured user claim.
+    NoUser,
+    /// Trusted gateway headers that cannot be read.
+    InvalidGatewayHeader,
+    /// The introspection back end answered 401 or 403.
+    Rejected,
+}
+
+impl RefusalReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NoCredential => "no_credential",
+            Self::InvalidToken => "invalid_token",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::UnknownKey => "unknown_key",
+            Self::NoUser => "no_user",
+            Self::InvalidGatewayHeader => "invalid_gateway_header",
+            Self::Rejected => "rejected",
+        }
+    }
+}
 
 /// Why a handshake or a refresh was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// The credential is missing, invalid or expired (HTTP 401).
-    #[error("{0}")]
-    Unauthorized(String),
+    #[error("{detail}")]
+    Refused {
+        reason: RefusalReason,
+        detail: String,
+    },
     /// The authority that should answer could not (a back end timed out, Redis is down): HTTP 503.
     #[error("authentication back end unavailable: {0}")]
     Unavailable(String),
     /// `refresh` was sent but no configured authenticator accepts tokens.
     #[error("refresh is not supported: no token authenticator is configured")]
     RefreshUnsupported,
+}
+
+impl AuthError {
+    pub fn refused(reason: RefusalReason, detail: impl Into<String>) -> Self {
+        Self::Refused {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// The `reason` label of a refused handshake.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Refused { reason, .. } => reason.label(),
+            Self::Unavailable(_) => "backend_unavailable",
+            Self::RefreshUnsupported => "refresh_unsupported",
+        }
+    }
 }
 
 /// What a re-validation found out about a session.
@@ -42,6 +104,12 @@ pub trait Authenticator: Send + Sync + 'static {
     /// `Ok(Some)`: this is the identity; `Err`: refuse the handshake; `Ok(None)`: not mine.
     fn authenticate<'a>(&'a self, handshake: &'a Handshake) -> AuthFuture<'a, Option<Identity>>;
 
+    /// Whether this authenticator takes credentials from cookies (cross-site WebSocket
+    /// hijacking is then possible, so `Origin` must be checked).
+    fn reads_cookies(&self) -> bool {
+        false
+    }
+
     /// Replaces an expiring credential with `token`. `None`: this authenticator does not take
     /// tokens, ask the next one.
     fn refresh<'a>(&'a self, _token: &'a str) -> Option<AuthFuture<'a, Identity>> {
@@ -54,6 +122,11 @@ pub trait Authenticator: Send + Sync + 'static {
         let expires_at = identity.expires_at;
         Box::pin(async move { Ok(Revalidation::Alive { expires_at }) })
     }
+}
+
+fn count_handshake(authenticator: &'static str, result: &'static str) {
+    metrics::counter!(names::HANDSHAKES, "authenticator" => authenticator, "result" => result)
+        .increment(1);
 }
 
 /// The configured authenticators, tried in order.
@@ -70,20 +143,53 @@ impl AuthChain {
         }
     }
 
-    /// Runs the chain over a handshake.
+    /// Runs the chain over a handshake, counting the result by authenticator.
     pub async fn authenticate(&self, handshake: &Handshake) -> Result<Identity, AuthError> {
         for authenticator in &self.authenticators {
-            if let Some(identity) = authenticator.authenticate(handshake).await? {
-                return Ok(identity);
+            let name = authenticator.name();
+            match authenticator.authenticate(handshake).await {
+                Ok(Some(identity)) => {
+                    count_handshake(name, "accepted");
+                    return Ok(identity);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    let result = match err {
+                        AuthError::Unavailable(_) => "unavailable",
+                        _ => "refused",
+                    };
+                    count_handshake(name, result);
+                    return Err(err);
+                }
             }
         }
         if self.anonymous {
+            count_handshake("anonymous", "accepted");
             Ok(Identity::anonymous())
         } else {
-            Err(AuthError::Unauthorized(
-                "no credential was accepted and anonymous connections are off".to_owned(),
+            count_handshake("anonymous", "refused");
+            Err(AuthError::refused(
+                RefusalReason::NoCredential,
+                "no credential was accepted and anonymous connections are off",
             ))
         }
+    }
+
+    /// Whether sessions of this identity are checked again while its sockets are open.
+    pub fn revalidates(&self, identity: &Identity) -> bool {
+        identity.credential.is_some()
+            && self
+                .authenticators
+                .iter()
+                .any(|authenticator| authenticator.name() == identity.authenticator)
+    }
+
+    /// Whether any authenticator reads cookies (the handshake's `Origin` is then checked even
+    /// when `server.allowed_origins` is empty).
+    pub fn reads_cookies(&self) -> bool {
+        self.authenticators
+            .iter()
+            .any(|authenticator| authenticator.reads_cookies())
     }
 
     /// Offers a new token to the first authenticator that takes tokens.
@@ -129,7 +235,7 @@ mod tests {
         ) -> AuthFuture<'a, Option<Identity>> {
             Box::pin(async move {
                 match handshake.header("x-user") {
-                    Some("banned") => Err(AuthError::Unauthorized("banned".into())),
+                    Some("banned") => Err(AuthError::refused(RefusalReason::Rejected, "banned")),
                     Some(user) => Ok(Some(Identity {
                         user: Some(user.to_owned()),
                         authenticator: "header",
@@ -164,11 +270,11 @@ mod tests {
         assert_eq!(identity.user.as_deref(), Some("42"));
         assert!(matches!(
             block_on(chain.authenticate(&with_header(Some("banned")))),
-            Err(AuthError::Unauthorized(_))
+            Err(AuthError::Refused { .. })
         ));
         assert!(matches!(
             block_on(chain.authenticate(&with_header(None))),
-            Err(AuthError::Unauthorized(_))
+            Err(AuthError::Refused { .. })
         ));
     }
 

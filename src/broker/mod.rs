@@ -35,7 +35,7 @@ use serde_json::Value;
 use crate::protocol::{ChannelName, ControlOp};
 
 pub use memory::MemoryBroker;
-pub use redis::RedisBroker;
+pub use redis::{RedisBroker, RedisKeys};
 
 /// What a publication is addressed to, and what a node subscribes to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

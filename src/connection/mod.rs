@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
-use crate::auth::{AuthChain, AuthError, Identity};
+use crate::auth::{AuthChain, AuthError, Identity, unix_now};
 use crate::broker::{BrokerFuture, Publication};
 use crate::hub::{
     ChannelPolicy, ConnectionKey, Disconnect, Disconnector, Draining, Hub, LocalConnection, Member,
@@ -37,6 +37,7 @@ use crate::protocol::frame::FrameError;
 use crate::protocol::{
     ChannelName, ClientFrame, ClientRequest, CloseCode, Encoding, ErrorCode, ServerFrame,
 };
+use crate::sessions::{EXPIRED_REASON, SessionKeeper, SessionTicket};
 use rate_limit::{StrikeWindow, TokenBucket};
 use writer::CloseRequest;
 
@@ -75,6 +76,11 @@ pub struct Connection {
     encoding: Encoding,
     hub: Hub,
     auth: Arc<AuthChain>,
+    sessions: SessionKeeper,
+    /// This connection's place in the node's session table, when its session is re-validated.
+    session: Option<SessionTicket>,
+    /// The timer that closes the socket with 4001 when the credential expires.
+    expiry: Option<SpawnHandle>,
     settings: Arc<ConnectionSettings>,
     queue: OutboundSender,
     closer: Option<oneshot::Sender<CloseRequest>>,
@@ -96,6 +102,7 @@ impl Connection {
         parts: ConnectionParts,
         hub: Hub,
         auth: Arc<AuthChain>,
+        sessions: SessionKeeper,
         settings: Arc<ConnectionSettings>,
     ) -> Self {
         let now = Instant::now();
@@ -107,6 +114,9 @@ impl Connection {
             encoding: parts.encoding,
             hub,
             auth,
+            sessions,
+            session: None,
+            expiry: None,
             rate: TokenBucket::new(
                 settings.rate_limit_per_second,
                 settings.rate_limit_burst,
@@ -181,6 +191,41 @@ impl Connection {
             });
         }
         ctx.stop();
+    }
+
+    /// When the credential expires: the session's latest expiry when it is re-validated, else
+    /// the identity's own.
+    fn expires_at(&self) -> Option<u64> {
+        match &self.session {
+            Some(ticket) => ticket.expires_at(),
+            None => self.identity.expires_at,
+        }
+    }
+
+    /// (Re)arms the expiry timer for the current credential.
+    fn schedule_expiry(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.expiry.take() {
+            ctx.cancel_future(timer);
+        }
+        let Some(expires_at) = self.expires_at() else {
+            return;
+        };
+        let deadline = std::time::UNIX_EPOCH + Duration::from_secs(expires_at);
+        let delay = deadline
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        self.expiry = Some(ctx.run_later(delay, |connection, ctx| {
+            connection.expiry = None;
+            // A re-validated session may have been extended since the timer was armed.
+            if connection
+                .expires_at()
+                .is_some_and(|expires_at| expires_at > unix_now())
+            {
+                connection.schedule_expiry(ctx);
+            } else {
+                connection.close(ctx, CloseCode::SessionExpired, EXPIRED_REASON);
+            }
+        }));
     }
 
     /// Joins the channels named at the handshake (and waits for the user's topic subscription),
@@ -410,25 +455,39 @@ impl Connection {
         let auth = self.auth.clone();
         async move { auth.refresh(&token).await }
             .into_actor(self)
-            .map(move |result, connection, ctx| match result {
-                Ok(identity) if identity.user != connection.identity.user => connection.error(
-                    ctx,
-                    id,
-                    ErrorCode::Forbidden,
-                    "the new credential is for a different user",
-                ),
-                Ok(identity) => {
-                    let expires_at = identity.expires_at;
-                    connection.identity = identity;
-                    connection.reply(ctx, id, &json!({ "expires_at": expires_at }));
-                }
-                Err(err) => {
-                    let code = match err {
-                        AuthError::Unauthorized(_) => ErrorCode::Forbidden,
-                        AuthError::Unavailable(_) => ErrorCode::BackendUnavailable,
-                        AuthError::RefreshUnsupported => ErrorCode::BadRequest,
-                    };
-                    connection.error(ctx, id, code, &err.to_string());
+            .map(move |result, connection, ctx| {
+                let refused = match result {
+                    Ok(identity) if identity.user != connection.identity.user => Some((
+                        "refused",
+                        ErrorCode::Forbidden,
+                        "the new credential is for a different user".to_owned(),
+                    )),
+                    Ok(identity) => {
+                        metrics::counter!(names::REFRESHES, "result" => "accepted").increment(1);
+                        // The connection now rests on the new credential, not its old session.
+                        if let Some(ticket) = connection.session.take() {
+                            connection.sessions.untrack(connection.key, &ticket);
+                        }
+                        let expires_at = identity.expires_at;
+                        connection.identity = identity;
+                        connection.schedule_expiry(ctx);
+                        connection.reply(ctx, id, &json!({ "expires_at": expires_at }));
+                        None
+                    }
+                    Err(err) => {
+                        let (result, code) = match err {
+                            AuthError::Refused { .. } => ("refused", ErrorCode::Forbidden),
+                            AuthError::Unavailable(_) => {
+                                ("unavailable", ErrorCode::BackendUnavailable)
+                            }
+                            AuthError::RefreshUnsupported => ("unsupported", ErrorCode::BadRequest),
+                        };
+                        Some((result, code, err.to_string()))
+                    }
+                };
+                if let Some((result, code, reason)) = refused {
+                    metrics::counter!(names::REFRESHES, "result" => result).increment(1);
+                    connection.error(ctx, id, code, &reason);
                 }
             })
             .spawn(ctx);
@@ -473,6 +532,10 @@ impl Actor for Connection {
             user: self.identity.user.as_deref().map(Arc::from),
             session: self.identity.session.as_deref().map(Arc::from),
         });
+        self.session = self
+            .sessions
+            .track(self.key, &self.identity, self.disconnector.clone());
+        self.schedule_expiry(ctx);
         match registered {
             Ok(user_subscribed) => self.join_initial_channels(ctx, user_subscribed),
             Err(Draining) => self.close(ctx, CloseCode::Restart, crate::hub::DRAIN_REASON),
@@ -484,6 +547,9 @@ impl Actor for Connection {
             self.hub.leave(&channel, self.key);
         }
         self.hub.unregister(self.key);
+        if let Some(ticket) = self.session.take() {
+            self.sessions.untrack(self.key, &ticket);
+        }
     }
 }
 

@@ -151,7 +151,7 @@ async fn without_anonymous_access_an_unauthenticated_handshake_gets_401() {
     assert!(refused.body["reason"].is_string());
     assert_eq!(
         server
-            .metric("switchboard_handshakes_refused_total{reason=\"unauthorized\"}")
+            .metric("switchboard_handshakes_refused_total{reason=\"no_credential\"}")
             .await,
         Some(1.0)
     );

@@ -3,9 +3,12 @@
 // The harness is one binary; `pub` inside it is for sibling modules, not an API.
 #![allow(unreachable_pub)]
 
+mod auth;
+mod backend;
 mod broker_contract;
 mod cli;
 mod cluster;
+mod credentials;
 mod faults;
 mod frames;
 mod handshake;
@@ -13,4 +16,5 @@ mod lifecycle;
 mod multinode;
 mod protections;
 mod redis;
+mod sessions;
 mod support;

@@ -21,6 +21,7 @@
 //! Limits: at most one in-flight pipeline per node (publishing is ordered); messages the
 //! receiver falls more than [`RECEIVE_BUFFER`] behind on are lost and counted.
 
+mod keys;
 mod link;
 mod names;
 mod probe;
@@ -44,6 +45,7 @@ use tokio::task::JoinHandle;
 
 use super::{Broker, BrokerConfig, BrokerError, BrokerFuture, BrokerSink, Publication, Topic};
 use crate::protocol::{ControlOp, Envelope};
+pub use keys::RedisKeys;
 use link::Link;
 use names::{Names, RedisChannel};
 use probe::{PROBE_INTERVAL, Probe};
@@ -160,27 +162,34 @@ fn tls_trusting(path: &std::path::Path) -> Result<TlsConnector, String> {
     Ok(TlsConnector::from(config))
 }
 
+/// A fred client builder for `config`: the URL's server(s), TLS, reconnect policy and timeouts
+/// every client of this module uses.
+fn client_builder(config: &BrokerConfig) -> Result<Builder, BrokerError> {
+    let mut builder = Builder::from_config(fred_config(config).map_err(BrokerError::Config)?);
+    builder
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            RECONNECT_MIN_DELAY_MS,
+            RECONNECT_MAX_DELAY_MS,
+            2,
+        ))
+        .with_connection_config(|connection| {
+            connection.tcp.nodelay = Some(true);
+            connection.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(UNRESPONSIVE_AFTER),
+                interval: Duration::from_secs(1),
+            };
+        });
+    Ok(builder)
+}
+
 impl RedisBroker {
     /// Builds the clients and starts connecting in the background (Redis need not be up);
     /// must run inside a tokio runtime. Fails only on a bad configuration.
     pub fn start(config: &BrokerConfig, sink: Arc<dyn BrokerSink>) -> Result<Self, BrokerError> {
         let node_id = format!("{:016x}", fastrand::u64(..));
         let names = Names::new(&config.prefix, &node_id, config.cluster);
-        let mut builder = Builder::from_config(fred_config(config).map_err(BrokerError::Config)?);
-        builder
-            .set_policy(ReconnectPolicy::new_exponential(
-                0,
-                RECONNECT_MIN_DELAY_MS,
-                RECONNECT_MAX_DELAY_MS,
-                2,
-            ))
-            .with_connection_config(|connection| {
-                connection.tcp.nodelay = Some(true);
-                connection.unresponsive = UnresponsiveConfig {
-                    max_timeout: Some(UNRESPONSIVE_AFTER),
-                    interval: Duration::from_secs(1),
-                };
-            });
+        let mut builder = client_builder(config)?;
         let publisher = builder
             .build()
             .map_err(|err| BrokerError::Config(format!("broker.url: {err}")))?;
