@@ -315,6 +315,14 @@ async fn redis_sessions_refuse_with_503_while_redis_is_down() {
     assert_eq!(again.recv().await["user"], "42");
 }
 
+/// Two nodes on `redis` that accept only tokens signed by the returned key.
+async fn jwt_nodes(redis: &RedisServer, algorithm: Algorithm) -> (KeyPair, Vec<TestServer>) {
+    let key = KeyPair::generate(algorithm);
+    let config = format!("[auth]\nanonymous = false\n{}", jwt_section(&key, ""));
+    let nodes = nodes(redis, 2, &config).await;
+    (key, nodes)
+}
+
 /// Retries a handshake with session cookie `sessionid` until it is accepted (10 s at most).
 async fn accepted_within(server: &TestServer, sessionid: &str) -> Client {
     for _ in 0..100 {
@@ -329,13 +337,7 @@ async fn accepted_within(server: &TestServer, sessionid: &str) -> Client {
 #[tokio::test]
 async fn control_disconnects_close_a_users_or_sessions_sockets_on_every_node_at_once() {
     let redis = RedisServer::start().await;
-    let key = KeyPair::generate(Algorithm::RS256);
-    let nodes = nodes(
-        &redis,
-        2,
-        &format!("[auth]\nanonymous = false\n{}", jwt_section(&key, "")),
-    )
-    .await;
+    let (key, nodes) = jwt_nodes(&redis, Algorithm::RS256).await;
     let token = |user: &str, sid: &str| {
         let mut token_claims = claims(user, 600);
         token_claims["sid"] = json!(sid);
@@ -408,13 +410,7 @@ async fn control_disconnects_close_a_users_or_sessions_sockets_on_every_node_at_
 #[tokio::test]
 async fn a_back_end_reaches_every_socket_of_a_user_on_every_node() {
     let redis = RedisServer::start().await;
-    let key = KeyPair::generate(Algorithm::EdDSA);
-    let nodes = nodes(
-        &redis,
-        2,
-        &format!("[auth]\nanonymous = false\n{}", jwt_section(&key, "")),
-    )
-    .await;
+    let (key, nodes) = jwt_nodes(&redis, Algorithm::EdDSA).await;
     let mut user_sockets = Vec::new();
     let mut others = Vec::new();
     for node in &nodes {
