@@ -21,6 +21,9 @@ use crate::broker::{BrokerConfig, BrokerType};
 use crate::hub::ChannelRule;
 use crate::human_duration::HumanDuration;
 
+/// What `check-config` prints in place of a secret.
+pub const REDACTED: &str = "REDACTED";
+
 /// The prefix of environment overrides.
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 /// Separates the parts of an environment override's key.
@@ -282,9 +285,18 @@ impl Config {
         })
     }
 
-    /// The effective configuration as TOML (what `check-config` prints).
+    /// The effective configuration as TOML (what `check-config` prints), with secrets (the JWT
+    /// secret, the password in Redis URLs) replaced by `REDACTED`.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+        let mut shown = self.clone();
+        if let Some(jwt) = shown.auth.jwt.as_mut().filter(|jwt| !jwt.secret.is_empty()) {
+            jwt.secret = REDACTED.to_owned();
+        }
+        shown.broker.url = crate::broker::redis::redacted(&shown.broker.url);
+        if let Some(sessions) = shown.auth.redis_session.as_mut() {
+            sessions.url = crate::broker::redis::redacted(&sessions.url);
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
 }
 
@@ -387,6 +399,17 @@ mod tests {
             Err(ConfigError::Invalid(errors)) => errors,
             other => panic!("expected invalid config, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn printed_config_hides_secrets() {
+        let text = "[broker]\nurl = \"redis://:hunter2@127.0.0.1:6379\"\n[auth.jwt]\nsecret = \"s3cret\"\n";
+        let printed = Config::from_sources(Some(text), env(&[]))
+            .expect("valid")
+            .to_toml();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains(REDACTED), "{printed}");
     }
 
     #[test]

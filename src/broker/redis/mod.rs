@@ -281,8 +281,8 @@ fn not_connected() -> BrokerError {
     BrokerError::Unavailable("redis is not connected".into())
 }
 
-/// The URL without its password, for logs.
-fn redacted(url: &str) -> String {
+/// `url` with any credentials replaced by `***`, for logs and the printed config.
+pub fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}***{}", &url[..scheme + 3], &url[at..])
