@@ -87,6 +87,7 @@ pub async fn run(
         None => None,
     };
     let auth = Arc::new(AuthChain::from_config(&config.auth, session_store)?);
+    let cookie_authentication = auth.reads_cookies();
     let sessions = SessionKeeper::new(
         auth.clone(),
         config.auth.revalidate_interval.0,
@@ -109,7 +110,7 @@ pub async fn run(
         settings,
         limits: HandshakeLimits {
             allowed_origins: server_config.allowed_origins.clone(),
-            cookie_authentication: config.auth.reads_cookies(),
+            cookie_authentication,
             max_frame_bytes: server_config.max_frame_bytes,
             outbound_queue: server_config.outbound_queue,
         },

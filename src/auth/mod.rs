@@ -155,18 +155,6 @@ impl AuthConfig {
         }
         problems
     }
-
-    /// Whether any configured authenticator reads cookies.
-    pub fn reads_cookies(&self) -> bool {
-        self.jwt.as_ref().is_some_and(|jwt| !jwt.cookie.is_empty())
-            || self.redis_session.is_some()
-            || self.introspect.as_ref().is_some_and(|introspect| {
-                introspect
-                    .forward_headers
-                    .iter()
-                    .any(|name| name.eq_ignore_ascii_case("cookie"))
-            })
-    }
 }
 
 /// Why the chain could not be built (the config was validated first, so this is a file that
