@@ -31,9 +31,12 @@ lint:
 fmt:
 	$(CARGO) fmt
 
-## Criterion micro-benchmarks (codec, fan-out without sockets).
+## Criterion micro-benchmarks (codec, fan-out without sockets), then a short load-tool run
+## against a release node (benches/load.sh; docs/performance.md has the full-size runs).
 bench:
 	$(CARGO) bench --bench codec --bench fanout
+	$(CARGO) build --release --bin switchboard --bin switchboard-load
+	benches/load.sh
 
 build:
 	$(CARGO) build --release

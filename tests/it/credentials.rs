@@ -138,6 +138,11 @@ pub fn userinfo(value: &Value) -> String {
 }
 
 /// The `[auth.jwt]` section verifying with `key`.
+/// The private key of `key` in a PEM file (for the load tool, which signs its own tokens).
+pub fn temp_private_key(key: &KeyPair) -> PathBuf {
+    temp_file("private.pem", &String::from_utf8_lossy(&key.private_pem))
+}
+
 pub fn jwt_section(key: &KeyPair, extra: &str) -> String {
     format!(
         "[auth.jwt]\npublic_key_file = {:?}\nissuer = {ISSUER:?}\naudience = [{AUDIENCE:?}]\n{extra}\n",

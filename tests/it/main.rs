@@ -13,6 +13,7 @@ mod faults;
 mod frames;
 mod handshake;
 mod lifecycle;
+mod load_tool;
 mod multinode;
 mod protections;
 mod redis;

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# A short load-tool run against a freshly started release node (part of `make bench`):
+# fan-out to 1,000 subscribers, a fixed-rate run, idle memory, and RS256 handshakes.
+# The server is pinned to core 0 and the load tool to core 1 when the machine has two cores.
+# docs/performance.md has the full-size commands behind the published figures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=target/release
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+pin_server=() pin_load=()
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    pin_server=(taskset -c 0) pin_load=(taskset -c 1)
+fi
+
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/key.pem" 2>/dev/null
+openssl pkey -in "$work/key.pem" -pubout -out "$work/key.pub.pem"
+cat > "$work/node.toml" <<TOML
+[server]
+bind = "127.0.0.1:0"
+rate_limit = 100000
+rate_limit_burst = 100000
+[auth]
+anonymous = true
+[auth.jwt]
+public_key_file = "$work/key.pub.pem"
+TOML
+
+"${pin_server[@]}" "$BIN/switchboard" serve --config "$work/node.toml" >"$work/out" 2>"$work/log" &
+server=$!
+for _ in $(seq 100); do grep -q listening "$work/out" && break; sleep 0.1; done
+url="ws://$(sed -n 's|.*http://||p' "$work/out" | head -1)/ws"
+load=("${pin_load[@]}" "$BIN/switchboard-load" --url "$url" --server-pid "$server")
+
+echo "== fanout: 1,000 subscribers, 1,000 messages, window 10"
+"${load[@]}" fanout --subscribers 1000 --messages 1000
+echo "== fanout at a fixed rate: 1,000 subscribers, 20 msg/s for 5 s"
+"${load[@]}" fanout --subscribers 1000 --messages 100 --rate 20
+echo "== idle: 2,000 joined connections"
+"${load[@]}" idle --connections 2000
+echo "== connect: 5,000 RS256 handshakes"
+"${load[@]}" --rsa-key "$work/key.pem" --concurrency 64 connect --count 5000
