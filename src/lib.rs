@@ -17,7 +17,7 @@
 //!   (by user and session), the sink the broker delivers into.
 //! - [`sessions`]: the node's table of back-end sessions, re-validated once per session per
 //!   interval; a dead one closes all its sockets with 4001.
-//! - [`connection`]: the per-socket actor, its writer task, inbound rate limits.
+//! - [`connection`]: the per-socket actor, its outbound body (queue to socket), inbound rate limits.
 //! - [`config`]: the TOML + environment configuration, validated with errors that name the key.
 //! - [`api`]: HTTP edges: `GET /ws`, `/metrics`, `/healthz`, `/readyz`.
 //! - [`server`]: the composition root and graceful shutdown.

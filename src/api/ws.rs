@@ -1,5 +1,5 @@
-//! `GET /ws`: checks a handshake, authenticates it once, and starts a [`Connection`] actor with
-//! its writer task. Every refusal happens here, before the upgrade, as an HTTP error.
+//! `GET /ws`: checks a handshake, authenticates it once, and starts a [`Connection`] actor whose
+//! outbound queue becomes the response body. Every refusal happens here, before the upgrade, as an HTTP error.
 
 use actix::Actor;
 use actix_web::http::{StatusCode, header};
@@ -7,7 +7,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::{AppState, HandshakeLimits, error_response};
 use crate::auth::{AuthError, Handshake};
-use crate::connection::{Connection, ConnectionParts, writer};
+use crate::connection::outbound::OutboundBody;
+use crate::connection::{Connection, ConnectionParts};
 use crate::hub::outbound_queue;
 use crate::metrics as names;
 use crate::protocol::Encoding;
@@ -105,7 +106,7 @@ async fn accept(
         .map_err(Refusal::from_auth)?;
     let initial_channels = handshake.query_all("channel").map(str::to_owned).collect();
 
-    let (response, session, inbound) =
+    let (response, _session, inbound) =
         actix_ws::handle_with_protocols(request, body, &Encoding::PROTOCOLS)
             .map_err(|err| Refusal::new(StatusCode::BAD_REQUEST, "bad_request", err.to_string()))?;
     let max_frame_bytes = state.limits.max_frame_bytes;
@@ -115,7 +116,13 @@ async fn accept(
         .max_continuation_size(max_frame_bytes);
     let (queue, queue_receiver) = outbound_queue(state.limits.outbound_queue);
     let (closer, close_receiver) = tokio::sync::oneshot::channel();
-    actix_web::rt::spawn(writer::run(session, queue_receiver, close_receiver, ticket));
+    // The connection's outbound queue becomes the response body; actix-ws's own body (and its
+    // `Session`) are not used for sending. See `connection::outbound`.
+    let response = response
+        .map_body(|_, handshake_body| {
+            OutboundBody::new(queue_receiver, close_receiver, handshake_body, ticket)
+        })
+        .map_into_boxed_body();
 
     let (key, id) = state.hub.directory().allocate();
     let parts = ConnectionParts {

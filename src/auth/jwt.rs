@@ -102,6 +102,11 @@ impl JwtAuthenticator {
     /// report, e.g. `("auth.jwt.public_key_file", "cannot read …")`.
     pub fn from_config(config: &JwtConfig) -> Result<Self, (String, String)> {
         let problem = |key: &str, message: String| (format!("auth.jwt.{key}"), message);
+        if !super::rsa_verify::install() {
+            tracing::warn!(
+                "another JWT crypto provider is installed; RSA signatures are checked by it"
+            );
+        }
         let secret =
             (!config.secret.is_empty()).then(|| DecodingKey::from_secret(config.secret.as_bytes()));
         let public = match &config.public_key_file {

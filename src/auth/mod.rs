@@ -23,6 +23,7 @@ mod identity;
 pub mod introspect;
 pub mod jwt;
 pub mod redis_session;
+mod rsa_verify;
 
 use std::sync::Arc;
 

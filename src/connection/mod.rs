@@ -2,18 +2,18 @@
 //!
 //! It reads the inbound `actix_ws` message stream (`ctx.add_stream`), decodes client frames,
 //! applies the protections (rate limit, strikes, channel limit, policy), talks to the hub, and
-//! answers through its bounded outbound queue, which [`writer`] drains into the socket. It owns
+//! answers through its bounded outbound queue, which is the response body ([`outbound`]). It owns
 //! the connection's timers (heartbeat ping, idle timeout) and closes itself with the right code.
 //!
 //! No handler awaits IO in place: joins, publishes and refreshes are spawned futures whose
 //! results are mapped back into the actor.
 //!
 //! What it is not: it does not encode publications (groups do, once) and it never writes to the
-//! socket directly (the writer does).
+//! socket directly (the HTTP dispatcher polls [`outbound::OutboundBody`]).
 
 pub mod admission;
+pub mod outbound;
 pub mod rate_limit;
-pub mod writer;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -38,8 +38,8 @@ use crate::protocol::{
     ChannelName, ClientFrame, ClientRequest, CloseCode, Encoding, ErrorCode, ServerFrame,
 };
 use crate::sessions::{EXPIRED_REASON, SessionKeeper, SessionTicket};
+use outbound::CloseRequest;
 use rate_limit::{StrikeWindow, TokenBucket};
-use writer::CloseRequest;
 
 /// The window in which rate-limit and malformed-frame strikes are counted.
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);

@@ -327,8 +327,7 @@ mod tests {
     /// The address of the encoded bytes a member received.
     fn frame_address(receiver: &mut mpsc::Receiver<Outbound>) -> usize {
         match receiver.try_recv() {
-            Ok(Outbound::Frame(OutboundFrame::Text(text))) => text.as_ptr() as usize,
-            Ok(Outbound::Frame(OutboundFrame::Binary(bytes))) => bytes.as_ptr() as usize,
+            Ok(Outbound::Frame(frame)) => frame.wire().as_ptr() as usize,
             other => panic!("expected a frame, got {other:?}"),
         }
     }

@@ -69,7 +69,7 @@ mod tests {
     use crate::hub::member::testing::member_watched;
     use crate::hub::member::{ConnectionKey, Disconnect, Outbound};
     use crate::hub::{Hub, LocalConnection};
-    use crate::protocol::{CloseCode, ControlTarget, Encoding, OutboundFrame};
+    use crate::protocol::{CloseCode, ControlTarget, Encoding};
     use actix::prelude::*;
     use serde_json::{Value, json};
     use tokio::sync::{mpsc, oneshot};
@@ -116,7 +116,7 @@ mod tests {
 
     fn json_frame(receiver: &mut mpsc::Receiver<Outbound>) -> Option<Value> {
         match receiver.try_recv() {
-            Ok(Outbound::Frame(OutboundFrame::Text(text))) => serde_json::from_str(&text).ok(),
+            Ok(Outbound::Frame(frame)) => serde_json::from_slice(frame.payload()).ok(),
             _ => None,
         }
     }

@@ -3,10 +3,10 @@
 //! travel in both; MessagePack frames are maps (`to_vec_named`), never positional arrays.
 
 use bytes::Bytes;
-use bytestring::ByteString;
 use serde_json::Value;
 
 use super::frame::{ClientFrame, FrameError, ServerFrame};
+use super::websocket::{self, Opcode};
 
 /// How a connection's frames are encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,27 +29,49 @@ impl Encoding {
         }
     }
 
-    /// Encodes a server frame. Called once per frame per encoding; the result is shared by
-    /// reference among every member that receives it.
+    /// Encodes a server frame as a complete WebSocket frame (text for JSON, binary for
+    /// MessagePack). Called once per frame per encoding; the result is shared by reference among
+    /// every member that receives it.
     pub fn encode(self, frame: &ServerFrame<'_>) -> Result<OutboundFrame, EncodeError> {
-        match self {
+        let mut buffer = websocket::buffer_with_header_room(128);
+        let opcode = match self {
             Encoding::Json => {
-                let text = serde_json::to_string(frame).map_err(EncodeError::Json)?;
-                Ok(OutboundFrame::Text(ByteString::from(text)))
+                serde_json::to_writer(&mut buffer, frame).map_err(EncodeError::Json)?;
+                Opcode::Text
             }
             Encoding::MessagePack => {
-                let bytes = rmp_serde::to_vec_named(frame).map_err(EncodeError::MessagePack)?;
-                Ok(OutboundFrame::Binary(Bytes::from(bytes)))
+                rmp_serde::encode::write_named(&mut buffer, frame)
+                    .map_err(EncodeError::MessagePack)?;
+                Opcode::Binary
             }
-        }
+        };
+        Ok(OutboundFrame(websocket::finish(buffer, opcode)))
     }
 }
 
-/// An encoded frame ready for the socket. Cloning it is a reference-count increment.
+/// An encoded frame ready for the socket: the whole WebSocket frame, header included, so the
+/// socket side only copies bytes. Cloning it is a reference-count increment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OutboundFrame {
-    Text(ByteString),
-    Binary(Bytes),
+pub struct OutboundFrame(Bytes);
+
+impl OutboundFrame {
+    /// The frame as it goes on the wire.
+    pub fn wire(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub fn into_wire(self) -> Bytes {
+        self.0
+    }
+
+    /// The payload: the JSON text or the MessagePack bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.0[websocket::header_length(&self.0)..]
+    }
+
+    pub fn is_text(&self) -> bool {
+        self.0.first() == Some(&(0x80 | Opcode::Text as u8))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,10 +125,9 @@ mod tests {
             data: &data,
             from: Some("42"),
         };
-        let OutboundFrame::Text(text) = Encoding::Json.encode(&frame).expect("encode") else {
-            panic!("json must be a text frame");
-        };
-        let decoded: Value = serde_json::from_str(&text).expect("json");
+        let encoded = Encoding::Json.encode(&frame).expect("encode");
+        assert!(encoded.is_text(), "json must be a text frame");
+        let decoded: Value = serde_json::from_slice(encoded.payload()).expect("json");
         assert_eq!(
             decoded,
             json!({"type": "message", "channel": "room:1", "data": {"text": "hi"}, "from": "42"})
@@ -116,23 +137,20 @@ mod tests {
             code: ErrorCode::NotJoined,
             reason: "x",
         };
-        let OutboundFrame::Text(text) = Encoding::Json.encode(&error).expect("encode") else {
-            panic!("text");
-        };
+        let encoded = Encoding::Json.encode(&error).expect("encode");
         assert_eq!(
-            &*text,
-            r#"{"type":"error","code":"not_joined","reason":"x"}"#
+            encoded.payload(),
+            br#"{"type":"error","code":"not_joined","reason":"x"}"#
         );
+        assert_eq!(encoded.wire()[..2], [0x81, encoded.payload().len() as u8]);
     }
 
     #[test]
     fn msgpack_frames_are_maps_with_the_same_content() {
         let frame = ServerFrame::Pong { id: Some(8) };
-        let OutboundFrame::Binary(bytes) = Encoding::MessagePack.encode(&frame).expect("encode")
-        else {
-            panic!("msgpack must be a binary frame");
-        };
-        let decoded: Value = rmp_serde::from_slice(&bytes).expect("msgpack");
+        let encoded = Encoding::MessagePack.encode(&frame).expect("encode");
+        assert!(!encoded.is_text(), "msgpack must be a binary frame");
+        let decoded: Value = rmp_serde::from_slice(encoded.payload()).expect("msgpack");
         assert_eq!(decoded, json!({"type": "pong", "id": 8}));
     }
 

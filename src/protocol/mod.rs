@@ -1,5 +1,6 @@
 //! The wire contract, and nothing else: the frames clients and servers exchange, channel names,
-//! close codes, error codes, the broker envelope, control operations, and the two encodings (JSON, MessagePack).
+//! close codes, error codes, the broker envelope, control operations, the two encodings (JSON,
+//! MessagePack), and the WebSocket framing of what the server sends (`websocket`).
 //!
 //! This module does no IO and knows nothing of actix, sockets or Redis. Everything here is pure
 //! data and pure functions, so it is tested by unit tests and benchmarked without a server.
@@ -12,6 +13,7 @@ pub mod control;
 pub mod envelope;
 pub mod error_code;
 pub mod frame;
+pub mod websocket;
 
 pub use channel::{ChannelName, InvalidChannel};
 pub use close::CloseCode;
