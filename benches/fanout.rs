@@ -1,5 +1,6 @@
 //! Group fan-out without sockets: one publication queued to N members' bounded queues (encode
-//! once, share the bytes, `try_send` each), then the queues drained as writers would.
+//! once, share the bytes, `try_send` each), then the queues drained as the
+//! connections' response bodies would.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
