@@ -37,6 +37,8 @@ fn room_of(index: usize, members: usize) -> String {
 struct Totals {
     published: AtomicU64,
     delivered: AtomicU64,
+    /// Members that will publish nothing more (their last send is counted in `published`).
+    done_sending: AtomicU64,
 }
 
 struct Member {
@@ -56,6 +58,7 @@ impl Member {
         // Members start out of phase, so a room's messages are spread over the period.
         let mut next_send = Instant::now() + period.mul_f64(fastrand::f64());
         let mut seq = 0;
+        let mut counted_done = false;
         loop {
             let totals = &self.totals;
             let taken = received.take_buffered(&mut self.client, &self.clock, |_| {
@@ -69,6 +72,10 @@ impl Member {
                 return received;
             }
             let sending = next_send < self.until;
+            if !sending && !counted_done {
+                counted_done = true;
+                self.totals.done_sending.fetch_add(1, Ordering::Release);
+            }
             tokio::select! {
                 _ = tokio::time::sleep_until(next_send.into()), if sending => {
                     let frame = stamp::publish_frame(&self.room, seq, self.clock.micros(), self.payload_bytes);
@@ -128,8 +135,16 @@ pub(crate) async fn run(
         .collect();
 
     tokio::time::sleep_until(until.into()).await;
-    let expected = || totals.published.load(Ordering::Relaxed) * members as u64;
+    let expected = || totals.published.load(Ordering::Acquire) * members as u64;
     let drained_by = Instant::now() + options.drain;
+    // A member whose last send is still in flight at `until` has not counted it yet; wait for
+    // every member to finish sending so the drain below compares against the final count.
+    // (A member that failed stops counting; the drain's deadline bounds the wait.)
+    while totals.done_sending.load(Ordering::Acquire) < connections as u64
+        && Instant::now() < drained_by
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     while totals.delivered.load(Ordering::Relaxed) < expected() && Instant::now() < drained_by {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
