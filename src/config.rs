@@ -16,7 +16,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+use crate::api::ApiConfig;
 use crate::auth::AuthConfig;
+use crate::backend::{BackendConfig, RoutesConfig};
 use crate::broker::{BrokerConfig, BrokerType};
 use crate::hub::ChannelRule;
 use crate::human_duration::HumanDuration;
@@ -84,6 +86,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[[channels]]` rules; when the file has none, one permissive `*` rule (local development).
     pub channels: Vec<ChannelRule>,
+    pub api: ApiConfig,
+    /// Action → back-end URL (`default`, `connect`, `disconnect` are special).
+    pub routes: RoutesConfig,
+    pub backend: BackendConfig,
 }
 
 impl Default for Config {
@@ -93,6 +99,9 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             auth: AuthConfig::default(),
             channels: vec![ChannelRule::permissive()],
+            api: ApiConfig::default(),
+            routes: RoutesConfig::new(),
+            backend: BackendConfig::default(),
         }
     }
 }
@@ -161,9 +170,12 @@ impl Config {
                 "broker" => section(&key, value, &mut errors, |parsed| config.broker = parsed),
                 "auth" => section(&key, value, &mut errors, |parsed| config.auth = parsed),
                 "channels" => section(&key, value, &mut errors, |parsed| config.channels = parsed),
+                "api" => section(&key, value, &mut errors, |parsed| config.api = parsed),
+                "routes" => section(&key, value, &mut errors, |parsed| config.routes = parsed),
+                "backend" => section(&key, value, &mut errors, |parsed| config.backend = parsed),
                 _ => errors.push(KeyError {
                     key,
-                    message: "unknown key (expected one of `server`, `broker`, `auth`, `channels`)"
+                    message: "unknown key (expected one of `server`, `broker`, `auth`, `channels`, `api`, `routes`, `backend`)"
                         .to_owned(),
                 }),
             }
@@ -225,6 +237,9 @@ impl Config {
                 problem(key, message);
             }
         }
+        if self.broker.node_ttl < HumanDuration::from_millis(300) {
+            problem("broker.node_ttl", "must be at least 300ms");
+        }
         if self.broker.prefix.is_empty()
             || self
                 .broker
@@ -252,6 +267,9 @@ impl Config {
                     .map_or(message.as_str(), |(_, message)| message);
                 problem("auth.redis_session.url", message);
             }
+        }
+        for (key, message) in crate::backend::problems(&self.routes, &self.backend) {
+            problem(&key, &message);
         }
         for (index, rule) in self.channels.iter().enumerate() {
             for message in rule.problems() {
@@ -286,13 +304,16 @@ impl Config {
     }
 
     /// The effective configuration as TOML (what `check-config` prints), with secrets (the JWT
-    /// secret, the password in Redis URLs) replaced by `REDACTED`.
+    /// secret, the API key, the password in Redis URLs) replaced by `REDACTED`.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         if let Some(jwt) = shown.auth.jwt.as_mut().filter(|jwt| !jwt.secret.is_empty()) {
             jwt.secret = REDACTED.to_owned();
         }
         shown.broker.url = crate::broker::redis::redacted(&shown.broker.url);
+        if !shown.api.key.is_empty() {
+            shown.api.key = REDACTED.to_owned();
+        }
         if let Some(sessions) = shown.auth.redis_session.as_mut() {
             sessions.url = crate::broker::redis::redacted(&sessions.url);
         }

@@ -11,15 +11,21 @@
 //! - [`human_duration`]: `"15s"`-style durations for the config.
 //! - [`auth`]: `Identity`, the `Authenticator` chain (`jwt`, `gateway`, `introspect`,
 //!   `redis_session`), `Revalidation`. No actix, no Redis client.
-//! - [`broker`]: the `Broker` trait, the sink it pushes into, `MemoryBroker`, `RedisBroker`.
+//! - [`backend`]: calls to the application back end: action routes (`[routes]`) and the
+//!   connect/disconnect hooks, bounded in time and concurrency; what an answer instructs.
+//! - [`broker`]: the `Broker` trait, the sink it pushes into, `MemoryBroker`, `RedisBroker`; the
+//!   connection registry's store trait and `RedisRoster`.
 //! - [`metrics`]: every metric name, the Prometheus recorder.
 //! - [`hub`]: channel-group actors, the group registry, channel policy, the node's connections
 //!   (by user and session), the sink the broker delivers into.
+//! - [`roster`]: the connection registry: this node's connections written out to the broker's
+//!   store (Redis) with a heartbeat, and cluster-wide queries (connections, channels, presence).
 //! - [`sessions`]: the node's table of back-end sessions, re-validated once per session per
 //!   interval; a dead one closes all its sockets with 4001.
 //! - [`connection`]: the per-socket actor, its outbound body (queue to socket), inbound rate limits.
 //! - [`config`]: the TOML + environment configuration, validated with errors that name the key.
 //! - [`api`]: HTTP edges: `GET /ws`, `/metrics`, `/healthz`, `/readyz`.
+//! - [`api_client`]: the server API's client, behind the CLI's management commands.
 //! - [`server`]: the composition root and graceful shutdown.
 //!
 //! ## Invariants, stated as absences
@@ -36,7 +42,9 @@
 //!   encoding and shares the bytes.
 
 pub mod api;
+pub mod api_client;
 pub mod auth;
+pub mod backend;
 pub mod broker;
 pub mod config;
 pub mod connection;
@@ -44,5 +52,6 @@ pub mod hub;
 pub mod human_duration;
 pub mod metrics;
 pub mod protocol;
+pub mod roster;
 pub mod server;
 pub mod sessions;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use switchboard::api_client::{ApiClient, DisconnectTarget, connections_table};
 use switchboard::config::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -50,6 +51,59 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Publish JSON to a channel on every node (through the server API).
+    Publish {
+        #[command(flatten)]
+        api: ApiArgs,
+        channel: String,
+        /// Any JSON value: the `data` members receive.
+        json: String,
+    },
+    /// Close the sockets of a user, a session or one connection, on every node.
+    Disconnect {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long, group = "target", required = true)]
+        user: Option<String>,
+        #[arg(long, group = "target")]
+        session: Option<String>,
+        #[arg(long, group = "target")]
+        connection: Option<String>,
+        /// Close code (default 4002 logged_out).
+        #[arg(long)]
+        code: Option<u16>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// List connections, cluster-wide: all, a user's, or a channel's.
+    Connections {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long, conflicts_with = "channel")]
+        user: Option<String>,
+        #[arg(long)]
+        channel: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Print the API's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the server API is: `--url`/`--key`, else the node described by `--config`.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The node's base URL; default: http://<[server] bind> from --config, else http://127.0.0.1:8080.
+    #[arg(long, env = "SWITCHBOARD_API_URL")]
+    url: Option<String>,
+    /// The API key; default: [api] key from --config.
+    #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// A node's config file, read for the URL and key.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +117,52 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Publish { api, channel, json } => run_api_command(&api, |client| async move {
+            let data: serde_json::Value = serde_json::from_str(&json)
+                .with_context(|| format!("JSON: {json:?} is not a JSON value"))?;
+            Ok(client.publish(&channel, data).await?.to_string())
+        }),
+        Command::Disconnect {
+            api,
+            user,
+            session,
+            connection,
+            code,
+            reason,
+        } => run_api_command(&api, |client| async move {
+            let target = match (user, session, connection) {
+                (Some(user), _, _) => DisconnectTarget::User(user),
+                (_, Some(session), _) => DisconnectTarget::Session(session),
+                (_, _, Some(connection)) => DisconnectTarget::Connection(connection),
+                _ => anyhow::bail!("give --user, --session or --connection"),
+            };
+            Ok(client
+                .disconnect(&target, code, reason.as_deref())
+                .await?
+                .to_string())
+        }),
+        Command::Connections {
+            api,
+            user,
+            channel,
+            limit,
+            json,
+        } => run_api_command(&api, |client| async move {
+            let limit = limit.to_string();
+            let mut query = vec![("limit", limit.as_str())];
+            if let Some(user) = &user {
+                query.push(("user", user));
+            }
+            if let Some(channel) = &channel {
+                query.push(("channel", channel));
+            }
+            let answer = client.connections(&query).await?;
+            Ok(if json {
+                answer.to_string()
+            } else {
+                connections_table(&answer).trim_end().to_owned()
+            })
+        }),
         Command::CheckConfig { config } => match Config::load(Some(&config)) {
             Ok(config) => {
                 print!("{}", config.to_toml());
@@ -74,6 +174,49 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Runs one server API call and prints its answer; exit code 1 when it fails.
+fn run_api_command<F, Fut>(api: &ApiArgs, command: F) -> ExitCode
+where
+    F: FnOnce(ApiClient) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<String>>,
+{
+    let outcome = api_client(api).and_then(|client| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a runtime")?
+            .block_on(command(client))
+    });
+    match outcome {
+        Ok(output) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("switchboard: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn api_client(api: &ApiArgs) -> anyhow::Result<ApiClient> {
+    let config = match &api.config {
+        Some(path) => Some(Config::load(Some(path)).context("loading the configuration")?),
+        None => None,
+    };
+    let url = match (&api.url, &config) {
+        (Some(url), _) => url.clone(),
+        (None, Some(config)) => format!("http://{}", config.server.bind),
+        (None, None) => "http://127.0.0.1:8080".to_owned(),
+    };
+    let key = match (&api.key, &config) {
+        (Some(key), _) => key.clone(),
+        (None, Some(config)) => config.api.key.clone(),
+        (None, None) => String::new(),
+    };
+    Ok(ApiClient::new(&url, &key)?)
 }
 
 fn init_logging(format: LogFormat) {

@@ -36,6 +36,11 @@ pub const AUTH_BACKEND_ERRORS: &str = "switchboard_auth_backend_errors_total";
 pub const SESSIONS: &str = "switchboard_sessions";
 pub const REVALIDATIONS: &str = "switchboard_revalidations_total";
 pub const REFRESHES: &str = "switchboard_refreshes_total";
+pub const API_REQUESTS: &str = "switchboard_api_requests_total";
+pub const ROUTE_CALLS: &str = "switchboard_route_calls_total";
+pub const ROUTE_CALL_DURATION: &str = "switchboard_route_call_seconds";
+pub const REGISTRY_CONNECTIONS: &str = "switchboard_registry_connections";
+pub const REGISTRY_WRITE_FAILURES: &str = "switchboard_registry_write_failures_total";
 
 /// The metrics only a Redis broker exports (a memory node never has them).
 pub const REDIS_ONLY: [&str; 5] = [
@@ -56,8 +61,18 @@ pub const AUTH_ONLY: [&str; 5] = [
     REFRESHES,
 ];
 
+/// The metrics of the back-end integration: the server API, route calls, the shared registry
+/// (they appear once used; `tests/it/integration.rs` checks them).
+pub const INTEGRATION_ONLY: [&str; 5] = [
+    API_REQUESTS,
+    ROUTE_CALLS,
+    ROUTE_CALL_DURATION,
+    REGISTRY_CONNECTIONS,
+    REGISTRY_WRITE_FAILURES,
+];
+
 /// Every metric name, for the test that checks each one is really exported.
-pub const ALL: [&str; 25] = [
+pub const ALL: [&str; 30] = [
     CONNECTIONS,
     CONNECTIONS_ACCEPTED,
     HANDSHAKES_REFUSED,
@@ -83,6 +98,11 @@ pub const ALL: [&str; 25] = [
     SESSIONS,
     REVALIDATIONS,
     REFRESHES,
+    API_REQUESTS,
+    ROUTE_CALLS,
+    ROUTE_CALL_DURATION,
+    REGISTRY_CONNECTIONS,
+    REGISTRY_WRITE_FAILURES,
 ];
 
 /// Latency buckets, in seconds: 100 µs to 10 s.
@@ -210,6 +230,27 @@ fn describe() {
         "Session re-validations, by authenticator and result (alive, dead, unavailable, failed_closed)."
     );
     describe_counter!(REFRESHES, "Client refresh requests, by result.");
+    describe_counter!(
+        API_REQUESTS,
+        "Server API calls, by endpoint and HTTP status."
+    );
+    describe_counter!(
+        ROUTE_CALLS,
+        "Back-end route and hook calls, by route (action) and result (ok, status, timeout, unreachable, invalid)."
+    );
+    describe_histogram!(
+        ROUTE_CALL_DURATION,
+        Unit::Seconds,
+        "Back-end route and hook call latency, by route (action)."
+    );
+    describe_gauge!(
+        REGISTRY_CONNECTIONS,
+        "Connections this node has written to the shared connection registry (Redis)."
+    );
+    describe_counter!(
+        REGISTRY_WRITE_FAILURES,
+        "Writes of this node's part of the connection registry that failed (retried as a full rewrite)."
+    );
     // Gauges start at zero rather than absent, so dashboards and tests see them at once.
     metrics::gauge!(CONNECTIONS).set(0.0);
     metrics::gauge!(CHANNELS).set(0.0);

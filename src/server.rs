@@ -15,14 +15,17 @@ use actix_web::{App, HttpServer, web};
 
 use crate::api::{self, AppState, HandshakeLimits};
 use crate::auth::{AuthBuildError, AuthChain, SessionStore};
+use crate::backend::Backend;
+use crate::broker::roster::RosterStore;
 use crate::broker::{
-    Broker, BrokerError, BrokerSink, BrokerType, MemoryBroker, RedisBroker, RedisKeys,
+    Broker, BrokerError, BrokerSink, BrokerType, MemoryBroker, RedisBroker, RedisKeys, RedisRoster,
 };
 use crate::config::Config;
 use crate::connection::ConnectionSettings;
 use crate::connection::admission::Admission;
 use crate::hub::{ChannelPolicy, ConnectionDirectory, GroupRegistry, Hub, HubSink};
 use crate::metrics::{Metrics, MetricsError};
+use crate::roster::Roster;
 use crate::sessions::SessionKeeper;
 
 /// How often histogram buffers are drained.
@@ -45,6 +48,8 @@ pub enum ServerError {
     Broker(#[from] BrokerError),
     #[error("cannot set up authentication: {0}")]
     Auth(#[from] AuthBuildError),
+    #[error("cannot set up back-end routes: {0}")]
+    Backend(String),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
 }
@@ -70,7 +75,24 @@ pub async fn run(
         .map(|_| Arbiter::new())
         .collect();
     let registry = GroupRegistry::new();
-    let directory = Arc::new(ConnectionDirectory::new());
+    let shared_registry = config.broker.broker_type == BrokerType::Redis;
+    let directory = Arc::new(if shared_registry {
+        ConnectionDirectory::tracking_changes()
+    } else {
+        ConnectionDirectory::new()
+    });
+    let roster_store: Option<Arc<dyn RosterStore>> = if shared_registry {
+        Some(Arc::new(RedisRoster::start(
+            &config.broker,
+            &directory.node(),
+        )?))
+    } else {
+        None
+    };
+    let roster = Roster::new(directory.clone(), roster_store);
+    let writing_roster = actix_web::rt::spawn(roster.clone().run());
+    let backend = Backend::from_config(&config.routes, &config.backend, &config.api.key)
+        .map_err(ServerError::Backend)?;
     let sink: Arc<dyn BrokerSink> = Arc::new(HubSink::new(registry.clone(), directory.clone()));
     let broker: Arc<dyn Broker> = match config.broker.broker_type {
         BrokerType::Memory => Arc::new(MemoryBroker::new(sink)),
@@ -102,6 +124,7 @@ pub async fn run(
         rate_limit_per_second: server_config.rate_limit,
         rate_limit_burst: server_config.rate_limit_burst,
         policy: ChannelPolicy::new(config.channels.clone()),
+        backend: backend.clone(),
     });
     let state = web::Data::new(AppState {
         hub,
@@ -116,6 +139,9 @@ pub async fn run(
         },
         admission: Admission::new(server_config.max_connections),
         metrics: metrics.clone(),
+        roster,
+        api_key: (!config.api.key.is_empty()).then(|| config.api.key.clone()),
+        backend,
     });
 
     let grace = server_config.shutdown_grace.0;
@@ -147,6 +173,7 @@ pub async fn run(
         finished = &mut serving => {
             upkeep.abort();
             revalidating.abort();
+            writing_roster.abort();
             return match finished {
                 Ok(result) => result.map_err(ServerError::Http),
                 Err(err) => Err(ServerError::Http(std::io::Error::other(err))),
@@ -160,11 +187,19 @@ pub async fn run(
     handle.pause().await;
     // A connection is over once its close frame is handed to the socket (or the socket is
     // gone), which is when its response body releases the admission ticket.
-    let drain_deadline = started + grace.saturating_sub(HTTP_STOP_TIMEOUT);
+    // With a shared registry, the node's withdrawal from it gets its time at the end too.
+    let withdrawal = if app_state.roster.is_cluster_wide() {
+        crate::roster::WITHDRAW_TIMEOUT
+    } else {
+        Duration::ZERO
+    };
+    let drain_deadline = started + grace.saturating_sub(HTTP_STOP_TIMEOUT + withdrawal);
     while app_state.admission.admitted() > 0 && Instant::now() < drain_deadline {
         tokio::time::sleep(DRAIN_POLL_INTERVAL).await;
     }
     let graceful = app_state.admission.admitted() == 0;
+    writing_roster.abort();
+    app_state.roster.withdraw().await;
     handle.stop(graceful).await;
     upkeep.abort();
     revalidating.abort();

@@ -1,23 +1,36 @@
-//! The HTTP edges: `GET /ws` (the WebSocket handshake), `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP edges: `GET /ws` (the WebSocket handshake), `/metrics`, `/healthz`, `/readyz`, and
+//! the server API under `/api/` ([`server_api`]).
 //!
 //! Handlers here translate HTTP to the domain and back; they hold no state of their own beyond
 //! [`AppState`], which `server` builds. A refused request gets a JSON body
 //! `{"error": "<code>", "reason": "<text>"}` with the status of PROTOCOL.md §1.
 
 mod health;
+pub mod server_api;
 mod ws;
 
 use std::sync::Arc;
 
 use actix_web::{HttpResponse, http::StatusCode, web};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::AuthChain;
+use crate::backend::Backend;
 use crate::connection::ConnectionSettings;
 use crate::connection::admission::Admission;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::roster::Roster;
 use crate::sessions::SessionKeeper;
+
+/// The `[api]` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// The server API's bearer key; empty: the API is off.
+    pub key: String,
+}
 
 /// Limits applied at the handshake, before a connection exists.
 #[derive(Debug, Clone)]
@@ -39,6 +52,12 @@ pub struct AppState {
     /// The node's connection limit (`server.max_connections`).
     pub admission: Admission,
     pub metrics: Metrics,
+    /// The connection registry the API answers from.
+    pub roster: Roster,
+    /// `[api] key`; `None`: the server API is off.
+    pub api_key: Option<String>,
+    /// Routes and hooks, when `[routes]` has any.
+    pub backend: Option<Arc<Backend>>,
 }
 
 /// Registers every route.
@@ -47,7 +66,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/ws", web::get().to(ws::upgrade))
         .route("/metrics", web::get().to(health::metrics))
         .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz));
+        .route("/readyz", web::get().to(health::readyz))
+        .configure(server_api::routes);
 }
 
 /// A JSON error response: `{"error": code, "reason": reason}`.

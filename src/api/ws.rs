@@ -6,7 +6,12 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::{AppState, HandshakeLimits, error_response};
-use crate::auth::{AuthError, Handshake};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::auth::{AuthError, Handshake, Identity};
+use crate::backend::{Backend, BackendError, CONNECT_HOOK, Caller, Instructions};
 use crate::connection::outbound::OutboundBody;
 use crate::connection::{Connection, ConnectionParts};
 use crate::hub::outbound_queue;
@@ -104,7 +109,14 @@ async fn accept(
         .authenticate(&handshake)
         .await
         .map_err(Refusal::from_auth)?;
-    let initial_channels = handshake.query_all("channel").map(str::to_owned).collect();
+    let initial_channels: Vec<String> = handshake.query_all("channel").map(str::to_owned).collect();
+    let (key, id) = state.hub.directory().allocate();
+    let connect_instructions = match &state.backend {
+        Some(backend) => {
+            call_connect_hook(backend, &handshake, &identity, &id, &initial_channels).await?
+        }
+        None => None,
+    };
 
     let (response, _session, inbound) =
         actix_ws::handle_with_protocols(request, body, &Encoding::PROTOCOLS)
@@ -124,13 +136,13 @@ async fn accept(
         })
         .map_into_boxed_body();
 
-    let (key, id) = state.hub.directory().allocate();
     let parts = ConnectionParts {
         key,
         id,
         identity,
         encoding,
         initial_channels,
+        connect_instructions,
         inbound,
         queue,
         closer,
@@ -144,6 +156,59 @@ async fn accept(
     )
     .start();
     Ok(response)
+}
+
+/// Asks the `connect` hook, if configured, whether this socket may open. A 4xx answer refuses
+/// the handshake with that status; a failed call refuses it with 502 `backend_error` (a hook
+/// that cannot be asked does not say yes).
+async fn call_connect_hook(
+    backend: &Backend,
+    handshake: &Handshake,
+    identity: &Identity,
+    id: &Arc<str>,
+    channels: &[String],
+) -> Result<Option<Instructions>, Refusal> {
+    let Some(route) = backend.connect_hook() else {
+        return Ok(None);
+    };
+    let caller = Caller {
+        connection: id.clone(),
+        user: identity.user.clone(),
+        session: identity.session.clone(),
+    };
+    let forwarded: Vec<(String, String)> = handshake
+        .headers
+        .iter()
+        .filter(|(name, _)| backend.forwards_header(name))
+        .cloned()
+        .collect();
+    let body = json!({ "channels": channels });
+    match backend
+        .call(&route, &caller, CONNECT_HOOK, body, &forwarded)
+        .await
+    {
+        Ok(instructions) => Ok(Some(instructions)),
+        Err(BackendError::Status { status, reason }) if (400..500).contains(&status) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+            let code = if status == StatusCode::UNAUTHORIZED {
+                "unauthorized"
+            } else {
+                "forbidden"
+            };
+            Err(Refusal {
+                status,
+                code,
+                label: "connect_hook",
+                reason: reason.unwrap_or_else(|| "refused by the connect hook".to_owned()),
+            })
+        }
+        Err(err) => Err(Refusal {
+            status: StatusCode::BAD_GATEWAY,
+            code: "backend_error",
+            label: "connect_hook",
+            reason: format!("connect hook: {err}"),
+        }),
+    }
 }
 
 /// A browser's `Origin` must be allow-listed when a list is configured (`"*"`: any). With an

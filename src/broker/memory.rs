@@ -41,7 +41,9 @@ impl Broker for MemoryBroker {
 
     fn publish(&self, publication: Publication) -> BrokerFuture {
         metrics::counter!(names::BROKER_PUBLISHED).increment(1);
-        let delivered = if self.subscriptions.contains_key(&publication.topic) {
+        let addressed = matches!(publication.topic, Topic::Connection(_))
+            || self.subscriptions.contains_key(&publication.topic);
+        let delivered = if addressed {
             self.sink
                 .on_publication(Arc::new(publication))
                 .map_err(BrokerError::from)

@@ -23,6 +23,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod roster;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,10 +33,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::protocol::{ChannelName, ControlOp};
+use crate::human_duration::HumanDuration;
+use crate::protocol::{ChannelName, ControlOp, PublicationKind};
 
 pub use memory::MemoryBroker;
-pub use redis::{RedisBroker, RedisKeys};
+pub use redis::{RedisBroker, RedisKeys, RedisRoster};
 
 /// What a publication is addressed to, and what a node subscribes to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -44,6 +46,10 @@ pub enum Topic {
     Channel(ChannelName),
     /// Every connection of a user (`PREFIX:user:USER`); frames carry no channel.
     User(Arc<str>),
+    /// One connection, by its public id (`c_…`); frames carry no channel. Never subscribed to:
+    /// a publication to it travels as a `send` control operation, which every node sees and
+    /// the connection's own node delivers.
+    Connection(Arc<str>),
 }
 
 impl Topic {
@@ -51,7 +57,7 @@ impl Topic {
     pub fn channel(&self) -> Option<&ChannelName> {
         match self {
             Topic::Channel(channel) => Some(channel),
-            Topic::User(_) => None,
+            Topic::User(_) | Topic::Connection(_) => None,
         }
     }
 }
@@ -67,6 +73,7 @@ impl std::fmt::Display for Topic {
         match self {
             Topic::Channel(channel) => write!(formatter, "channel {channel}"),
             Topic::User(user) => write!(formatter, "user {user}"),
+            Topic::Connection(id) => write!(formatter, "connection {id}"),
         }
     }
 }
@@ -76,6 +83,8 @@ impl std::fmt::Display for Topic {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Publication {
     pub topic: Topic,
+    /// A `message`, or a `presence` event (whose `data` is `{"joined"|"left": {...}}`).
+    pub kind: PublicationKind,
     pub data: Value,
     /// The publishing user's id; `None` for back-end and anonymous publications.
     pub from: Option<String>,
@@ -84,9 +93,19 @@ pub struct Publication {
 }
 
 impl Publication {
+    /// A presence event on `channel`: `{"joined": who}` or `{"left": who}`.
+    pub fn presence(channel: ChannelName, joined: bool, who: Value) -> Self {
+        let key = if joined { "joined" } else { "left" };
+        Self {
+            kind: PublicationKind::Presence,
+            ..Self::new(channel, serde_json::json!({ key: who }), None)
+        }
+    }
+
     pub fn new(topic: impl Into<Topic>, data: Value, from: Option<String>) -> Self {
         Self {
             topic: topic.into(),
+            kind: PublicationKind::Message,
             data,
             from,
             published_at: Instant::now(),
@@ -135,7 +154,8 @@ pub trait Broker: Send + Sync + 'static {
     /// A short name for logs and `/readyz` (`memory`, `redis`).
     fn name(&self) -> &'static str;
 
-    /// Publishes to every subscribed node, this one included. Resolves once the transport has
+    /// Publishes to every subscribed node, this one included (a [`Topic::Connection`]: to the
+    /// node holding that connection). Resolves once the transport has
     /// accepted the publication (not once members received it). Publications from one caller
     /// to one topic are delivered in the order of the calls.
     fn publish(&self, publication: Publication) -> BrokerFuture;
@@ -179,6 +199,9 @@ pub struct BrokerConfig {
     /// With a `rediss://` URL: trust only the CA certificates in this PEM file (a private CA)
     /// instead of the system's.
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// How long a node's entries in the connection registry outlive its last heartbeat (it
+    /// heartbeats every third of this).
+    pub node_ttl: HumanDuration,
 }
 
 impl Default for BrokerConfig {
@@ -189,6 +212,7 @@ impl Default for BrokerConfig {
             prefix: "sb".to_owned(),
             cluster: false,
             tls_ca_file: None,
+            node_ttl: HumanDuration::from_secs(15),
         }
     }
 }

@@ -5,8 +5,14 @@
 //! answers through its bounded outbound queue, which is the response body ([`outbound`]). It owns
 //! the connection's timers (heartbeat ping, idle timeout) and closes itself with the right code.
 //!
-//! No handler awaits IO in place: joins, publishes and refreshes are spawned futures whose
-//! results are mapped back into the actor.
+//! No handler awaits IO in place: joins, publishes, refreshes and back-end route calls are
+//! spawned futures whose results are mapped back into the actor.
+//!
+//! It also speaks for the connection to the back end (`backend`): a custom action with a route
+//! is POSTed there and the answer carried out ([`Instructions`]: a reply, joins, leaves,
+//! publishes), and the `disconnect` hook hears of the close. In channels whose rule says
+//! `presence = true` it announces its own joins and leaves to the members (a `presence` frame,
+//! through the broker, so members on every node hear it).
 //!
 //! What it is not: it does not encode publications (groups do, once) and it never writes to the
 //! socket directly (the HTTP dispatcher polls [`outbound::OutboundBody`]).
@@ -26,6 +32,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
 use crate::auth::{AuthChain, AuthError, Identity, unix_now};
+use crate::backend::{Backend, Caller, DISCONNECT_HOOK, Instructions};
 use crate::broker::{BrokerFuture, Publication};
 use crate::hub::{
     ChannelPolicy, ConnectionKey, Disconnect, Disconnector, Draining, Hub, LocalConnection, Member,
@@ -55,6 +62,8 @@ pub struct ConnectionSettings {
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
     pub policy: ChannelPolicy,
+    /// Routes and hooks, when `[routes]` has any.
+    pub backend: Option<Arc<Backend>>,
 }
 
 /// Everything a new connection is started with.
@@ -64,6 +73,9 @@ pub struct ConnectionParts {
     pub identity: Identity,
     pub encoding: Encoding,
     pub initial_channels: Vec<String>,
+    /// What the `connect` hook answered: channels joined without consulting the channel rules,
+    /// publications made once the welcome is out.
+    pub connect_instructions: Option<Instructions>,
     pub inbound: AggregatedMessageStream,
     pub queue: OutboundSender,
     pub closer: oneshot::Sender<CloseRequest>,
@@ -90,6 +102,9 @@ pub struct Connection {
     disconnect_notice: Option<oneshot::Receiver<Disconnect>>,
     channels: HashSet<ChannelName>,
     initial_channels: Vec<String>,
+    connect_instructions: Option<Instructions>,
+    /// The close code, once known (for the `disconnect` hook).
+    closed_with: Option<(CloseCode, String)>,
     inbound: Option<AggregatedMessageStream>,
     rate: TokenBucket,
     rate_strikes: StrikeWindow,
@@ -135,6 +150,8 @@ impl Connection {
             disconnect_notice: Some(disconnect_notice),
             channels: HashSet::new(),
             initial_channels: parts.initial_channels,
+            connect_instructions: parts.connect_instructions,
+            closed_with: None,
             inbound: Some(parts.inbound),
             last_heard: now,
         }
@@ -182,6 +199,7 @@ impl Connection {
     /// Closes the socket with `code` (once) and stops the actor.
     fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
         if let Some(closer) = self.closer.take() {
+            self.closed_with = Some((code, reason.to_owned()));
             metrics::counter!(names::CLOSES, "code" => code.metric_label(), "reason" => code.name(), "initiator" => "server")
                 .increment(1);
             tracing::debug!(connection = %self.id, %code, reason, "closing");
@@ -234,8 +252,16 @@ impl Connection {
     fn join_initial_channels(&mut self, ctx: &mut Context<Self>, user_subscribed: BrokerFuture) {
         let mut refused = Vec::new();
         let mut joining = Vec::new();
-        for name in std::mem::take(&mut self.initial_channels) {
-            match self.admit_join(&name) {
+        let (granted, hook_publications) = match self.connect_instructions.take() {
+            Some(instructions) => (instructions.join, instructions.publish),
+            None => (Vec::new(), Vec::new()),
+        };
+        let requested = std::mem::take(&mut self.initial_channels)
+            .into_iter()
+            .map(|name| (name, true))
+            .chain(granted.into_iter().map(|name| (name, false)));
+        for (name, check_policy) in requested {
+            match self.admit_join(&name, check_policy) {
                 Ok(channel) => {
                     if self.channels.insert(channel.clone()) {
                         joining.push(channel);
@@ -284,6 +310,12 @@ impl Connection {
                 for (code, reason) in refused {
                     connection.error(ctx, None, code, &reason);
                 }
+                for (channel, result) in &results {
+                    if result.is_ok() {
+                        connection.announce(channel, true);
+                    }
+                }
+                connection.publish_for_backend(ctx, hook_publications);
                 if let Some(inbound) = connection.inbound.take() {
                     ctx.add_stream(inbound);
                 }
@@ -292,8 +324,13 @@ impl Connection {
             .spawn(ctx);
     }
 
-    /// The checks a join must pass before it reaches the hub.
-    fn admit_join(&self, name: &str) -> Result<ChannelName, (ErrorCode, String)> {
+    /// The checks a join must pass before it reaches the hub (the channel rules only when
+    /// `check_policy`: the back end's joins skip them).
+    fn admit_join(
+        &self,
+        name: &str,
+        check_policy: bool,
+    ) -> Result<ChannelName, (ErrorCode, String)> {
         let channel = parse_channel(name)?;
         if self.channels.contains(&channel) {
             return Ok(channel);
@@ -307,7 +344,7 @@ impl Connection {
                 ),
             ));
         }
-        if !self.settings.policy.may_join(&self.identity, name) {
+        if check_policy && !self.settings.policy.may_join(&self.identity, name) {
             return Err((ErrorCode::Forbidden, format!("may not join {name}")));
         }
         Ok(channel)
@@ -377,17 +414,168 @@ impl Connection {
             ClientRequest::Publish { channel, data } => self.on_publish(ctx, id, &channel, data),
             ClientRequest::Ping => self.send(ctx, &ServerFrame::Pong { id }),
             ClientRequest::Refresh { token } => self.on_refresh(ctx, id, token),
-            ClientRequest::Custom { action, .. } => self.error(
+            ClientRequest::Custom { action, body } => self.on_route(ctx, id, action, body),
+        }
+    }
+
+    fn caller(&self) -> Caller {
+        Caller {
+            connection: self.id.clone(),
+            user: self.identity.user.clone(),
+            session: self.identity.session.clone(),
+        }
+    }
+
+    /// A custom action: POSTed to its route, the answer carried out when it comes.
+    fn on_route(&mut self, ctx: &mut Context<Self>, id: Option<u64>, action: String, body: Value) {
+        let routed = self
+            .settings
+            .backend
+            .clone()
+            .and_then(|backend| backend.route_for(&action).map(|route| (backend, route)));
+        let Some((backend, route)) = routed else {
+            return self.error(
                 ctx,
                 id,
                 ErrorCode::UnknownAction,
                 &format!("no route handles action {action:?}"),
-            ),
+            );
+        };
+        let caller = self.caller();
+        async move { backend.call(&route, &caller, &action, body, &[]).await }
+            .into_actor(self)
+            .map(move |result, connection, ctx| match result {
+                Ok(instructions) => connection.carry_out(ctx, id, instructions),
+                Err(err) => connection.error(ctx, id, ErrorCode::BackendError, &err.to_string()),
+            })
+            .spawn(ctx);
+    }
+
+    /// Does what the back end answered: leaves, then joins, then publishes; then the reply
+    /// (or, if a join or publish failed, an error with the frame's id).
+    fn carry_out(&mut self, ctx: &mut Context<Self>, id: Option<u64>, instructions: Instructions) {
+        for name in &instructions.leave {
+            if let Ok(channel) = ChannelName::parse(name) {
+                if self.channels.remove(&channel) {
+                    self.hub.leave(&channel, self.key);
+                    self.announce(&channel, false);
+                }
+            }
+        }
+        let mut refused = Vec::new();
+        let mut joins = Vec::new();
+        for name in &instructions.join {
+            match self.admit_join(name, false) {
+                Ok(channel) if self.channels.insert(channel.clone()) => {
+                    let join = self.hub.join(channel.clone(), self.member());
+                    joins.push(async move { (channel, join.await) });
+                }
+                Ok(_already_joined) => {}
+                Err((_, reason)) => refused.push(reason),
+            }
+        }
+        let (publications, reply) = (instructions.publish, instructions.reply);
+        // Publish once the joins are live, so the connection hears what it publishes to a
+        // channel it was just told to join.
+        futures_util::future::join_all(joins)
+            .into_actor(self)
+            .then(move |joined, connection, _ctx| {
+                for (channel, result) in joined {
+                    match result {
+                        Ok(()) => connection.announce(&channel, true),
+                        Err(err) => {
+                            connection.channels.remove(&channel);
+                            refused.push(err.to_string());
+                        }
+                    }
+                }
+                connection
+                    .publish_as_server(publications)
+                    .into_actor(connection)
+                    .map(move |failures, connection, ctx| {
+                        refused.extend(failures);
+                        if refused.is_empty() {
+                            connection.reply(ctx, id, &reply);
+                        } else {
+                            let reason = format!(
+                                "the back end's instructions failed: {}",
+                                refused.join("; ")
+                            );
+                            connection.error(ctx, id, ErrorCode::BackendUnavailable, &reason);
+                        }
+                    })
+            })
+            .spawn(ctx);
+    }
+
+    /// Makes the back end's publications, as the server (no `from`); resolves to why each
+    /// one that failed did (a bad channel name, the broker refusing).
+    fn publish_as_server(
+        &self,
+        publications: Vec<(String, Value)>,
+    ) -> impl std::future::Future<Output = Vec<String>> + use<> {
+        let mut failures = Vec::new();
+        let publishes: Vec<BrokerFuture> = publications
+            .into_iter()
+            .filter_map(|(name, data)| match parse_channel(&name) {
+                Ok(channel) => Some(self.hub.publish(Publication::new(channel, data, None))),
+                Err((_, reason)) => {
+                    failures.push(reason);
+                    None
+                }
+            })
+            .collect();
+        async move {
+            let published = futures_util::future::join_all(publishes).await;
+            failures.extend(
+                published
+                    .into_iter()
+                    .filter_map(Result::err)
+                    .map(|err| err.to_string()),
+            );
+            failures
         }
     }
 
+    /// Makes the connect hook's publications; failures are reported as `error` frames.
+    fn publish_for_backend(&mut self, ctx: &mut Context<Self>, publications: Vec<(String, Value)>) {
+        if publications.is_empty() {
+            return;
+        }
+        self.publish_as_server(publications)
+            .into_actor(self)
+            .map(|failures, connection, ctx| {
+                for reason in failures {
+                    connection.error(ctx, None, ErrorCode::BackendUnavailable, &reason);
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// Tells a presence channel's members that this connection joined or left it.
+    fn announce(&self, channel: &ChannelName, joined: bool) {
+        let has_presence = self
+            .settings
+            .policy
+            .rule_for(channel.as_str())
+            .is_some_and(|rule| rule.presence);
+        if !has_presence {
+            return;
+        }
+        let who = json!({ "user": self.identity.user, "connection": &*self.id });
+        let publishing = self
+            .hub
+            .publish(Publication::presence(channel.clone(), joined, who));
+        let channel = channel.clone();
+        actix::spawn(async move {
+            if let Err(err) = publishing.await {
+                tracing::debug!(%channel, error = %err, "presence event not published");
+            }
+        });
+    }
+
     fn on_join(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str) {
-        let channel = match self.admit_join(name) {
+        let channel = match self.admit_join(name, true) {
             Ok(channel) => channel,
             Err((code, reason)) => return self.error(ctx, id, code, &reason),
         };
@@ -399,7 +587,10 @@ impl Connection {
             .join(channel.clone(), member)
             .into_actor(self)
             .map(move |result, connection, ctx| match result {
-                Ok(()) => connection.reply(ctx, id, &Value::Null),
+                Ok(()) => {
+                    connection.reply(ctx, id, &Value::Null);
+                    connection.announce(&channel, true);
+                }
                 // A failed join never reached a group, so there is nothing to leave.
                 Err(err) => {
                     connection.channels.remove(&channel);
@@ -421,6 +612,7 @@ impl Connection {
             Ok(channel) => {
                 self.hub.leave(&channel, self.key);
                 self.reply(ctx, id, &Value::Null);
+                self.announce(&channel, false);
             }
             Err((code, reason)) => self.error(ctx, id, code, &reason),
         }
@@ -494,6 +686,35 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Tells the `disconnect` hook, if any, that this socket closed (with which code, and which
+    /// channels it was in). Fire and forget, bounded like every back-end call.
+    fn call_disconnect_hook(&self, channels: &[ChannelName]) {
+        let Some(backend) = self.settings.backend.clone() else {
+            return;
+        };
+        let Some(route) = backend.disconnect_hook() else {
+            return;
+        };
+        // No close frame either way: the socket dropped (1006).
+        let (code, reason) = self
+            .closed_with
+            .clone()
+            .unwrap_or((CloseCode::from_code(1006), "connection lost".to_owned()));
+        let body = json!({
+            "code": code.code(),
+            "reason": reason,
+            "channels": channels.iter().map(ChannelName::as_str).collect::<Vec<_>>(),
+        });
+        let caller = self.caller();
+        actix::spawn(async move {
+            let _ = backend
+                .call(&route, &caller, DISCONNECT_HOOK, body, &[])
+                .await;
+        });
+    }
+}
+
 /// Whether the inbound stream failed because a frame, or a message fragmented into
 /// continuation frames, is over `max_frame_bytes`. actix-ws reports the second case only as an
 /// `Io` error with this text (`AggregatedMessageStream`'s size error), hence the match on it;
@@ -531,6 +752,7 @@ impl Actor for Connection {
             id: self.id.clone(),
             user: self.identity.user.as_deref().map(Arc::from),
             session: self.identity.session.as_deref().map(Arc::from),
+            connected_at: unix_now(),
         });
         self.session = self
             .sessions
@@ -543,9 +765,12 @@ impl Actor for Connection {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        for channel in self.channels.drain() {
-            self.hub.leave(&channel, self.key);
+        let channels: Vec<ChannelName> = self.channels.drain().collect();
+        for channel in &channels {
+            self.hub.leave(channel, self.key);
+            self.announce(channel, false);
         }
+        self.call_disconnect_hook(&channels);
         self.hub.unregister(self.key);
         if let Some(ticket) = self.session.take() {
             self.sessions.untrack(self.key, &ticket);
@@ -573,6 +798,10 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
                     .increment(1);
                 // Echo the client's code, as RFC 6455 asks; not counted twice.
                 if let Some(closer) = self.closer.take() {
+                    let reason = reason
+                        .as_ref()
+                        .and_then(|reason| reason.description.clone());
+                    self.closed_with = Some((code, reason.unwrap_or_default()));
                     let _ = closer.send(CloseRequest {
                         code,
                         reason: String::new(),

@@ -1,21 +1,30 @@
-//! The connections living on this node: who each one is (public id, user, session) and how to
-//! reach it (its [`Member`] handle: bounded queue and one-shot `Disconnector`), indexed by user and
-//! by session for user-directed publications and control operations.
+//! The connections living on this node: who each one is (public id, user, session, when it
+//! connected, which channels it joined) and how to reach it (its [`Member`] handle: bounded queue
+//! and one-shot `Disconnector`), indexed by user, by session and by channel.
+//!
+//! It is also this node's part of the connection registry: it answers registry queries for
+//! this node ([`ConnectionRecord`]s, channel counts) and, when the node shares a registry with
+//! others (`roster`), records what changed since the roster last wrote it out ([`Changes`]).
+//! Every mutation marks its change *after* mutating, so a flush that takes the mark reads the
+//! state that caused it.
 //!
 //! It also allocates connection keys and public ids. An id (`c_<node><key>`) carries this node's
 //! random prefix and the key in hex, so finding a connection by id is a parse, not a search, and
 //! ids from other nodes are recognised as not ours without a lookup.
 //!
-//! What it is not: it holds no channel membership (groups do) and sends nothing itself beyond the
-//! fan-out helper it shares with groups.
+//! What it is not: it does not deliver channel publications (groups do, from their own member
+//! lists) and sends nothing itself beyond the fan-out helper it shares with groups.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use dashmap::DashMap;
+use tokio::sync::Notify;
 
 use super::member::{ConnectionKey, Member};
-use crate::protocol::ControlTarget;
+use crate::broker::roster::{ConnectionFilter, ConnectionRecord};
+use crate::protocol::{ChannelName, ControlTarget};
 
 /// What the directory records of one connection.
 #[derive(Clone)]
@@ -25,14 +34,46 @@ pub struct LocalConnection {
     pub id: Arc<str>,
     pub user: Option<Arc<str>>,
     pub session: Option<Arc<str>>,
+    /// Unix seconds.
+    pub connected_at: u64,
 }
 
+/// What changed on this node since the roster last took the changes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Connection ids whose record changed (or that are gone).
+    pub connections: HashSet<Arc<str>>,
+    /// Users whose set of connections on this node changed.
+    pub users: HashSet<Arc<str>>,
+    /// Channels whose members on this node changed.
+    pub channels: HashSet<ChannelName>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.connections.is_empty() && self.users.is_empty() && self.channels.is_empty()
+    }
+}
+
+/// Change tracking, on when a roster writes this node's part of a shared registry.
+#[derive(Default)]
+struct ChangeLog {
+    pending: Mutex<Changes>,
+    /// Woken at each change.
+    changed: Notify,
+}
+
+/// The connections on this node and their indexes.
 pub struct ConnectionDirectory {
     node: u32,
     next_key: AtomicU64,
     connections: DashMap<ConnectionKey, LocalConnection>,
+    /// Each connection's channels (sorted, for records).
+    channels_of: DashMap<ConnectionKey, BTreeSet<ChannelName>>,
     by_user: DashMap<Arc<str>, Vec<ConnectionKey>>,
     by_session: DashMap<Arc<str>, Vec<ConnectionKey>>,
+    by_channel: DashMap<ChannelName, Vec<ConnectionKey>>,
+    change_log: Option<ChangeLog>,
 }
 
 impl Default for ConnectionDirectory {
@@ -47,9 +88,25 @@ impl ConnectionDirectory {
             node: fastrand::u32(..),
             next_key: AtomicU64::new(1),
             connections: DashMap::new(),
+            channels_of: DashMap::new(),
             by_user: DashMap::new(),
             by_session: DashMap::new(),
+            by_channel: DashMap::new(),
+            change_log: None,
         }
+    }
+
+    /// A directory that records its changes for a roster ([`take_changes`](Self::take_changes)).
+    pub fn tracking_changes() -> Self {
+        Self {
+            change_log: Some(ChangeLog::default()),
+            ..Self::new()
+        }
+    }
+
+    /// This node's name in the registry: the prefix of its connection ids.
+    pub fn node(&self) -> String {
+        format!("{:08x}", self.node)
     }
 
     /// A fresh connection key and its public id, unique for this node's lifetime.
@@ -80,16 +137,35 @@ impl ConnectionDirectory {
                 .or_default()
                 .push(key);
         }
+        let (id, user) = (connection.id.clone(), connection.user.clone());
         let previous = self.connections.insert(key, connection);
         if let Some(previous) = &previous {
             self.unindex(previous);
         }
+        self.mark(|changes| {
+            changes.connections.insert(id);
+            changes.users.extend(user);
+        });
         previous.is_none()
     }
 
+    /// Removes a connection and its channel memberships.
     pub fn remove(&self, key: ConnectionKey) -> Option<LocalConnection> {
         let (_, removed) = self.connections.remove(&key)?;
         self.unindex(&removed);
+        let channels = self
+            .channels_of
+            .remove(&key)
+            .map(|(_, channels)| channels)
+            .unwrap_or_default();
+        for channel in &channels {
+            remove_key(&self.by_channel, channel, key);
+        }
+        self.mark(|changes| {
+            changes.connections.insert(removed.id.clone());
+            changes.users.extend(removed.user.clone());
+            changes.channels.extend(channels);
+        });
         Some(removed)
     }
 
@@ -100,13 +176,72 @@ impl ConnectionDirectory {
             (&self.by_session, &connection.session),
         ] {
             if let Some(name) = name {
-                index.remove_if_mut(name, |_, keys| {
-                    if let Some(position) = keys.iter().position(|&entry| entry == key) {
-                        keys.swap_remove(position);
-                    }
-                    keys.is_empty()
-                });
+                remove_key(index, name, key);
             }
+        }
+    }
+
+    /// Records that a connection is a member of `channel` (a join sent to its group). Ignored
+    /// for a connection that is gone.
+    pub fn joined(&self, key: ConnectionKey, channel: &ChannelName) {
+        let Some(id) = self.connections.get(&key).map(|entry| entry.id.clone()) else {
+            return;
+        };
+        if self
+            .channels_of
+            .entry(key)
+            .or_default()
+            .insert(channel.clone())
+        {
+            self.by_channel
+                .entry(channel.clone())
+                .or_default()
+                .push(key);
+            self.mark(|changes| {
+                changes.connections.insert(id);
+                changes.channels.insert(channel.clone());
+            });
+        }
+    }
+
+    /// Records that a connection left `channel`.
+    pub fn left(&self, key: ConnectionKey, channel: &ChannelName) {
+        let removed = self
+            .channels_of
+            .get_mut(&key)
+            .is_some_and(|mut channels| channels.remove(channel));
+        if removed {
+            remove_key(&self.by_channel, channel, key);
+            let id = self.connections.get(&key).map(|entry| entry.id.clone());
+            self.mark(|changes| {
+                changes.connections.extend(id);
+                changes.channels.insert(channel.clone());
+            });
+        }
+    }
+
+    fn mark(&self, change: impl FnOnce(&mut Changes)) {
+        if let Some(log) = &self.change_log {
+            change(&mut log.pending.lock().unwrap_or_else(PoisonError::into_inner));
+            log.changed.notify_one();
+        }
+    }
+
+    /// The changes since the last call (empty without change tracking).
+    pub fn take_changes(&self) -> Changes {
+        match &self.change_log {
+            Some(log) => {
+                std::mem::take(&mut *log.pending.lock().unwrap_or_else(PoisonError::into_inner))
+            }
+            None => Changes::default(),
+        }
+    }
+
+    /// Resolves at the next change (never, without change tracking).
+    pub async fn changed(&self) {
+        match &self.change_log {
+            Some(log) => log.changed.notified().await,
+            None => std::future::pending().await,
         }
     }
 
@@ -150,6 +285,101 @@ impl ConnectionDirectory {
             .map(|entry| entry.member.clone())
             .collect()
     }
+
+    /// The record of the connection with public id `id`, if it is on this node.
+    pub fn record_of(&self, id: &str) -> Option<ConnectionRecord> {
+        self.record(self.key_of(id)?)
+    }
+
+    fn record(&self, key: ConnectionKey) -> Option<ConnectionRecord> {
+        let connection = self.connections.get(&key)?;
+        let channels = self
+            .channels_of
+            .get(&key)
+            .map(|channels| channels.iter().map(|channel| channel.to_string()).collect())
+            .unwrap_or_default();
+        Some(ConnectionRecord {
+            id: connection.id.to_string(),
+            user: connection.user.as_deref().map(str::to_owned),
+            session: connection.session.as_deref().map(str::to_owned),
+            channels,
+            connected_at: connection.connected_at,
+            node: self.node(),
+        })
+    }
+
+    /// The public ids of `user`'s connections on this node.
+    pub fn ids_of_user(&self, user: &str) -> Vec<String> {
+        self.ids(self.by_user.get(user).map(|keys| keys.clone()))
+    }
+
+    /// The public ids of `channel`'s members on this node.
+    pub fn ids_in_channel(&self, channel: &str) -> Vec<String> {
+        self.ids(self.by_channel.get(channel).map(|keys| keys.clone()))
+    }
+
+    fn ids(&self, keys: Option<Vec<ConnectionKey>>) -> Vec<String> {
+        let mut ids: Vec<String> = keys
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|key| self.connections.get(key).map(|entry| entry.id.to_string()))
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The records a filter selects on this node, sorted by id.
+    pub fn records(&self, filter: &ConnectionFilter) -> Vec<ConnectionRecord> {
+        let keys: Vec<ConnectionKey> = match filter {
+            ConnectionFilter::All => self.connections.iter().map(|entry| *entry.key()).collect(),
+            ConnectionFilter::User(user) => self
+                .by_user
+                .get(user.as_str())
+                .map(|keys| keys.clone())
+                .unwrap_or_default(),
+            ConnectionFilter::Channel(channel) => self
+                .by_channel
+                .get(channel.as_str())
+                .map(|keys| keys.clone())
+                .unwrap_or_default(),
+        };
+        let mut records: Vec<ConnectionRecord> = keys
+            .into_iter()
+            .filter_map(|key| self.record(key))
+            .collect();
+        records.sort_unstable_by(|left, right| left.id.cmp(&right.id));
+        records
+    }
+
+    /// Every channel with members on this node, with how many.
+    pub fn channel_counts(&self) -> Vec<(ChannelName, usize)> {
+        self.by_channel
+            .iter()
+            .map(|entry| (entry.key().clone(), entry.value().len()))
+            .filter(|(_, members)| *members > 0)
+            .collect()
+    }
+
+    /// Every user with connections on this node.
+    pub fn users(&self) -> Vec<Arc<str>> {
+        self.by_user
+            .iter()
+            .map(|entry| entry.key().clone())
+            .collect()
+    }
+}
+
+/// Removes `key` from `name`'s list in `index`, dropping the list when it empties.
+fn remove_key<K>(index: &DashMap<K, Vec<ConnectionKey>>, name: &K, key: ConnectionKey)
+where
+    K: std::hash::Hash + Eq,
+{
+    index.remove_if_mut(name, |_, keys| {
+        if let Some(position) = keys.iter().position(|&entry| entry == key) {
+            keys.swap_remove(position);
+        }
+        keys.is_empty()
+    });
 }
 
 #[cfg(test)]
@@ -171,6 +401,7 @@ mod tests {
             id,
             user: user.map(Arc::from),
             session: session.map(Arc::from),
+            connected_at: 1_790_000_000,
         }
     }
 
@@ -230,6 +461,42 @@ mod tests {
             assert!(directory.members_of_user("alice").is_empty());
             assert!(!directory.by_user.contains_key("alice"), "index emptied");
             assert_eq!(directory.len(), 2);
+        });
+    }
+
+    #[test]
+    fn channel_memberships_make_records_and_changes_until_the_connection_goes() {
+        System::new().block_on(async {
+            let directory = ConnectionDirectory::tracking_changes();
+            let alice = connection(&directory, Some("alice"), Some("s1"));
+            let (key, id) = (alice.member.connection, alice.id.clone());
+            directory.insert(alice);
+            let room = ChannelName::parse("room:1").expect("channel");
+            directory.joined(key, &room);
+            let record = directory.record_of(&id).expect("record");
+            assert_eq!(record.channels, vec!["room:1".to_owned()]);
+            assert_eq!(record.node, directory.node());
+            assert_eq!(
+                directory.records(&ConnectionFilter::Channel("room:1".into())),
+                vec![record.clone()]
+            );
+            assert_eq!(directory.channel_counts(), vec![(room.clone(), 1)]);
+            let changes = directory.take_changes();
+            assert!(changes.connections.contains(&id));
+            assert!(changes.users.contains("alice"));
+            assert!(changes.channels.contains(&room));
+            assert!(directory.take_changes().is_empty(), "taken once");
+
+            directory.remove(key);
+            assert!(directory.records(&ConnectionFilter::All).is_empty());
+            assert!(directory.channel_counts().is_empty(), "memberships go too");
+            let changes = directory.take_changes();
+            assert!(changes.channels.contains(&room) && changes.connections.contains(&id));
+            directory.joined(key, &room);
+            assert!(
+                directory.channel_counts().is_empty(),
+                "a gone connection joins nothing"
+            );
         });
     }
 }

@@ -27,7 +27,9 @@ use super::member::{ConnectionKey, Member, Outbound};
 use super::registry::GroupRegistry;
 use crate::broker::{Broker, Publication, Topic};
 use crate::metrics as names;
-use crate::protocol::{ChannelName, CloseCode, Encoding, OutboundFrame, ServerFrame};
+use crate::protocol::{
+    ChannelName, CloseCode, Encoding, OutboundFrame, PublicationKind, ServerFrame,
+};
 
 /// Messages a group's mailbox holds before publications to it are refused. A group fans out to
 /// 5,000 members in about half a millisecond, so this is roughly half a second of backlog for a
@@ -162,10 +164,17 @@ pub fn fan_out(members: &[Member], publication: &Publication) -> FanOut {
     let mut json: Option<OutboundFrame> = None;
     let mut msgpack: Option<OutboundFrame> = None;
     let mut result = FanOut::default();
-    let frame = ServerFrame::Message {
-        channel: publication.topic.channel().map(ChannelName::as_str),
-        data: &publication.data,
-        from: publication.from.as_deref(),
+    let channel = publication.topic.channel().map(ChannelName::as_str);
+    let frame = match (publication.kind, channel) {
+        (PublicationKind::Presence, Some(channel)) => ServerFrame::Presence {
+            channel,
+            event: &publication.data,
+        },
+        _ => ServerFrame::Message {
+            channel,
+            data: &publication.data,
+            from: publication.from.as_deref(),
+        },
     };
     for member in members {
         let slot = match member.encoding {

@@ -105,18 +105,28 @@ impl Hub {
     ) -> impl Future<Output = Result<(), JoinError>> + 'static {
         let hub = self.clone();
         let mut reply = hub.send_join(&channel, member.clone());
+        // Recorded when sent, so a leave that follows (ordered after it) undoes it.
+        hub.inner.directory.joined(member.connection, &channel);
         async move {
-            for _ in 1..JOIN_ATTEMPTS {
+            let mut attempts = 1;
+            let result = loop {
                 match reply.await {
-                    Ok(result) => return result,
-                    Err(_group_stopped) => reply = hub.send_join(&channel, member.clone()),
+                    Ok(result) => break result,
+                    Err(_group_stopped) if attempts < JOIN_ATTEMPTS => {
+                        attempts += 1;
+                        reply = hub.send_join(&channel, member.clone());
+                    }
+                    Err(_group_stopped) => {
+                        break Err(JoinError::BackendUnavailable(
+                            "the channel group kept stopping".to_owned(),
+                        ));
+                    }
                 }
+            };
+            if result.is_err() {
+                hub.inner.directory.left(member.connection, &channel);
             }
-            reply.await.unwrap_or_else(|_| {
-                Err(JoinError::BackendUnavailable(
-                    "the channel group kept stopping".to_owned(),
-                ))
-            })
+            result
         }
     }
 
@@ -152,6 +162,7 @@ impl Hub {
     /// Removes a connection from `channel`'s group. Not subject to the mailbox bound: a leave is
     /// one per join, and a lost one would leave a member behind.
     pub fn leave(&self, channel: &ChannelName, connection: ConnectionKey) {
+        self.inner.directory.left(connection, channel);
         if let Some(group) = self.inner.registry.get(channel.as_str()) {
             group.do_send(Leave { connection });
         }

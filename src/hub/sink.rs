@@ -13,7 +13,7 @@ use super::group::fan_out;
 use super::registry::GroupRegistry;
 use crate::broker::{BrokerSink, Publication, SinkError, Topic};
 use crate::metrics as names;
-use crate::protocol::ControlOp;
+use crate::protocol::{ControlOp, ControlTarget};
 
 pub struct HubSink {
     groups: GroupRegistry,
@@ -31,23 +31,32 @@ impl BrokerSink for HubSink {
         match &publication.topic {
             Topic::Channel(channel) => self.groups.deliver(channel, publication.clone()),
             Topic::User(user) => {
-                let members = self.directory.members_of_user(user);
-                if !members.is_empty() {
-                    // Overflowed members were told to close; gone ones leave the directory as
-                    // their actors stop.
-                    fan_out(&members, &publication);
-                }
+                self.deliver_direct(&self.directory.members_of_user(user), &publication);
+                Ok(())
+            }
+            Topic::Connection(id) => {
+                let target = ControlTarget::Connection(id.to_string());
+                self.deliver_direct(&self.directory.matching(&target), &publication);
                 Ok(())
             }
         }
     }
 
     fn on_control(&self, op: ControlOp) {
-        let ControlOp::Disconnect {
-            target,
-            code,
-            reason,
-        } = &op;
+        let (target, code, reason) = match op {
+            ControlOp::Disconnect {
+                target,
+                code,
+                reason,
+            } => (target, code, reason),
+            ControlOp::Send { connection, data } => {
+                let topic = Topic::Connection(Arc::from(connection));
+                // Cannot be refused: a connection topic has no group to overload.
+                let _ = self.on_publication(Arc::new(Publication::new(topic, data, None)));
+                return;
+            }
+        };
+        let target = &target;
         let members = self.directory.matching(target);
         if members.is_empty() {
             // Every node sees every op; most hold none of its connections.
@@ -57,7 +66,18 @@ impl BrokerSink for HubSink {
         metrics::counter!(names::CONTROL_DISCONNECTS).increment(members.len() as u64);
         tracing::info!(?target, %code, matched = members.len(), "control disconnect");
         for member in members {
-            member.close(*code, reason);
+            member.close(code, &reason);
+        }
+    }
+}
+
+impl HubSink {
+    /// A publication to a user or a connection: straight to those members (no group; a user's
+    /// sockets on one node are few). Overflowed members were told to close; gone ones leave
+    /// the directory as their actors stop.
+    fn deliver_direct(&self, members: &[super::member::Member], publication: &Publication) {
+        if !members.is_empty() {
+            fan_out(members, publication);
         }
     }
 }
@@ -69,7 +89,7 @@ mod tests {
     use crate::hub::member::testing::member_watched;
     use crate::hub::member::{ConnectionKey, Disconnect, Outbound};
     use crate::hub::{Hub, LocalConnection};
-    use crate::protocol::{CloseCode, ControlTarget, Encoding};
+    use crate::protocol::{CloseCode, Encoding};
     use actix::prelude::*;
     use serde_json::{Value, json};
     use tokio::sync::{mpsc, oneshot};
@@ -109,6 +129,7 @@ mod tests {
             id,
             user: Some(Arc::from(user)),
             session: Some(Arc::from(session)),
+            connected_at: 0,
         });
         assert!(registered.is_ok());
         (key, receiver, notices)

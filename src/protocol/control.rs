@@ -3,7 +3,8 @@
 //!
 //! `{"op": "disconnect", "user": "42"}`, or with `"session"` or `"connection"` instead of
 //! `"user"`; optional `"code"` (default 4002 `logged_out`) and `"reason"`. Exactly one target is
-//! named. JSON or MessagePack, like the envelope. Decoding validates everything a node acts on, so
+//! named. And `{"op": "send", "connection": "c_…", "data": <any>}`: a message to one connection,
+//! wherever it is (the server API's `POST /api/send` with a `connection`). JSON or MessagePack, like the envelope. Decoding validates everything a node acts on, so
 //! a bad op is refused here with a message naming the field and never half-applied.
 
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,11 @@ pub enum ControlOp {
         code: CloseCode,
         reason: String,
     },
+    /// Deliver `data` to one connection as a `message` frame without a channel.
+    Send {
+        connection: String,
+        data: serde_json::Value,
+    },
 }
 
 /// The wire shape, before validation.
@@ -54,6 +60,8 @@ struct WireOp {
     code: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<serde_json::Value>,
 }
 
 impl ControlOp {
@@ -78,8 +86,23 @@ impl ControlOp {
     }
 
     fn from_wire(wire: WireOp) -> Result<Self, String> {
-        if wire.op != "disconnect" {
-            return Err(format!("op: unknown operation {:?}", wire.op));
+        match wire.op.as_str() {
+            "disconnect" => Self::disconnect_from_wire(wire),
+            "send" => match (wire.connection, wire.data) {
+                (Some(connection), Some(data)) if wire.user.is_none() && wire.session.is_none() => {
+                    Ok(ControlOp::Send { connection, data })
+                }
+                (None, _) => Err("connection: required for op \"send\"".to_owned()),
+                (_, None) => Err("data: required for op \"send\"".to_owned()),
+                _ => Err("op \"send\" takes only connection and data".to_owned()),
+            },
+            other => Err(format!("op: unknown operation {other:?}")),
+        }
+    }
+
+    fn disconnect_from_wire(wire: WireOp) -> Result<Self, String> {
+        if wire.data.is_some() {
+            return Err("data: not taken by op \"disconnect\"".to_owned());
         }
         let target = match (wire.user, wire.session, wire.connection) {
             (Some(user), None, None) => ControlTarget::User(user),
@@ -111,11 +134,22 @@ impl ControlOp {
 
     /// The JSON form a node publishes.
     pub fn to_json(&self) -> Vec<u8> {
-        let ControlOp::Disconnect {
-            target,
-            code,
-            reason,
-        } = self;
+        let (target, code, reason) = match self {
+            ControlOp::Disconnect {
+                target,
+                code,
+                reason,
+            } => (target, code, reason),
+            ControlOp::Send { connection, data } => {
+                let wire = WireOp {
+                    op: "send".to_owned(),
+                    connection: Some(connection.clone()),
+                    data: Some(data.clone()),
+                    ..WireOp::default()
+                };
+                return serde_json::to_vec(&wire).unwrap_or_default();
+            }
+        };
         let mut wire = WireOp {
             op: "disconnect".to_owned(),
             code: Some(code.code()),
@@ -202,6 +236,22 @@ mod tests {
             assert!(err.to_string().contains(field), "{op}: {err}");
         }
         assert!(ControlOp::decode(b"{\"op\": \"disconnect\", \"user\": 42}").is_err());
+        assert!(decode(json!({"op": "send", "connection": "c_1"})).is_err());
+        assert!(decode(json!({"op": "send", "user": "1", "data": 1})).is_err());
+        assert!(decode(json!({"op": "disconnect", "user": "1", "data": 1})).is_err());
+    }
+
+    #[test]
+    fn a_send_carries_its_data_to_one_connection_and_round_trips() {
+        let op = decode(json!({"op": "send", "connection": "c_1", "data": {"n": 1}})).expect("ok");
+        assert_eq!(
+            op,
+            ControlOp::Send {
+                connection: "c_1".into(),
+                data: json!({"n": 1})
+            }
+        );
+        assert_eq!(ControlOp::decode(&op.to_json()).expect("round trip"), op);
         assert!(ControlOp::decode(b"garbage").is_err());
     }
 }

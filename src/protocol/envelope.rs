@@ -1,5 +1,6 @@
 //! The broker envelope (PROTOCOL.md §6): what travels on `PREFIX:ch:CHANNEL` and
-//! `PREFIX:user:USER`, as JSON or MessagePack: `{"data": <any>, "from": "<user id>"?}`.
+//! `PREFIX:user:USER`, as JSON or MessagePack: `{"data": <any>, "from": "<user id>"?}`, plus
+//! `"kind": "presence"` on the presence events nodes publish (absent: a message).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -13,6 +14,24 @@ pub struct Envelope {
     pub data: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "PublicationKind::is_message")]
+    pub kind: PublicationKind,
+}
+
+/// What a publication is: a message (the default), or a presence event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublicationKind {
+    #[default]
+    Message,
+    /// `data` is `{"joined": {...}}` or `{"left": {...}}`; sent as a `presence` frame.
+    Presence,
+}
+
+impl PublicationKind {
+    pub fn is_message(&self) -> bool {
+        *self == PublicationKind::Message
+    }
 }
 
 impl Envelope {
@@ -42,6 +61,7 @@ mod tests {
         let envelope = Envelope {
             data: json!({"text": "hi", "n": 3}),
             from: Some("42".into()),
+            kind: PublicationKind::Message,
         };
         let from_json = Envelope::decode(&envelope.to_json()).expect("json");
         let packed = rmp_serde::to_vec_named(&envelope).expect("pack");
@@ -56,5 +76,19 @@ mod tests {
         assert!(Envelope::decode(b"{\"data\": 1, \"extra\": 2}").is_err());
         assert!(Envelope::decode(b"{\"from\": \"x\"}").is_err());
         assert!(Envelope::decode(b"").is_err());
+        assert!(Envelope::decode(b"{\"data\": 1, \"kind\": \"other\"}").is_err());
+    }
+
+    #[test]
+    fn presence_envelopes_say_so_and_messages_do_not() {
+        let presence = Envelope::decode(b"{\"data\": {\"left\": {}}, \"kind\": \"presence\"}")
+            .expect("presence");
+        assert_eq!(presence.kind, PublicationKind::Presence);
+        let message = Envelope {
+            data: json!(1),
+            from: None,
+            kind: PublicationKind::Message,
+        };
+        assert_eq!(message.to_json(), b"{\"data\":1}");
     }
 }

@@ -158,6 +158,13 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         from: Option<&'a str>,
     },
+    /// A member joined or left a channel whose rule has `presence = true`; `event` is
+    /// `{"joined": {...}}` or `{"left": {...}}`, flattened into the frame.
+    Presence {
+        channel: &'a str,
+        #[serde(flatten)]
+        event: &'a Value,
+    },
     Reply {
         id: u64,
         data: &'a Value,

@@ -19,6 +19,6 @@ pub use channel::{ChannelName, InvalidChannel};
 pub use close::CloseCode;
 pub use codec::{DecodeError, EncodeError, Encoding, OutboundFrame};
 pub use control::{ControlOp, ControlTarget};
-pub use envelope::Envelope;
+pub use envelope::{Envelope, PublicationKind};
 pub use error_code::ErrorCode;
 pub use frame::{ClientFrame, ClientRequest, ServerFrame};

@@ -12,6 +12,7 @@ mod credentials;
 mod faults;
 mod frames;
 mod handshake;
+mod integration;
 mod lifecycle;
 mod load_tool;
 mod multinode;

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, KeysInterface};
+use fred::interfaces::KeysInterface;
 
 use super::link::Link;
-use super::{client_builder, not_connected, redacted};
+use super::{not_connected, start_client};
 use crate::auth::{AuthError, AuthFuture, SessionStore};
 use crate::broker::{BrokerConfig, BrokerError};
 
@@ -26,19 +26,7 @@ impl RedisKeys {
     /// Starts connecting in the background (Redis need not be up); must run inside a tokio
     /// runtime. Fails only on a bad configuration.
     pub fn start(config: &BrokerConfig) -> Result<Self, BrokerError> {
-        let client = client_builder(config)?
-            .build()
-            .map_err(|err| BrokerError::Config(format!("broker.url: {err}")))?;
-        let link = Arc::new(Link::new("sessions"));
-        let watched = (link.clone(), client.clone());
-        tokio::spawn(async move { watched.0.watch(watched.1).await });
-        let connection = client.connect();
-        tokio::spawn(async move {
-            if let Ok(Err(err)) = connection.await {
-                tracing::error!(error = %err, "redis session connection task ended");
-            }
-        });
-        tracing::info!(url = %redacted(&config.url), "redis session store starting");
+        let (client, link) = start_client(config, "sessions")?;
         Ok(Self { client, link })
     }
 

@@ -27,6 +27,7 @@ mod names;
 mod probe;
 mod publisher;
 mod receiver;
+mod roster;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -50,6 +51,7 @@ use link::Link;
 use names::{Names, RedisChannel};
 use probe::{PROBE_INTERVAL, Probe};
 use publisher::Outgoing;
+pub use roster::RedisRoster;
 use subscriptions::Subscriptions;
 
 /// Messages the subscriber buffers for the receiver before the oldest are lost. fred allocates
@@ -181,6 +183,28 @@ fn client_builder(config: &BrokerConfig) -> Result<Builder, BrokerError> {
             };
         });
     Ok(builder)
+}
+
+/// A plain client (no subscriptions) named `name` in logs, connecting in the background and
+/// reconnecting by itself, with the [`Link`] that says when it may be used.
+fn start_client(
+    config: &BrokerConfig,
+    name: &'static str,
+) -> Result<(Client, Arc<Link>), BrokerError> {
+    let client = client_builder(config)?
+        .build()
+        .map_err(|err| BrokerError::Config(format!("broker.url: {err}")))?;
+    let link = Arc::new(Link::new(name));
+    let watched = (link.clone(), client.clone());
+    tokio::spawn(async move { watched.0.watch(watched.1).await });
+    let connection = client.connect();
+    tokio::spawn(async move {
+        if let Ok(Err(err)) = connection.await {
+            tracing::error!(client = name, error = %err, "redis connection task ended");
+        }
+    });
+    tracing::info!(client = name, url = %redacted(&config.url), "redis client starting");
+    Ok((client, link))
 }
 
 impl RedisBroker {
@@ -334,10 +358,17 @@ impl Broker for RedisBroker {
     }
 
     fn publish(&self, publication: Publication) -> BrokerFuture {
+        if let Topic::Connection(connection) = &publication.topic {
+            return self.publish_control(ControlOp::Send {
+                connection: connection.to_string(),
+                data: publication.data,
+            });
+        }
         let channel = self.shared.names.topic(&publication.topic);
         let envelope = Envelope {
             data: publication.data,
             from: publication.from,
+            kind: publication.kind,
         };
         self.send(channel, Bytes::from(envelope.to_json()))
     }

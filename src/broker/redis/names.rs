@@ -59,6 +59,8 @@ impl Names {
                 name: format!("{}{user}", self.user_prefix),
                 sharded: false,
             },
+            // A connection is reached through the control channel (a `send` op).
+            Topic::Connection(_) => self.control(),
         }
     }
 

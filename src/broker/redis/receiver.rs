@@ -94,11 +94,10 @@ fn dispatch(
 
 fn publication(topic: Topic, payload: &[u8]) -> Result<Arc<Publication>, String> {
     let envelope = Envelope::decode(payload).map_err(|err| err.to_string())?;
-    Ok(Arc::new(Publication::new(
-        topic,
-        envelope.data,
-        envelope.from,
-    )))
+    Ok(Arc::new(Publication {
+        kind: envelope.kind,
+        ..Publication::new(topic, envelope.data, envelope.from)
+    }))
 }
 
 /// Logs the first decode error of each Redis channel, so a misbehaving publisher is visible

@@ -1,0 +1,393 @@
+//! The server API: what a back end calls over HTTP to act on clients and see who is connected,
+//! cluster-wide. JSON in, JSON out, `Authorization: Bearer <[api] key>` on every call.
+//!
+//! | endpoint | body or query | does |
+//! |---|---|---|
+//! | `POST /api/publish` | `{channel, data}` or `{channels: [...], data}` | publishes as the server (no `from`) |
+//! | `POST /api/send` | `{user, data}` or `{connection, data}` | a `message` without a channel to those sockets |
+//! | `POST /api/disconnect` | `{user \| session \| connection, code?, reason?}` | closes those sockets on every node (default 4002) |
+//! | `GET /api/connections` | `user=…` or `channel=…` (or neither), `limit` | connection records |
+//! | `GET /api/channels` | `prefix=…` | channels with their connection counts |
+//! | `GET /api/presence` | `channel=…` (a `presence = true` channel) | its users and connection count |
+//!
+//! With no key set the API is off (404). A wrong key is 401; a bad body or query is 400 with a
+//! reason naming the field; the broker or registry being unreachable is 503. The API is the
+//! back end's: channel rules do not apply to it.
+
+use std::collections::HashMap;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::{AppState, error_response};
+use crate::broker::{Publication, Topic};
+use crate::metrics as names;
+use crate::protocol::{ChannelName, ControlOp, DecodeError};
+use crate::roster::{ConnectionFilter, RosterError};
+
+/// Records returned by `GET /api/connections` when no `limit` is given.
+pub const DEFAULT_LIMIT: usize = 1_000;
+/// Channels one `POST /api/publish` may name.
+pub const MAX_CHANNELS_PER_PUBLISH: usize = 1_000;
+
+/// Registers the API's routes.
+pub(super) fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/api/publish", web::post().to(publish))
+        .route("/api/send", web::post().to(send))
+        .route("/api/disconnect", web::post().to(disconnect))
+        .route("/api/connections", web::get().to(connections))
+        .route("/api/channels", web::get().to(channels))
+        .route("/api/presence", web::get().to(presence));
+}
+
+/// Why a call failed: the response it gets.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    reason: String,
+}
+
+impl ApiError {
+    fn bad_request(reason: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            reason: reason.into(),
+        }
+    }
+
+    fn unavailable(reason: impl std::fmt::Display) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "backend_unavailable",
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl From<RosterError> for ApiError {
+    fn from(err: RosterError) -> Self {
+        Self::unavailable(err)
+    }
+}
+
+type ApiResult = Result<Value, ApiError>;
+
+/// Checks the key, runs the handler, records the metric, renders the answer.
+async fn answer<F>(
+    endpoint: &'static str,
+    request: &HttpRequest,
+    state: &AppState,
+    handler: F,
+) -> HttpResponse
+where
+    F: Future<Output = ApiResult>,
+{
+    let result = match authorize(request, state) {
+        Ok(()) => handler.await,
+        Err(err) => Err(err),
+    };
+    let response = match result {
+        Ok(body) => HttpResponse::Ok().json(body),
+        Err(err) => error_response(err.status, err.code, &err.reason),
+    };
+    metrics::counter!(names::API_REQUESTS, "endpoint" => endpoint, "status" => response.status().as_str().to_owned())
+        .increment(1);
+    response
+}
+
+fn authorize(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(key) = state.api_key.as_deref() else {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            reason: "the server API is off; set [api] key to turn it on".to_owned(),
+        });
+    };
+    let offered = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if constant_time_equal(offered.trim().as_bytes(), key.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            reason: "missing or wrong API key (Authorization: Bearer <[api] key>)".to_owned(),
+        })
+    }
+}
+
+/// Compares without stopping at the first difference, so timing does not leak the key.
+fn constant_time_equal(left: &[u8], right: &[u8]) -> bool {
+    left.len() == right.len()
+        && left
+            .iter()
+            .zip(right)
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
+}
+
+/// Parses a JSON body into `T`, naming the offending field on error.
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if path == "." || path.is_empty() {
+            ApiError::bad_request(format!("body: {inner}"))
+        } else {
+            ApiError::bad_request(format!("{path}: {inner}"))
+        }
+    })
+}
+
+fn channel(name: &str, field: &str) -> Result<ChannelName, ApiError> {
+    ChannelName::parse(name)
+        .map_err(|err| ApiError::bad_request(format!("{field}: {err}: {name:?}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    data: Option<Value>,
+}
+
+async fn publish(
+    request: HttpRequest,
+    bytes: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    answer("publish", &request, &state, async {
+        let PublishBody {
+            channel: one,
+            channels: many,
+            data,
+        } = body(&bytes)?;
+        let data = data.ok_or_else(|| ApiError::bad_request("data: required"))?;
+        let targets = match (one, many) {
+            (Some(name), None) => vec![channel(&name, "channel")?],
+            (None, Some(names)) if names.is_empty() => {
+                return Err(ApiError::bad_request(
+                    "channels: must name at least one channel",
+                ));
+            }
+            (None, Some(names)) if names.len() > MAX_CHANNELS_PER_PUBLISH => {
+                return Err(ApiError::bad_request(format!(
+                    "channels: at most {MAX_CHANNELS_PER_PUBLISH} per call"
+                )));
+            }
+            (None, Some(names)) => names
+                .iter()
+                .enumerate()
+                .map(|(index, name)| channel(name, &format!("channels[{index}]")))
+                .collect::<Result<_, _>>()?,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "channel: give either channel or channels",
+                ));
+            }
+        };
+        let published = targets.len();
+        let results = futures_util::future::join_all(targets.into_iter().map(|target| {
+            state
+                .hub
+                .publish(Publication::new(target, data.clone(), None))
+        }))
+        .await;
+        if let Some(err) = results.into_iter().find_map(Result::err) {
+            return Err(ApiError::unavailable(err));
+        }
+        Ok(json!({ "published": published }))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendBody {
+    user: Option<String>,
+    connection: Option<String>,
+    data: Option<Value>,
+}
+
+async fn send(request: HttpRequest, bytes: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    answer("send", &request, &state, async {
+        let SendBody {
+            user,
+            connection,
+            data,
+        } = body(&bytes)?;
+        let data = data.ok_or_else(|| ApiError::bad_request("data: required"))?;
+        let topic = match (user, connection) {
+            (Some(user), None) if !user.is_empty() => Topic::User(user.into()),
+            (None, Some(connection)) if !connection.is_empty() => {
+                Topic::Connection(connection.into())
+            }
+            _ => {
+                return Err(ApiError::bad_request(
+                    "user: give exactly one of user, connection",
+                ));
+            }
+        };
+        state
+            .hub
+            .publish(Publication::new(topic, data, None))
+            .await
+            .map_err(ApiError::unavailable)?;
+        Ok(json!({ "ok": true }))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    user: Option<String>,
+    session: Option<String>,
+    connection: Option<String>,
+    code: Option<u16>,
+    reason: Option<String>,
+}
+
+async fn disconnect(
+    request: HttpRequest,
+    bytes: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    answer("disconnect", &request, &state, async {
+        let DisconnectBody {
+            user,
+            session,
+            connection,
+            code,
+            reason,
+        } = body(&bytes)?;
+        let wire = json!({
+            "op": "disconnect", "user": user, "session": session, "connection": connection,
+            "code": code, "reason": reason,
+        });
+        // The control op's own validation (one target, a usable code, a short reason), with
+        // absent fields dropped rather than sent as nulls.
+        let wire: serde_json::Map<String, Value> = wire
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, value)| !value.is_null())
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let op =
+            ControlOp::decode(Value::Object(wire).to_string().as_bytes()).map_err(
+                |err| match err {
+                    DecodeError::Invalid(reason) => ApiError::bad_request(reason),
+                    other => ApiError::bad_request(other.to_string()),
+                },
+            )?;
+        state
+            .hub
+            .broker()
+            .publish_control(op)
+            .await
+            .map_err(ApiError::unavailable)?;
+        Ok(json!({ "ok": true }))
+    })
+    .await
+}
+
+/// The query string as a map (the last value of a repeated key wins).
+fn query(request: &HttpRequest) -> HashMap<String, String> {
+    form_urlencoded::parse(request.query_string().as_bytes())
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect()
+}
+
+fn scope(state: &AppState) -> &'static str {
+    if state.roster.is_cluster_wide() {
+        "cluster"
+    } else {
+        "node"
+    }
+}
+
+async fn connections(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    answer("connections", &request, &state, async {
+        let query = query(&request);
+        let filter = match (query.get("user"), query.get("channel")) {
+            (None, None) => ConnectionFilter::All,
+            (Some(user), None) => ConnectionFilter::User(user.clone()),
+            (None, Some(name)) => ConnectionFilter::Channel(channel(name, "channel")?.to_string()),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "user: give user or channel, not both",
+                ));
+            }
+        };
+        let limit = match query.get("limit") {
+            None => DEFAULT_LIMIT,
+            Some(limit) => limit
+                .parse::<usize>()
+                .ok()
+                .filter(|limit| *limit > 0)
+                .ok_or_else(|| ApiError::bad_request("limit: must be a positive integer"))?,
+        };
+        let (records, truncated) = state.roster.connections(&filter, limit).await?;
+        Ok(json!({ "connections": records, "truncated": truncated, "scope": scope(&state) }))
+    })
+    .await
+}
+
+async fn channels(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    answer("channels", &request, &state, async {
+        let query = query(&request);
+        let prefix = query.get("prefix").map_or("", String::as_str);
+        let channels = state.roster.channels(prefix).await?;
+        Ok(json!({ "channels": channels, "scope": scope(&state) }))
+    })
+    .await
+}
+
+async fn presence(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    answer("presence", &request, &state, async {
+        let query = query(&request);
+        let name = query
+            .get("channel")
+            .ok_or_else(|| ApiError::bad_request("channel: required"))?;
+        let channel = channel(name, "channel")?;
+        let has_presence = state
+            .settings
+            .policy
+            .rule_for(channel.as_str())
+            .is_some_and(|rule| rule.presence);
+        if !has_presence {
+            return Err(ApiError::bad_request(format!(
+                "channel: presence is off for {channel} (set presence = true in its [[channels]] rule)"
+            )));
+        }
+        let presence = state.roster.presence(channel.as_str()).await?;
+        Ok(json!(presence))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(constant_time_equal(b"secret", b"secret"));
+        assert!(!constant_time_equal(b"secret", b"secreT"));
+        assert!(!constant_time_equal(b"secret", b"secret2"));
+        assert!(!constant_time_equal(b"", b"secret"));
+    }
+}
