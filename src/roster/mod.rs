@@ -132,7 +132,10 @@ impl Roster {
         };
         let mut heartbeat = tokio::time::interval(store.heartbeat_interval());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut full = true;
+        // A fresh node has nothing to write until its first connection.
+        let mut full = !self.directory.is_empty();
+        // One warning per outage, not one per retry.
+        let mut failing = false;
         loop {
             tokio::select! {
                 () = self.directory.changed() => {}
@@ -150,10 +153,17 @@ impl Roster {
             let batch = self.batch(full);
             if !batch.is_empty() {
                 match store.write(batch).await {
-                    Ok(()) => full = false,
+                    Ok(()) => {
+                        full = false;
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("registry written again");
+                        }
+                    }
                     Err(err) => {
                         metrics::counter!(names::REGISTRY_WRITE_FAILURES).increment(1);
-                        tracing::warn!(error = %err, "registry write failed; will rewrite this node's part");
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!(error = %err, "registry write failed; retrying, then rewriting this node's part");
+                        }
                         full = true;
                         tokio::time::sleep(RETRY_DELAY).await;
                         continue;

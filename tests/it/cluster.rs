@@ -1,5 +1,6 @@
 //! Redis Cluster: three masters started by the test, two nodes with `cluster = true`. Channel
-//! traffic uses sharded pub/sub; control operations still reach every node.
+//! traffic uses sharded pub/sub; control operations still reach every node; the connection
+//! registry (per-node keys in one slot each) answers across the cluster.
 
 use serde_json::json;
 
@@ -12,7 +13,8 @@ async fn with_redis_cluster_channel_traffic_uses_sharded_pub_sub_across_nodes() 
     let cluster = RedisCluster::start().await;
     let mut nodes = Vec::new();
     for _ in 0..2 {
-        let node = TestServer::start(&node_config(&cluster.url(), "cluster = true\n")).await;
+        let extra = "cluster = true\n[api]\nkey = \"k\"\n";
+        let node = TestServer::start(&node_config(&cluster.url(), extra)).await;
         node.wait_for_readiness(200).await;
         nodes.push(node);
     }
@@ -73,6 +75,34 @@ async fn with_redis_cluster_channel_traffic_uses_sharded_pub_sub_across_nodes() 
                 .expect("SHARDNUMSUB count");
         }
         assert_eq!(shard_subscribers, 2, "{redis_channel}");
+    }
+
+    // The connection registry works across the cluster's slots: each node's part is one slot.
+    let deadline = std::time::Instant::now() + crate::support::WAIT;
+    loop {
+        let answer: serde_json::Value = reqwest::Client::new()
+            .get(nodes[1].url("/api/channels?prefix=room:"))
+            .bearer_auth("k")
+            .send()
+            .await
+            .expect("api")
+            .json()
+            .await
+            .expect("json");
+        let counts: Vec<u64> = answer["channels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry["connections"].as_u64())
+            .collect();
+        if counts == [2, 2, 2, 2] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "registry never showed both members: {answer}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
     // Control operations travel by classic pub/sub, which the cluster broadcasts.
