@@ -72,7 +72,9 @@ pub struct ConnectionDirectory {
     channels_of: DashMap<ConnectionKey, BTreeSet<ChannelName>>,
     by_user: DashMap<Arc<str>, Vec<ConnectionKey>>,
     by_session: DashMap<Arc<str>, Vec<ConnectionKey>>,
-    by_channel: DashMap<ChannelName, Vec<ConnectionKey>>,
+    /// A set, not a list: a channel may have many thousands of members, and each leave must
+    /// not scan them.
+    by_channel: DashMap<ChannelName, HashSet<ConnectionKey>>,
     change_log: Option<ChangeLog>,
 }
 
@@ -159,7 +161,10 @@ impl ConnectionDirectory {
             .map(|(_, channels)| channels)
             .unwrap_or_default();
         for channel in &channels {
-            remove_key(&self.by_channel, channel, key);
+            self.by_channel.remove_if_mut(channel, |_, keys| {
+                keys.remove(&key);
+                keys.is_empty()
+            });
         }
         self.mark(|changes| {
             changes.connections.insert(removed.id.clone());
@@ -196,7 +201,7 @@ impl ConnectionDirectory {
             self.by_channel
                 .entry(channel.clone())
                 .or_default()
-                .push(key);
+                .insert(key);
             self.mark(|changes| {
                 changes.connections.insert(id);
                 changes.channels.insert(channel.clone());
@@ -211,7 +216,10 @@ impl ConnectionDirectory {
             .get_mut(&key)
             .is_some_and(|mut channels| channels.remove(channel));
         if removed {
-            remove_key(&self.by_channel, channel, key);
+            self.by_channel.remove_if_mut(channel, |_, keys| {
+                keys.remove(&key);
+                keys.is_empty()
+            });
             let id = self.connections.get(&key).map(|entry| entry.id.clone());
             self.mark(|changes| {
                 changes.connections.extend(id);
@@ -315,7 +323,11 @@ impl ConnectionDirectory {
 
     /// The public ids of `channel`'s members on this node.
     pub fn ids_in_channel(&self, channel: &str) -> Vec<String> {
-        self.ids(self.by_channel.get(channel).map(|keys| keys.clone()))
+        self.ids(
+            self.by_channel
+                .get(channel)
+                .map(|keys| keys.iter().copied().collect()),
+        )
     }
 
     fn ids(&self, keys: Option<Vec<ConnectionKey>>) -> Vec<String> {
@@ -340,7 +352,7 @@ impl ConnectionDirectory {
             ConnectionFilter::Channel(channel) => self
                 .by_channel
                 .get(channel.as_str())
-                .map(|keys| keys.clone())
+                .map(|keys| keys.iter().copied().collect())
                 .unwrap_or_default(),
         };
         let mut records: Vec<ConnectionRecord> = keys
