@@ -1,6 +1,7 @@
 //! A client of the server API (`api::server_api`), for the management commands of the CLI
 //! (`switchboard publish`, `disconnect`, `connections`): the Django management commands of the
 //! API Gateway seed, without a database. It talks to any node; the node answers for the cluster.
+//! Also the `switchboard health` check (`check_health`), which needs no key.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiClientError {
-    #[error("cannot reach the server API at {url}: {reason}")]
+    #[error("cannot reach {url}: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("the server API answered {status}: {reason}")]
     Refused { status: u16, reason: String },
@@ -118,6 +119,50 @@ impl ApiClient {
     }
 }
 
+/// How long `switchboard health` waits for an answer.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The URL `switchboard health` checks on a node bound to `bind`: a wildcard address
+/// (`0.0.0.0`, `::`) is asked on loopback, as a container's health check runs beside the node.
+pub fn local_url(bind: std::net::SocketAddr, path: &str) -> String {
+    let host = match bind.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!(
+        "http://{}{path}",
+        std::net::SocketAddr::new(host, bind.port())
+    )
+}
+
+/// `GET url`: `Ok` with the body on a 2xx answer within [`HEALTH_TIMEOUT`]; the container
+/// `HEALTHCHECK` and scripts use it through `switchboard health` (the runtime image has no curl).
+pub async fn check_health(url: &str) -> Result<String, ApiClientError> {
+    let unreachable = |err: reqwest::Error| ApiClientError::Unreachable {
+        url: url.to_owned(),
+        reason: err.to_string(),
+    };
+    let response = reqwest::Client::builder()
+        .timeout(HEALTH_TIMEOUT)
+        .build()
+        .map_err(|err| ApiClientError::Usage(format!("cannot build an HTTP client: {err}")))?
+        .get(url)
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let status = response.status();
+    let body = response.text().await.map_err(unreachable)?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(ApiClientError::Refused {
+            status: status.as_u16(),
+            reason: body,
+        })
+    }
+}
+
 /// Connection records (`GET /api/connections`'s `connections`) as an aligned table.
 pub fn connections_table(answer: &Value) -> String {
     let mut rows = vec![[
@@ -181,6 +226,14 @@ mod tests {
             lines[1].starts_with("c_1") && lines[1].ends_with("a,b"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn health_is_asked_on_loopback_when_the_node_binds_every_address() {
+        let url = |bind: &str| local_url(bind.parse().expect("address"), "/healthz");
+        assert_eq!(url("0.0.0.0:8080"), "http://127.0.0.1:8080/healthz");
+        assert_eq!(url("[::]:9000"), "http://[::1]:9000/healthz");
+        assert_eq!(url("10.1.2.3:80"), "http://10.1.2.3:80/healthz");
     }
 
     #[test]

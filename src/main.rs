@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use switchboard::api_client::{ApiClient, DisconnectTarget, connections_table};
+use switchboard::api_client::{
+    ApiClient, DisconnectTarget, check_health, connections_table, local_url,
+};
 use switchboard::config::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -43,7 +45,20 @@ enum Command {
     /// Run a node.
     Serve {
         /// TOML config file; without it, the defaults plus SWITCHBOARD_* overrides.
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Ask a node's /healthz (or --path) and exit 0 when it answers 2xx, 1 otherwise: the
+    /// container HEALTHCHECK (the runtime image has no curl).
+    Health {
+        /// The URL to ask; default: http://<[server] bind>/<path> from the config, on loopback
+        /// when the node binds every address.
         #[arg(long)]
+        url: Option<String>,
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// The node's config file (for its bind address).
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
         config: Option<PathBuf>,
     },
     /// Print the effective configuration, or every error in it (naming the key).
@@ -163,6 +178,11 @@ fn main() -> ExitCode {
                 connections_table(&answer).trim_end().to_owned()
             })
         }),
+        Command::Health { url, path, config } => {
+            print_outcome(health_url(url, &path, config).and_then(|url| {
+                block_on(async move { check_health(&url).await.context("unhealthy") })
+            }))
+        }
         Command::CheckConfig { config } => match Config::load(Some(&config)) {
             Ok(config) => {
                 print!("{}", config.to_toml());
@@ -182,13 +202,20 @@ where
     F: FnOnce(ApiClient) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<String>>,
 {
-    let outcome = api_client(api).and_then(|client| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting a runtime")?
-            .block_on(command(client))
-    });
+    print_outcome(api_client(api).and_then(|client| block_on(command(client))))
+}
+
+/// Runs a command's future on a runtime of its own (the commands are one request each).
+fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?
+        .block_on(future)
+}
+
+/// Prints a command's output (exit code 0) or its error (exit code 1).
+fn print_outcome(outcome: anyhow::Result<String>) -> ExitCode {
     match outcome {
         Ok(output) => {
             println!("{output}");
@@ -197,6 +224,16 @@ where
         Err(err) => {
             eprintln!("switchboard: {err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn health_url(url: Option<String>, path: &str, config: Option<PathBuf>) -> anyhow::Result<String> {
+    match url {
+        Some(url) => Ok(url),
+        None => {
+            let config = Config::load(config.as_deref()).context("loading the configuration")?;
+            Ok(local_url(config.server.bind, path))
         }
     }
 }

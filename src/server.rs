@@ -2,8 +2,10 @@
 //! the configuration, runs them on an already-bound listener, and drains on shutdown.
 //!
 //! Shutdown (SIGTERM/SIGINT in `main`, or any future the caller passes): `/readyz` turns 503 and
-//! new handshakes are refused, the listener stops accepting, every socket is closed with 1012
-//! `restart`, and the process is done within `server.shutdown_grace`.
+//! new handshakes are refused with 503, every socket is closed with 1012 `restart`, and the
+//! process is done within `server.shutdown_grace`. The listener keeps answering until the end, so
+//! a load balancer's handshake gets its 503 at once (and is retried on another node) instead of
+//! waiting in the accept queue, and health checks and `/metrics` still answer during the drain.
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -184,7 +186,6 @@ pub async fn run(
     let started = Instant::now();
     tracing::info!(connections = app_state.admission.admitted(), "draining");
     app_state.hub.drain();
-    handle.pause().await;
     // A connection is over once its close frame is handed to the socket (or the socket is
     // gone), which is when its response body releases the admission ticket.
     // With a shared registry, the node's withdrawal from it gets its time at the end too.

@@ -176,3 +176,44 @@ async fn json_log_format_writes_one_json_object_per_line() {
     }
     assert!(stderr.contains("\"message\":\"listening\""), "{stderr}");
 }
+
+/// `switchboard health`, the container's HEALTHCHECK: exit 0 on a 2xx answer, 1 with the reason
+/// otherwise; without `--url` it asks the configured bind address (on loopback for a wildcard
+/// address), the config coming from `SWITCHBOARD_CONFIG` as in the image.
+#[tokio::test]
+async fn health_exits_0_when_the_node_answers_and_1_when_it_does_not() {
+    let server = TestServer::start("").await;
+    let port = server.address.port().to_string();
+    let (code, stdout, stderr) = run(&["health", "--url", &server.url("/healthz")], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"ok\""), "{stdout}");
+
+    let image_config = temp_file(
+        "image.toml",
+        &format!("[server]\nbind = \"0.0.0.0:{port}\"\n"),
+    );
+    let image_config = image_config.to_str().expect("utf-8 path");
+    let (code, _, stderr) = run(&["health"], &[("SWITCHBOARD_CONFIG", image_config)]);
+    assert_eq!(code, 0, "{stderr}");
+    let bind = format!("127.0.0.1:{port}");
+    let (code, stdout, stderr) = run(
+        &["health", "--path", "/readyz"],
+        &[("SWITCHBOARD_SERVER__BIND", &bind)],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"ready\""), "{stdout}");
+
+    let (code, _, stderr) = run(
+        &["health", "--path", "/nowhere"],
+        &[("SWITCHBOARD_SERVER__BIND", &bind)],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("unhealthy") && stderr.contains("404"),
+        "{stderr}"
+    );
+    let closed = format!("http://127.0.0.1:{}/healthz", crate::redis::free_port());
+    let (code, _, stderr) = run(&["health", "--url", &closed], &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+}

@@ -194,3 +194,73 @@ async fn sigterm_closes_every_socket_with_1012_and_exits_within_the_grace() {
             .is_err()
     );
 }
+
+/// While a node drains, its listener still answers: a new handshake gets 503 at once (what a
+/// load balancer retries on another node), `/readyz` says `draining`, and `/healthz` and
+/// `/metrics` answer. A member whose socket cannot take its close frame (it never reads, and
+/// megabytes are waiting) keeps the drain going until the grace is up.
+#[tokio::test]
+async fn a_draining_node_refuses_handshakes_at_once_and_still_answers_health_checks() {
+    let mut server = TestServer::start(
+        "[server]\nshutdown_grace = \"4s\"\noutbound_queue = 100000\nrate_limit = 100000\nrate_limit_burst = 100000\n",
+    )
+    .await;
+    let mut stuck = crate::support::SilentSocket::connect(server.address, "/ws").await;
+    stuck
+        .send_frame(0x1, true, br#"{"action":"join","channel":"flood","id":1}"#)
+        .await;
+    let mut publisher = server.client().await;
+    // The member is in the channel once a publication reaches its queue (it reads nothing).
+    server.wait_for_metric("switchboard_connections", 2.0).await;
+    server.wait_for_metric("switchboard_channels", 1.0).await;
+    let data = "x".repeat(50_000);
+    for id in 0..400u64 {
+        publisher
+            .send(json!({"action": "publish", "channel": "flood", "data": data, "id": id}))
+            .await;
+    }
+    for _ in 0..400 {
+        assert_eq!(publisher.recv().await["type"], "reply");
+    }
+    drop(publisher);
+
+    let started = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &server.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    server.wait_for_readiness(503).await;
+    let (_, body) = server.get("/readyz").await;
+    assert!(body.contains("draining"), "{body}");
+    let asked = std::time::Instant::now();
+    let refused = Client::connect(&server.ws_url("/ws"), &[])
+        .await
+        .err()
+        .expect("a handshake during the drain is refused");
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.body["error"], "unavailable");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "the refusal waited {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(server.get("/healthz").await.0, 200);
+    let (status, metrics) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("switchboard_connections"), "{metrics}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the drain should still be going"
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(8), server.child.wait())
+        .await
+        .expect("exited within the grace")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
