@@ -8,7 +8,8 @@ CONFIG ?=
 run:
 	$(CARGO) run --release --bin switchboard -- serve $(if $(CONFIG),--config $(CONFIG),)
 
-## Install what the tests need (redis-server, openssl, python websockets and redis) if missing, then run every test.
+## Install what the tests need (redis-server, openssl, nginx, prometheus; python websockets, redis,
+## kubernetes-validate) if missing, then run every test.
 test: test-deps
 	$(CARGO) test --all-targets
 
@@ -19,9 +20,12 @@ test-deps:
 	@command -v openssl >/dev/null 2>&1 || { \
 		echo "installing openssl (the tests make their own signing keys)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
-	@python3 -c "import websockets, redis" 2>/dev/null || { \
-		echo "installing the python websockets and redis packages (README examples)"; \
-		python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore websockets redis; }
+	@{ command -v nginx >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || { \
+		echo "installing nginx and prometheus (the deploy/ topology test runs them as local processes)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx prometheus >/dev/null; }
+	@python3 -c "import websockets, redis, kubernetes_validate" 2>/dev/null || { \
+		echo "installing the python websockets, redis (README examples) and kubernetes-validate (deploy/k8s) packages"; \
+		python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore websockets redis kubernetes-validate==1.37.0; }
 
 ## Formatting and clippy, as CI runs them.
 lint:

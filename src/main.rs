@@ -278,6 +278,7 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             "a channel rule lets anyone join every channel: fine for development, see README \"Locking down channels\""
         );
     }
+    raise_open_file_limit(config.server.max_connections);
     let listener = TcpListener::bind(config.server.bind)
         .with_context(|| format!("binding {}", config.server.bind))?;
     let address = listener.local_addr().context("reading the bound address")?;
@@ -294,6 +295,25 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             shutdown_signal(),
         ))
         .context("running the server")
+}
+
+/// Each socket is a file descriptor: raise the soft limit to the hard one (container runtimes
+/// and shells often start processes at a soft 1,024 under a much higher hard limit), and say
+/// when even that is below `max_connections`.
+fn raise_open_file_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            tracing::info!(open_files = limit, "open-file limit");
+            if max_connections > 0 && limit < max_connections as u64 + 64 {
+                tracing::warn!(
+                    open_files = limit,
+                    max_connections,
+                    "the open-file limit is below server.max_connections: raise it (README \"Many connections\")"
+                );
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot read or raise the open-file limit"),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

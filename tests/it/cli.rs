@@ -154,11 +154,7 @@ async fn json_log_format_writes_one_json_object_per_line() {
         .expect("spawn");
     let address = crate::support::listening_address(&mut child).await;
     let _ = reqwest::get(format!("http://{address}/healthz")).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().expect("pid").to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    crate::support::send_sigterm(child.id().expect("pid"));
     let output = tokio::time::timeout(crate::support::WAIT, child.wait_with_output())
         .await
         .expect("exited")

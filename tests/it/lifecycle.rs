@@ -168,11 +168,7 @@ async fn sigterm_closes_every_socket_with_1012_and_exits_within_the_grace() {
         clients.push(client);
     }
     let started = std::time::Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &server.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    server.terminate();
     for client in &mut clients {
         let (code, _) = client.expect_close().await;
         assert_eq!(code, 1012);
@@ -225,11 +221,7 @@ async fn a_draining_node_refuses_handshakes_at_once_and_still_answers_health_che
     drop(publisher);
 
     let started = std::time::Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &server.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    server.terminate();
     server.wait_for_readiness(503).await;
     let (_, body) = server.get("/readyz").await;
     assert!(body.contains("draining"), "{body}");
@@ -263,4 +255,34 @@ async fn a_draining_node_refuses_handshakes_at_once_and_still_answers_health_che
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// Started with a soft open-file limit of 512 under a hard one of 8,192 (as container runtimes
+/// and shells often start processes), the node raises its soft limit to the hard one: each
+/// socket is a descriptor.
+#[tokio::test]
+async fn a_node_raises_its_open_file_limit_to_the_hard_limit() {
+    let config = crate::support::temp_file("limits.toml", "");
+    let mut child = tokio::process::Command::new("prlimit")
+        .arg("--nofile=512:8192")
+        .arg("--")
+        .arg(crate::support::binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("SWITCHBOARD_SERVER__BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prlimit runs the node (util-linux)");
+    let address = crate::support::listening_address(&mut child).await;
+    let pid = child.id().expect("running");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let open_files = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("Max open files");
+    let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers, ["8192", "8192"], "{open_files}");
+    assert!(tokio::net::TcpStream::connect(address).await.is_ok());
 }

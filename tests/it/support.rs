@@ -117,6 +117,11 @@ impl TestServer {
         self.child.id().expect("running")
     }
 
+    /// Sends SIGTERM (what `docker stop`, systemd and Kubernetes send): the node drains.
+    pub fn terminate(&self) {
+        send_sigterm(self.pid());
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
     }
@@ -227,6 +232,15 @@ impl Drop for TestServer {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Sends SIGTERM to `pid` (with the `kill` command: the crate forbids unsafe code).
+pub fn send_sigterm(pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -TERM {pid}");
 }
 
 /// Waits for a `serve` child's "switchboard listening on http://ADDR" line and returns ADDR.
