@@ -219,6 +219,17 @@ async fn the_dockerfile_runs_as_its_image_would() {
         "the build context skips target/"
     );
 
+    // The runtime has the glibc the binary was linked against: the same Debian release.
+    let base = |at: usize| all[at].1.clone();
+    let (builder, runner) = (base(stages[0]), base(stages[stages.len() - 1]));
+    let same_release = [("bookworm", "debian12"), ("trixie", "debian13")]
+        .iter()
+        .any(|(codename, distroless)| builder.contains(codename) && runner.contains(distroless));
+    assert!(
+        same_release,
+        "{builder} and {runner} are different Debian releases"
+    );
+
     // A non-root user.
     let user = last("USER");
     let uid = user.split(':').next().expect("uid");
