@@ -535,8 +535,10 @@ async fn the_cli_publishes_lists_and_disconnects_through_any_node() {
         json!({"headline": 1})
     );
 
-    api_get_until(&nodes[1], "/api/connections?user=frank", |answer| {
-        ids(answer).len() == 1
+    // The registry is written in batches: wait until frank's join of news is in it, not only
+    // his connection.
+    api_get_until(&nodes[1], "/api/connections?channel=news", |answer| {
+        ids(answer) == [frank_id.clone()]
     })
     .await;
     let (code, table, stderr) = cli(&["connections", "--user", "frank"], &nodes[1]);
