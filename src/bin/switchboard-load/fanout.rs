@@ -17,8 +17,8 @@ use tokio::sync::{Notify, watch};
 use crate::RunError;
 use crate::crowd::Target;
 use crate::process::Servers;
-use crate::received::Received;
-use crate::report::{Delivery, Latency, Report, ServerCpu};
+use crate::received::{self, Received};
+use crate::report::Report;
 use crate::stamp::{self, Clock};
 use crate::wire::Client;
 
@@ -214,33 +214,16 @@ pub(crate) async fn run(
     let cpu_after = servers.cpu_time()?;
     let _ = stop.send(true);
 
-    let mut received = Received::default();
-    for handle in receiving {
-        match handle.await {
-            Ok(one) => received.merge(one),
-            Err(err) => received.error(format!("subscriber task failed: {err}")),
-        }
-    }
+    let received = received::gather(receiving, "subscriber").await;
     publisher.close().await;
 
-    let expected = options.messages * options.subscribers as u64;
-    let wall = Duration::from_micros(received.last_at.saturating_sub(started_at));
-    report.delivery = Some(Delivery::new(
+    report.record_deliveries(
         options.messages,
-        expected,
-        received.delivered,
-        received.disordered,
-        wall,
-    ));
-    report.latency_us = Some(Latency::from(&received.latency));
-    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
-        report.server_cpu = Some(ServerCpu::new(
-            after.saturating_sub(before),
-            wall,
-            received.delivered,
-        ));
-    }
-    report.note_error(received.errors, received.first_error);
+        options.messages * options.subscribers as u64,
+        received,
+        started_at,
+        (cpu_before, cpu_after),
+    );
     report.note_error(publisher_seen.errors, publisher_seen.first_error);
     Ok(report)
 }

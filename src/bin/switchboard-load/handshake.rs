@@ -88,13 +88,7 @@ pub(crate) async fn run(
         latency_us: Some(Latency::from(&total.latency)),
         ..Report::default()
     };
-    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
-        report.server_cpu = Some(ServerCpu::new(
-            after.saturating_sub(before),
-            wall,
-            total.completed,
-        ));
-    }
+    report.server_cpu = ServerCpu::between(cpu_before, cpu_after, wall, total.completed);
     report.note_error(total.refused, total.first_error);
     // Closed sockets linger for a moment on the server; a following run starts clean.
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,6 +1,8 @@
 //! What the receiving side of a run saw: latency from each message's stamp, how many arrived,
 //! `error` frames. Each receiving task keeps its own and they are merged at the end.
 
+use tokio::task::JoinHandle;
+
 use crate::histogram::Histogram;
 use crate::stamp::{self, Clock, Stamp};
 use crate::wire::{Client, Frame, WireError};
@@ -15,6 +17,19 @@ pub(crate) struct Received {
     pub(crate) last_at: u64,
     pub(crate) errors: u64,
     pub(crate) first_error: Option<String>,
+}
+
+/// Waits for every receiving task and merges what each saw; a task that failed (`role` names
+/// what it was) counts as an error.
+pub(crate) async fn gather(tasks: Vec<JoinHandle<Received>>, role: &str) -> Received {
+    let mut received = Received::default();
+    for task in tasks {
+        match task.await {
+            Ok(one) => received.merge(one),
+            Err(err) => received.error(format!("{role} task failed: {err}")),
+        }
+    }
+    received
 }
 
 impl Received {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::histogram::Histogram;
+use crate::received::Received;
 
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct Report {
@@ -99,6 +100,17 @@ impl ServerCpu {
             work_per_cpu_second: ratio(work as f64, seconds),
         }
     }
+
+    /// From two readings of the servers' CPU time, taken around the measured interval; `None`
+    /// when no server process was given to read.
+    pub(crate) fn between(
+        before: Option<Duration>,
+        after: Option<Duration>,
+        wall: Duration,
+        work: u64,
+    ) -> Option<Self> {
+        Some(Self::new(after?.saturating_sub(before?), wall, work))
+    }
 }
 
 pub(crate) fn ratio(numerator: f64, denominator: f64) -> f64 {
@@ -110,6 +122,29 @@ pub(crate) fn ratio(numerator: f64, denominator: f64) -> f64 {
 }
 
 impl Report {
+    /// Fills in what a delivery run's receivers saw: counts against `expected`, latency, server
+    /// CPU per delivery (`cpu` is the two readings around the run), and their errors.
+    pub(crate) fn record_deliveries(
+        &mut self,
+        published: u64,
+        expected: u64,
+        received: Received,
+        started_at: u64,
+        cpu: (Option<Duration>, Option<Duration>),
+    ) {
+        let wall = Duration::from_micros(received.last_at.saturating_sub(started_at));
+        self.delivery = Some(Delivery::new(
+            published,
+            expected,
+            received.delivered,
+            received.disordered,
+            wall,
+        ));
+        self.latency_us = Some(Latency::from(&received.latency));
+        self.server_cpu = ServerCpu::between(cpu.0, cpu.1, wall, received.delivered);
+        self.note_error(received.errors, received.first_error);
+    }
+
     pub(crate) fn note_error(&mut self, count: u64, first: Option<String>) {
         self.errors += count;
         if self.first_error.is_none() {

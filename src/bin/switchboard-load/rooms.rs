@@ -11,8 +11,8 @@ use tokio::sync::watch;
 use crate::RunError;
 use crate::crowd::Target;
 use crate::process::Servers;
-use crate::received::Received;
-use crate::report::{Delivery, Latency, Report, ServerCpu};
+use crate::received::{self, Received};
+use crate::report::Report;
 use crate::stamp::{self, Clock};
 use crate::wire::Client;
 
@@ -151,36 +151,19 @@ pub(crate) async fn run(
     let cpu_after = servers.cpu_time()?;
     let _ = stop.send(true);
 
-    let mut received = Received::default();
-    for handle in running {
-        match handle.await {
-            Ok(one) => received.merge(one),
-            Err(err) => received.error(format!("member task failed: {err}")),
-        }
-    }
-    let published = totals.published.load(Ordering::Relaxed);
-    let wall = Duration::from_micros(received.last_at.saturating_sub(started_at));
+    let received = received::gather(running, "member").await;
     let mut report = Report {
         mode: "rooms",
         nodes: target.endpoints.len(),
         connections,
-        delivery: Some(Delivery::new(
-            published,
-            expected(),
-            received.delivered,
-            received.disordered,
-            wall,
-        )),
-        latency_us: Some(Latency::from(&received.latency)),
         ..Report::default()
     };
-    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
-        report.server_cpu = Some(ServerCpu::new(
-            after.saturating_sub(before),
-            wall,
-            received.delivered,
-        ));
-    }
-    report.note_error(received.errors, received.first_error);
+    report.record_deliveries(
+        totals.published.load(Ordering::Relaxed),
+        expected(),
+        received,
+        started_at,
+        (cpu_before, cpu_after),
+    );
     Ok(report)
 }
