@@ -339,9 +339,10 @@ fn section<T: DeserializeOwned>(
             } else {
                 format!("{key}.{path}")
             };
+            // The message alone: the key is already named, and toml's own text would repeat it.
             errors.push(KeyError {
                 key: full_key,
-                message: err.into_inner().to_string(),
+                message: err.into_inner().message().to_owned(),
             });
         }
     }

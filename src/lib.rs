@@ -9,6 +9,7 @@
 //! - [`protocol`]: the wire contract: frames, channel names, close and error codes, encodings.
 //!   No IO, no actix.
 //! - [`human_duration`]: `"15s"`-style durations for the config.
+//! - [`outbound_http`]: the HTTP client for calls to back ends (no redirects, bounded pool).
 //! - [`auth`]: `Identity`, the `Authenticator` chain (`jwt`, `gateway`, `introspect`,
 //!   `redis_session`), `Revalidation`. No actix, no Redis client.
 //! - [`backend`]: calls to the application back end: action routes (`[routes]`) and the
@@ -51,6 +52,7 @@ pub mod connection;
 pub mod hub;
 pub mod human_duration;
 pub mod metrics;
+pub mod outbound_http;
 pub mod protocol;
 pub mod roster;
 pub mod server;

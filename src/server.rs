@@ -111,7 +111,11 @@ pub async fn run(
         None => None,
     };
     let auth = Arc::new(AuthChain::from_config(&config.auth, session_store)?);
-    let cookie_authentication = auth.reads_cookies();
+    // The connect hook decides identity too when it is given the browser's cookies.
+    let hook_reads_cookies = backend
+        .as_ref()
+        .is_some_and(|backend| backend.connect_hook().is_some() && backend.forwards_header("cookie"));
+    let ambient_credentials = auth.uses_ambient_credentials() || hook_reads_cookies;
     let sessions = SessionKeeper::new(
         auth.clone(),
         config.auth.revalidate_interval.0,
@@ -135,7 +139,7 @@ pub async fn run(
         settings,
         limits: HandshakeLimits {
             allowed_origins: server_config.allowed_origins.clone(),
-            cookie_authentication,
+            ambient_credentials,
             max_frame_bytes: server_config.max_frame_bytes,
             outbound_queue: server_config.outbound_queue,
         },

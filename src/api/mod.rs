@@ -36,8 +36,10 @@ pub struct ApiConfig {
 #[derive(Debug, Clone)]
 pub struct HandshakeLimits {
     pub allowed_origins: Vec<String>,
-    /// An authenticator reads cookies: with no `allowed_origins`, only same-origin browsers.
-    pub cookie_authentication: bool,
+    /// Identity can rest on ambient browser credentials (a cookie-reading authenticator, a
+    /// gateway, a connect hook given the cookie): with no `allowed_origins`, only same-origin
+    /// browsers.
+    pub ambient_credentials: bool,
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
 }

@@ -212,10 +212,11 @@ async fn call_connect_hook(
 }
 
 /// A browser's `Origin` must be allow-listed when a list is configured (`"*"`: any). With an
-/// empty list, any origin is accepted, unless an authenticator reads cookies: then only the
-/// server's own origin (the `Origin` host equals the `Host` header), since a cookie would let
-/// any site open an authenticated socket in its visitor's name (cross-site WebSocket
-/// hijacking). No `Origin` header means not a browser, which is not checked.
+/// empty list, any origin is accepted, unless identity can rest on ambient browser credentials
+/// (cookies, read by an authenticator, a gateway, or the connect hook): then only the server's
+/// own origin (the `Origin` host equals the `Host` header), since a cookie would let any site
+/// open an authenticated socket in its visitor's name (cross-site WebSocket hijacking). No
+/// `Origin` header means not a browser, which is not checked.
 fn check_origin(request: &HttpRequest, limits: &HandshakeLimits) -> Result<(), Refusal> {
     let Some(origin) = request.headers().get(header::ORIGIN) else {
         return Ok(());
@@ -228,7 +229,7 @@ fn check_origin(request: &HttpRequest, limits: &HandshakeLimits) -> Result<(), R
         allowed
             .iter()
             .any(|entry| entry.eq_ignore_ascii_case(origin))
-    } else if limits.cookie_authentication {
+    } else if limits.ambient_credentials {
         let host = request
             .headers()
             .get(header::HOST)

@@ -104,9 +104,10 @@ pub trait Authenticator: Send + Sync + 'static {
     /// `Ok(Some)`: this is the identity; `Err`: refuse the handshake; `Ok(None)`: not mine.
     fn authenticate<'a>(&'a self, handshake: &'a Handshake) -> AuthFuture<'a, Option<Identity>>;
 
-    /// Whether this authenticator takes credentials from cookies (cross-site WebSocket
-    /// hijacking is then possible, so `Origin` must be checked).
-    fn reads_cookies(&self) -> bool {
+    /// Whether the identity it finds can rest on credentials a browser attaches by itself to a
+    /// request from any site: cookies, read directly or by a gateway in front of the node.
+    /// Cross-site WebSocket hijacking is then possible, so `Origin` must be checked.
+    fn uses_ambient_credentials(&self) -> bool {
         false
     }
 
@@ -184,12 +185,12 @@ impl AuthChain {
                 .any(|authenticator| authenticator.name() == identity.authenticator)
     }
 
-    /// Whether any authenticator reads cookies (the handshake's `Origin` is then checked even
-    /// when `server.allowed_origins` is empty).
-    pub fn reads_cookies(&self) -> bool {
+    /// Whether any authenticator rests on ambient browser credentials (the handshake's `Origin`
+    /// is then checked even when `server.allowed_origins` is empty).
+    pub fn uses_ambient_credentials(&self) -> bool {
         self.authenticators
             .iter()
-            .any(|authenticator| authenticator.reads_cookies())
+            .any(|authenticator| authenticator.uses_ambient_credentials())
     }
 
     /// Offers a new token to the first authenticator that takes tokens.

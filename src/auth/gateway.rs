@@ -166,6 +166,12 @@ impl Authenticator for GatewayAuthenticator {
         "gateway"
     }
 
+    /// Gateways (APISIX's `openid-connect`, oauth2-proxy) identify a browser by the session
+    /// cookie it sends them, which a page on any site makes it send.
+    fn uses_ambient_credentials(&self) -> bool {
+        true
+    }
+
     fn authenticate<'a>(&'a self, handshake: &'a Handshake) -> AuthFuture<'a, Option<Identity>> {
         Box::pin(async move {
             let userinfo = self.header(handshake, &self.config.userinfo_header);

@@ -11,6 +11,10 @@
 //!
 //! Answers are cached for `cache_ttl` by the forwarded credentials, and concurrent handshakes
 //! with the same credentials share one call, so a page opening ten sockets costs one request.
+//! A call runs as a task of its own, bounded by `timeout`, whether or not any handshake still
+//! waits for it (a client that hangs up mid-handshake cannot leave a call, and its HTTP
+//! connection, behind), and at most [`MAX_IN_FLIGHT`] calls run at once per node: past that,
+//! handshakes get 503 instead of queueing more work for an unauthenticated crowd.
 //! Re-validation repeats the call (bypassing the cache, refreshing it): 200 keeps the session
 //! alive, 401/403 ends it, anything else is `Unknown` and the caller's grace applies.
 
@@ -31,6 +35,8 @@ use crate::metrics as names;
 
 /// Cached answers above which expired ones are swept (and, if still full, all are dropped).
 const CACHE_CAPACITY: usize = 10_000;
+/// Introspection calls in flight at once on a node (distinct credentials; equal ones share).
+pub const MAX_IN_FLIGHT: usize = 256;
 
 /// The `[auth.introspect]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,8 +71,16 @@ type Forwarded = Arc<[(String, String)]>;
 type Answer = Result<Identity, AuthError>;
 
 enum CacheEntry {
+    /// A call running as its own task; askers share its answer.
     InFlight(Shared<BoxFuture<'static, Answer>>),
     Answered { at: Instant, answer: Answer },
+}
+
+/// Answers by credentials, and how many of them are calls still in flight.
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<Forwarded, CacheEntry>,
+    in_flight: usize,
 }
 
 pub struct IntrospectAuthenticator {
@@ -74,7 +88,8 @@ pub struct IntrospectAuthenticator {
     url: Arc<str>,
     forward_headers: Vec<String>,
     cache_ttl: Duration,
-    cache: Arc<Mutex<HashMap<Forwarded, CacheEntry>>>,
+    timeout: Duration,
+    cache: Arc<Mutex<Cache>>,
 }
 
 impl IntrospectAuthenticator {
@@ -98,10 +113,7 @@ impl IntrospectAuthenticator {
         if config.timeout.0.is_zero() {
             return Err((key("timeout"), "must be longer than 0s".to_owned()));
         }
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout.0)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+        let client = crate::outbound_http::client(Some(config.timeout.0))
             .map_err(|err| (key("url"), format!("cannot build an HTTP client: {err}")))?;
         Ok(Self {
             client,
@@ -112,7 +124,8 @@ impl IntrospectAuthenticator {
                 .map(|name| name.to_ascii_lowercase())
                 .collect(),
             cache_ttl: config.cache_ttl.0,
-            cache: Arc::new(Mutex::new(HashMap::new())),
+            timeout: config.timeout.0,
+            cache: Arc::new(Mutex::new(Cache::default())),
         })
     }
 
@@ -133,14 +146,23 @@ impl IntrospectAuthenticator {
     async fn answer(&self, forwarded: Forwarded) -> Answer {
         let call = {
             let mut cache = lock(&self.cache);
-            match cache.get(&forwarded) {
+            match cache.entries.get(&forwarded) {
                 Some(CacheEntry::Answered { at, answer }) if at.elapsed() < self.cache_ttl => {
                     return answer.clone();
                 }
                 Some(CacheEntry::InFlight(call)) => call.clone(),
+                _ if cache.in_flight >= MAX_IN_FLIGHT => {
+                    metrics::counter!(names::AUTH_BACKEND_ERRORS, "authenticator" => "introspect")
+                        .increment(1);
+                    return Err(AuthError::Unavailable(format!(
+                        "{MAX_IN_FLIGHT} introspection calls are already in flight"
+                    )));
+                }
                 _ => {
-                    let call = self.call_and_cache(forwarded.clone()).boxed().shared();
-                    cache.insert(forwarded, CacheEntry::InFlight(call.clone()));
+                    let call = self.start_call(&mut cache, forwarded.clone());
+                    cache
+                        .entries
+                        .insert(forwarded, CacheEntry::InFlight(call.clone()));
                     call
                 }
             }
@@ -148,30 +170,48 @@ impl IntrospectAuthenticator {
         call.await
     }
 
-    /// One call whose answer (unless the back end was unavailable) replaces the cache entry.
-    fn call_and_cache(
+    /// Starts one call as a task of its own (counted in flight until it ends); its answer,
+    /// unless the back end was unavailable, replaces the cache entry. The returned future only
+    /// waits for that task, so it may be dropped without stopping it.
+    fn start_call(
         &self,
+        cache: &mut Cache,
         forwarded: Forwarded,
-    ) -> impl Future<Output = Answer> + Send + 'static {
+    ) -> Shared<BoxFuture<'static, Answer>> {
+        cache.in_flight += 1;
         let client = self.client.clone();
         let url = self.url.clone();
-        let cache = self.cache.clone();
-        let ttl = self.cache_ttl;
-        async move {
-            let answer = call(&client, &url, &forwarded).await;
-            let mut cache = lock(&cache);
+        let shared_cache = self.cache.clone();
+        let (ttl, timeout) = (self.cache_ttl, self.timeout);
+        let task = tokio::spawn(async move {
+            let answer = tokio::time::timeout(timeout, call(&client, &url, &forwarded))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(backend_unavailable(
+                        &url,
+                        format!("introspection call took longer than {timeout:?}"),
+                    ))
+                });
+            let mut cache = lock(&shared_cache);
+            cache.in_flight = cache.in_flight.saturating_sub(1);
+            let in_flight_here = matches!(cache.entries.get(&forwarded), Some(CacheEntry::InFlight(_)));
             if matches!(answer, Err(AuthError::Unavailable(_))) || ttl.is_zero() {
-                cache.remove(&forwarded);
+                if in_flight_here {
+                    cache.entries.remove(&forwarded);
+                }
             } else {
-                if cache.len() >= CACHE_CAPACITY {
-                    cache.retain(|_, entry| {
-                        matches!(entry, CacheEntry::Answered { at, .. } if at.elapsed() < ttl)
+                if cache.entries.len() >= CACHE_CAPACITY {
+                    cache.entries.retain(|_, entry| match entry {
+                        CacheEntry::Answered { at, .. } => at.elapsed() < ttl,
+                        CacheEntry::InFlight(_) => true,
                     });
-                    if cache.len() >= CACHE_CAPACITY {
-                        cache.clear();
+                    if cache.entries.len() >= CACHE_CAPACITY {
+                        cache
+                            .entries
+                            .retain(|_, entry| matches!(entry, CacheEntry::InFlight(_)));
                     }
                 }
-                cache.insert(
+                cache.entries.insert(
                     forwarded,
                     CacheEntry::Answered {
                         at: Instant::now(),
@@ -180,7 +220,30 @@ impl IntrospectAuthenticator {
                 );
             }
             answer
+        });
+        async move {
+            task.await.unwrap_or_else(|_| {
+                Err(AuthError::Unavailable(
+                    "the introspection call was stopped".to_owned(),
+                ))
+            })
         }
+        .boxed()
+        .shared()
+    }
+
+    /// A fresh call for re-validation (bypassing the cache, refreshing it).
+    async fn call_again(&self, forwarded: Forwarded) -> Answer {
+        let call = {
+            let mut cache = lock(&self.cache);
+            if cache.in_flight >= MAX_IN_FLIGHT {
+                return Err(AuthError::Unavailable(format!(
+                    "{MAX_IN_FLIGHT} introspection calls are already in flight"
+                )));
+            }
+            self.start_call(&mut cache, forwarded)
+        };
+        call.await
     }
 }
 
@@ -189,7 +252,7 @@ impl Authenticator for IntrospectAuthenticator {
         "introspect"
     }
 
-    fn reads_cookies(&self) -> bool {
+    fn uses_ambient_credentials(&self) -> bool {
         self.forward_headers.iter().any(|name| name == "cookie")
     }
 
@@ -210,7 +273,7 @@ impl Authenticator for IntrospectAuthenticator {
                     expires_at: identity.expires_at,
                 });
             };
-            let answer = self.call_and_cache(forwarded.clone()).await;
+            let answer = self.call_again(forwarded.clone()).await;
             Ok(match answer {
                 Ok(alive) if alive.user == identity.user => Revalidation::Alive {
                     expires_at: alive.expires_at,
@@ -243,11 +306,7 @@ async fn call(client: &reqwest::Client, url: &str, forwarded: &Forwarded) -> Ans
     let response = request.send().await;
     metrics::histogram!(names::AUTH_BACKEND_DURATION, "authenticator" => "introspect")
         .record(started.elapsed().as_secs_f64());
-    let unavailable = |detail: String| {
-        metrics::counter!(names::AUTH_BACKEND_ERRORS, "authenticator" => "introspect").increment(1);
-        tracing::warn!(url, error = %detail, "introspection back end unavailable");
-        AuthError::Unavailable(detail)
-    };
+    let unavailable = |detail: String| backend_unavailable(url, detail);
     let response = response.map_err(|err| {
         let what = if err.is_timeout() {
             "timed out"
@@ -276,11 +335,18 @@ async fn call(client: &reqwest::Client, url: &str, forwarded: &Forwarded) -> Ans
     Ok(Identity {
         user: Some(user),
         session: body.session.as_ref().and_then(id_of),
-        expires_at: body.expires_in.map(|seconds| unix_now() + seconds),
+        expires_at: body.expires_in.map(|seconds| unix_now().saturating_add(seconds)),
         channels: body.channels,
         authenticator: "introspect",
         credential: Some(Credential::Headers(forwarded.clone())),
     })
+}
+
+/// The back end could not answer: counted, logged with the detail, and refused with 503.
+fn backend_unavailable(url: &str, detail: String) -> AuthError {
+    metrics::counter!(names::AUTH_BACKEND_ERRORS, "authenticator" => "introspect").increment(1);
+    tracing::warn!(url, error = %detail, "introspection back end unavailable");
+    AuthError::Unavailable(detail)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -2,11 +2,12 @@
 //! parameter, or a named cookie.
 //!
 //! Keys come from `[auth.jwt]`: a shared `secret` (HS256/384/512), one PEM public key (RSA, EC
-//! P-256/P-384 or Ed25519), and/or a JWKS file. JWKS keys are looked up by the token's issuer
-//! *and* `kid`, never by `kid` alone, so one issuer cannot pick another issuer's key. Each
-//! algorithm is verified only with a key of its own family (an HS256 token is never checked
-//! against an RSA public key, which would be the classic algorithm-confusion attack), and
-//! `alg: none` does not exist for the decoder. `iss`, `aud`, `exp` and `nbf` are checked with
+//! P-256/P-384 or Ed25519), and/or a JWKS file, in any mix. JWKS keys are looked up by the
+//! token's issuer *and* `kid`, never by `kid` alone, so one issuer cannot pick another issuer's
+//! key. A token's header `alg` must be on the allow-list; the token is then verified with that
+//! one algorithm, and only with a key of its family (an HS256 token is never checked against an
+//! RSA public key, which would be the classic algorithm-confusion attack), and `alg: none` does
+//! not exist for the decoder. `iss`, `aud`, `exp` and `nbf` are checked with
 //! `leeway`; `exp` is required unless `require_exp = false`.
 //!
 //! The token is self-contained, so the identity is never re-validated: it lives until `exp`
@@ -41,7 +42,8 @@ pub struct JwtConfig {
     pub jwks_file: Option<PathBuf>,
     /// The required `iss`; empty: not checked (not allowed with a plain JWKS).
     pub issuer: String,
-    /// Accepted `aud` values; empty: `aud` is not checked.
+    /// Accepted `aud` values (one string or a list); empty: `aud` is not checked.
+    #[serde(deserialize_with = "one_or_many")]
     pub audience: Vec<String>,
     /// The claim holding the user id (a string or a number).
     pub user_claim: String,
@@ -93,7 +95,10 @@ struct Keys {
 /// Verifies tokens; built once from [`JwtConfig`].
 pub struct JwtAuthenticator {
     keys: Keys,
-    validation: Validation,
+    /// One validation per accepted algorithm, each allowing that algorithm alone: jsonwebtoken
+    /// refuses a validation whose algorithms span key families, so one shared validation would
+    /// refuse every token of a config mixing a secret with public keys.
+    validations: Vec<(Algorithm, Validation)>,
     config: JwtConfig,
 }
 
@@ -202,13 +207,22 @@ impl JwtAuthenticator {
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
+        let validations = validation
+            .algorithms
+            .iter()
+            .map(|&algorithm| {
+                let mut only = validation.clone();
+                only.algorithms = vec![algorithm];
+                (algorithm, only)
+            })
+            .collect();
         Ok(Self {
             keys: Keys {
                 secret,
                 public,
                 by_issuer_and_kid,
             },
-            validation,
+            validations,
             config: config.clone(),
         })
     }
@@ -233,8 +247,19 @@ impl JwtAuthenticator {
     /// Verifies `token` and reads the identity out of its claims.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(refusal)?;
+        let validation = self
+            .validations
+            .iter()
+            .find(|(algorithm, _)| *algorithm == header.alg)
+            .map(|(_, validation)| validation)
+            .ok_or_else(|| {
+                AuthError::refused(
+                    RefusalReason::InvalidToken,
+                    format!("algorithm {:?} is not accepted", header.alg),
+                )
+            })?;
         let key = self.key_for(token, &header)?;
-        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, key, &self.validation)
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
             .map_err(refusal)?
             .claims;
         let user = claims
@@ -274,12 +299,6 @@ impl JwtAuthenticator {
         token: &str,
         header: &jsonwebtoken::Header,
     ) -> Result<&DecodingKey, AuthError> {
-        if !self.validation.algorithms.contains(&header.alg) {
-            return Err(AuthError::refused(
-                RefusalReason::InvalidToken,
-                format!("algorithm {:?} is not accepted", header.alg),
-            ));
-        }
         let unknown = |detail: String| AuthError::refused(RefusalReason::UnknownKey, detail);
         if header.alg.family() == jsonwebtoken::AlgorithmFamily::Hmac {
             return self
@@ -330,7 +349,7 @@ impl Authenticator for JwtAuthenticator {
         "jwt"
     }
 
-    fn reads_cookies(&self) -> bool {
+    fn uses_ambient_credentials(&self) -> bool {
         !self.config.cookie.is_empty()
     }
 
@@ -345,6 +364,23 @@ impl Authenticator for JwtAuthenticator {
 
     fn refresh<'a>(&'a self, token: &'a str) -> Option<AuthFuture<'a, Identity>> {
         Some(Box::pin(async move { self.verify(token) }))
+    }
+}
+
+/// `"aud"` or `["aud", ...]`: JWT's own `aud` claim takes either, so the config does too.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(deserializer) {
+        Ok(OneOrMany::One(one)) => Ok(vec![one]),
+        Ok(OneOrMany::Many(many)) => Ok(many),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a string or a list of strings",
+        )),
     }
 }
 

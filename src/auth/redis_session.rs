@@ -121,7 +121,7 @@ impl Authenticator for RedisSessionAuthenticator {
         "redis_session"
     }
 
-    fn reads_cookies(&self) -> bool {
+    fn uses_ambient_credentials(&self) -> bool {
         true
     }
 

@@ -173,9 +173,7 @@ impl Backend {
                 },
             );
         }
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+        let client = crate::outbound_http::client(None)
             .map_err(|err| format!("backend: cannot build the HTTP client: {err}"))?;
         Ok(Some(Arc::new(Self {
             client,

@@ -18,10 +18,11 @@
 //! socket directly (the HTTP dispatcher polls [`outbound::OutboundBody`]).
 
 pub mod admission;
+mod membership;
 pub mod outbound;
 pub mod rate_limit;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,7 @@ use crate::backend::{Backend, Caller, DISCONNECT_HOOK, Instructions};
 use crate::broker::{BrokerFuture, Publication};
 use crate::hub::{
     ChannelPolicy, ConnectionKey, Disconnect, Disconnector, Draining, Hub, LocalConnection, Member,
-    Outbound, OutboundSender,
+    Membership, Outbound, OutboundSender,
 };
 use crate::metrics as names;
 use crate::protocol::codec::{decode_binary, decode_text};
@@ -100,7 +101,8 @@ pub struct Connection {
     disconnector: Disconnector,
     /// Where their one notice arrives; watched from `started`.
     disconnect_notice: Option<oneshot::Receiver<Disconnect>>,
-    channels: HashSet<ChannelName>,
+    /// The channels this connection is in (or joining), each under its own membership.
+    channels: HashMap<ChannelName, Membership>,
     initial_channels: Vec<String>,
     connect_instructions: Option<Instructions>,
     /// The close code, once known (for the `disconnect` hook).
@@ -148,7 +150,7 @@ impl Connection {
             closer: Some(parts.closer),
             disconnector,
             disconnect_notice: Some(disconnect_notice),
-            channels: HashSet::new(),
+            channels: HashMap::new(),
             initial_channels: parts.initial_channels,
             connect_instructions: parts.connect_instructions,
             closed_with: None,
@@ -250,8 +252,6 @@ impl Connection {
     /// then sends `welcome` (the first frame), then an `error` for each refused channel, then
     /// starts reading client frames.
     fn join_initial_channels(&mut self, ctx: &mut Context<Self>, user_subscribed: BrokerFuture) {
-        let mut refused = Vec::new();
-        let mut joining = Vec::new();
         let (granted, hook_publications) = match self.connect_instructions.take() {
             Some(instructions) => (instructions.join, instructions.publish),
             None => (Vec::new(), Vec::new()),
@@ -259,22 +259,9 @@ impl Connection {
         let requested = std::mem::take(&mut self.initial_channels)
             .into_iter()
             .map(|name| (name, true))
-            .chain(granted.into_iter().map(|name| (name, false)));
-        for (name, check_policy) in requested {
-            match self.admit_join(&name, check_policy) {
-                Ok(channel) => {
-                    if self.channels.insert(channel.clone()) {
-                        joining.push(channel);
-                    }
-                }
-                Err((code, reason)) => refused.push((code, reason)),
-            }
-        }
-        let member = self.member();
-        let joins = joining.into_iter().map(|channel| {
-            let join = self.hub.join(channel.clone(), member.clone());
-            async move { (channel, join.await) }
-        });
+            .chain(granted.into_iter().map(|name| (name, false)))
+            .collect();
+        let (mut refused, joins) = self.join_all(requested);
         let id = self.id.clone();
         let user_subscribed = async move {
             if let Err(err) = user_subscribed.await {
@@ -282,20 +269,18 @@ impl Connection {
                 tracing::debug!(connection = %id, error = %err, "user topic not subscribed yet");
             }
         };
-        futures_util::future::join(futures_util::future::join_all(joins), user_subscribed)
+        futures_util::future::join(joins, user_subscribed)
             .into_actor(self)
-            .map(move |(results, ()), connection, ctx| {
-                for (channel, result) in &results {
-                    if let Err(err) = result {
-                        connection.channels.remove(channel);
-                        refused.push((ErrorCode::BackendUnavailable, err.to_string()));
+            .map(move |(answers, ()), connection, ctx| {
+                let mut joined = Vec::new();
+                for answer in answers {
+                    let channel = answer.channel.clone();
+                    match connection.finish_join(answer) {
+                        Ok(()) => joined.push(channel),
+                        Err(refusal) => refused.push(refusal),
                     }
                 }
-                let joined: Vec<&str> = results
-                    .iter()
-                    .filter(|(_, result)| result.is_ok())
-                    .map(|(channel, _)| channel.as_str())
-                    .collect();
+                let joined: Vec<&str> = joined.iter().map(ChannelName::as_str).collect();
                 let welcome = ServerFrame::Welcome {
                     connection_id: &connection.id,
                     user: connection.identity.user.as_deref(),
@@ -310,11 +295,6 @@ impl Connection {
                 for (code, reason) in refused {
                     connection.error(ctx, None, code, &reason);
                 }
-                for (channel, result) in &results {
-                    if result.is_ok() {
-                        connection.announce(channel, true);
-                    }
-                }
                 connection.publish_for_backend(ctx, hook_publications);
                 if let Some(inbound) = connection.inbound.take() {
                     ctx.add_stream(inbound);
@@ -322,32 +302,6 @@ impl Connection {
                 connection.start_heartbeat(ctx);
             })
             .spawn(ctx);
-    }
-
-    /// The checks a join must pass before it reaches the hub (the channel rules only when
-    /// `check_policy`: the back end's joins skip them).
-    fn admit_join(
-        &self,
-        name: &str,
-        check_policy: bool,
-    ) -> Result<ChannelName, (ErrorCode, String)> {
-        let channel = parse_channel(name)?;
-        if self.channels.contains(&channel) {
-            return Ok(channel);
-        }
-        if self.channels.len() >= self.settings.max_channels {
-            return Err((
-                ErrorCode::ChannelLimit,
-                format!(
-                    "may not join more than {} channels",
-                    self.settings.max_channels
-                ),
-            ));
-        }
-        if check_policy && !self.settings.policy.may_join(&self.identity, name) {
-            return Err((ErrorCode::Forbidden, format!("may not join {name}")));
-        }
-        Ok(channel)
     }
 
     fn start_heartbeat(&mut self, ctx: &mut Context<Self>) {
@@ -456,37 +410,21 @@ impl Connection {
     fn carry_out(&mut self, ctx: &mut Context<Self>, id: Option<u64>, instructions: Instructions) {
         for name in &instructions.leave {
             if let Ok(channel) = ChannelName::parse(name) {
-                if self.channels.remove(&channel) {
-                    self.hub.leave(&channel, self.key);
-                    self.announce(&channel, false);
-                }
+                self.leave_channel(&channel);
             }
         }
-        let mut refused = Vec::new();
-        let mut joins = Vec::new();
-        for name in &instructions.join {
-            match self.admit_join(name, false) {
-                Ok(channel) if self.channels.insert(channel.clone()) => {
-                    let join = self.hub.join(channel.clone(), self.member());
-                    joins.push(async move { (channel, join.await) });
-                }
-                Ok(_already_joined) => {}
-                Err((_, reason)) => refused.push(reason),
-            }
-        }
+        let joins = instructions.join.into_iter().map(|name| (name, false)).collect();
+        let (refused, joins) = self.join_all(joins);
+        let mut refused: Vec<String> = refused.into_iter().map(|(_, reason)| reason).collect();
         let (publications, reply) = (instructions.publish, instructions.reply);
         // Publish once the joins are live, so the connection hears what it publishes to a
         // channel it was just told to join.
-        futures_util::future::join_all(joins)
+        joins
             .into_actor(self)
-            .then(move |joined, connection, _ctx| {
-                for (channel, result) in joined {
-                    match result {
-                        Ok(()) => connection.announce(&channel, true),
-                        Err(err) => {
-                            connection.channels.remove(&channel);
-                            refused.push(err.to_string());
-                        }
+            .then(move |answers, connection, _ctx| {
+                for answer in answers {
+                    if let Err((_, reason)) = connection.finish_join(answer) {
+                        refused.push(reason);
                     }
                 }
                 connection
@@ -572,50 +510,6 @@ impl Connection {
                 tracing::debug!(%channel, error = %err, "presence event not published");
             }
         });
-    }
-
-    fn on_join(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str) {
-        let channel = match self.admit_join(name, true) {
-            Ok(channel) => channel,
-            Err((code, reason)) => return self.error(ctx, id, code, &reason),
-        };
-        if !self.channels.insert(channel.clone()) {
-            return self.reply(ctx, id, &Value::Null);
-        }
-        let member = self.member();
-        self.hub
-            .join(channel.clone(), member)
-            .into_actor(self)
-            .map(move |result, connection, ctx| match result {
-                Ok(()) => {
-                    connection.reply(ctx, id, &Value::Null);
-                    connection.announce(&channel, true);
-                }
-                // A failed join never reached a group, so there is nothing to leave.
-                Err(err) => {
-                    connection.channels.remove(&channel);
-                    connection.error(ctx, id, ErrorCode::BackendUnavailable, &err.to_string());
-                }
-            })
-            .spawn(ctx);
-    }
-
-    fn on_leave(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str) {
-        let leaving = parse_channel(name).and_then(|channel| {
-            if self.channels.remove(&channel) {
-                Ok(channel)
-            } else {
-                Err((ErrorCode::NotJoined, format!("not joined to {name}")))
-            }
-        });
-        match leaving {
-            Ok(channel) => {
-                self.hub.leave(&channel, self.key);
-                self.reply(ctx, id, &Value::Null);
-                self.announce(&channel, false);
-            }
-            Err((code, reason)) => self.error(ctx, id, code, &reason),
-        }
     }
 
     fn on_publish(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str, data: Value) {
@@ -765,11 +659,7 @@ impl Actor for Connection {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        let channels: Vec<ChannelName> = self.channels.drain().collect();
-        for channel in &channels {
-            self.hub.leave(channel, self.key);
-            self.announce(channel, false);
-        }
+        let channels = self.leave_all();
         self.call_disconnect_hook(&channels);
         self.hub.unregister(self.key);
         if let Some(ticket) = self.session.take() {

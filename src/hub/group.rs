@@ -4,9 +4,13 @@
 //! A group is started with its first join, so it never exists empty. It subscribes to its
 //! channel on the broker when it starts and unsubscribes when it stops (also after a failed
 //! subscribe, which holds a reference too); joins that arrive before
-//! the subscription is confirmed wait for it. Once subscribed, it stops itself (after removing
-//! itself from the registry) when its last member leaves; a join that raced with that stop finds
-//! its reply channel dropped and is retried by the hub against a fresh group.
+//! the subscription is confirmed wait for it. Once subscribed, it retires (removes itself from
+//! the registry and stops) when its last member leaves; a join that raced with that, still in
+//! its mailbox, finds its reply channel dropped and is retried by the hub against a fresh group.
+//!
+//! Every join and leave carries the connection's [`Membership`] token: a join whose membership
+//! ended (the connection left before the join was handled) is answered `Cancelled` and not
+//! added, and a leave removes a member only for the membership that added it.
 //!
 //! Fan-out: a publication is encoded at most once per encoding, and the same reference-counted
 //! bytes are `try_send`-ed into each member's bounded queue. A full queue removes the member and
@@ -24,6 +28,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
 use super::member::{ConnectionKey, Member, Outbound};
+use super::membership::Membership;
 use super::registry::GroupRegistry;
 use crate::broker::{Broker, Publication, Topic};
 use crate::metrics as names;
@@ -41,6 +46,9 @@ pub const GROUP_MAILBOX_CAPACITY: usize = 1024;
 pub enum JoinError {
     #[error("cannot subscribe to the channel: {0}")]
     BackendUnavailable(String),
+    /// The connection left the channel (or closed) before the join completed.
+    #[error("left the channel before the join completed")]
+    Cancelled,
 }
 
 pub(crate) type JoinReply = oneshot::Sender<Result<(), JoinError>>;
@@ -50,13 +58,16 @@ pub(crate) type JoinReply = oneshot::Sender<Result<(), JoinError>>;
 #[rtype(result = "()")]
 pub(crate) struct Join {
     pub(crate) member: Member,
+    pub(crate) membership: Membership,
     pub(crate) reply: JoinReply,
 }
 
+/// Removes the member, if `membership` is the one that added it.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Leave {
     pub(crate) connection: ConnectionKey,
+    pub(crate) membership: Membership,
 }
 
 /// A publication to fan out to every member.
@@ -65,7 +76,7 @@ pub(crate) struct Leave {
 pub(crate) struct Deliver(pub(crate) Arc<Publication>);
 
 enum Subscription {
-    Pending(Vec<(Member, JoinReply)>),
+    Pending(Vec<Join>),
     Active,
     Failed,
 }
@@ -73,8 +84,12 @@ enum Subscription {
 pub(crate) struct Group {
     name: ChannelName,
     members: Vec<Member>,
-    index: HashMap<ConnectionKey, usize>,
+    /// Each member's position in `members`, and the membership that added it.
+    index: HashMap<ConnectionKey, (usize, Membership)>,
     subscription: Subscription,
+    /// Set once the group has left the registry to stop: joins still in its mailbox are not
+    /// taken (their replies are dropped, so the hub retries them on a fresh group).
+    retired: bool,
     registry: GroupRegistry,
     broker: Arc<dyn Broker>,
 }
@@ -107,35 +122,54 @@ impl Group {
             name,
             members: Vec::new(),
             index: HashMap::new(),
-            subscription: Subscription::Pending(vec![(first.member, first.reply)]),
+            subscription: Subscription::Pending(vec![first]),
             registry,
             broker,
+            retired: false,
         }
     }
 
-    fn add(&mut self, member: Member) {
-        match self.index.get(&member.connection) {
-            Some(&position) => self.members[position] = member,
+    /// Adds the member of a join whose membership is still active, and answers it.
+    fn admit(&mut self, join: Join) {
+        let Join {
+            member,
+            membership,
+            reply,
+        } = join;
+        if !membership.is_active() {
+            let _ = reply.send(Err(JoinError::Cancelled));
+            return;
+        }
+        match self.index.get_mut(&member.connection) {
+            Some((position, current)) => {
+                self.members[*position] = member;
+                *current = membership;
+            }
             None => {
-                self.index.insert(member.connection, self.members.len());
+                self.index
+                    .insert(member.connection, (self.members.len(), membership));
                 self.members.push(member);
             }
         }
+        let _ = reply.send(Ok(()));
     }
 
     fn remove(&mut self, connection: ConnectionKey) {
-        if let Some(position) = self.index.remove(&connection) {
+        if let Some((position, _)) = self.index.remove(&connection) {
             self.members.swap_remove(position);
             if let Some(moved) = self.members.get(position) {
-                self.index.insert(moved.connection, position);
+                if let Some((moved_position, _)) = self.index.get_mut(&moved.connection) {
+                    *moved_position = position;
+                }
             }
         }
     }
 
-    /// Stops a subscribed group once nobody is in it. A group still subscribing waits for the
+    /// Retires a subscribed group once nobody is in it. A group still subscribing waits for the
     /// subscription to settle first, so it never leaves a subscription behind.
     fn retire_if_empty(&mut self, ctx: &mut Context<Self>) {
         if self.members.is_empty() && matches!(self.subscription, Subscription::Active) {
+            self.retired = true;
             self.registry.remove_if_same(&self.name, &ctx.address());
             ctx.stop();
         }
@@ -228,17 +262,18 @@ impl Actor for Group {
                 };
                 match result {
                     Ok(()) => {
-                        for (member, reply) in pending {
-                            group.add(member);
-                            let _ = reply.send(Ok(()));
+                        for join in pending {
+                            group.admit(join);
                         }
                         group.retire_if_empty(ctx);
                     }
                     Err(err) => {
                         tracing::debug!(channel = %group.name, error = %err, "subscribe failed");
                         group.subscription = Subscription::Failed;
-                        for (_, reply) in pending {
-                            let _ = reply.send(Err(JoinError::BackendUnavailable(err.to_string())));
+                        for join in pending {
+                            let _ = join
+                                .reply
+                                .send(Err(JoinError::BackendUnavailable(err.to_string())));
                         }
                         group.registry.remove_if_same(&group.name, &ctx.address());
                         ctx.stop();
@@ -266,12 +301,13 @@ impl Handler<Join> for Group {
     type Result = ();
 
     fn handle(&mut self, join: Join, _ctx: &mut Self::Context) {
+        if self.retired {
+            // Dropping the reply makes the hub retry against a fresh group.
+            return;
+        }
         match &mut self.subscription {
-            Subscription::Pending(pending) => pending.push((join.member, join.reply)),
-            Subscription::Active => {
-                self.add(join.member);
-                let _ = join.reply.send(Ok(()));
-            }
+            Subscription::Pending(pending) => pending.push(join),
+            Subscription::Active => self.admit(join),
             // Dropping the reply makes the hub retry against a fresh group.
             Subscription::Failed => {}
         }
@@ -282,10 +318,15 @@ impl Handler<Leave> for Group {
     type Result = ();
 
     fn handle(&mut self, leave: Leave, ctx: &mut Self::Context) {
-        self.remove(leave.connection);
+        let added_by_it = self
+            .index
+            .get(&leave.connection)
+            .is_some_and(|(_, membership)| membership.is(&leave.membership));
+        if added_by_it {
+            self.remove(leave.connection);
+        }
         if let Subscription::Pending(pending) = &mut self.subscription {
-            // The reply is dropped with the entry; the connection no longer waits for it.
-            pending.retain(|(member, _)| member.connection != leave.connection);
+            pending.retain(|join| !join.membership.is(&leave.membership));
         }
         self.retire_if_empty(ctx);
     }

@@ -4,6 +4,8 @@
 //! - [`registry`]: channel name → group, and the broker's sink.
 //! - [`member`]: what a group knows of a member (its bounded outbound queue, its one-shot
 //!   `Disconnector`).
+//! - [`membership`]: the token one join shares with its leave, so a leave that overtakes its
+//!   join cancels it wherever it is.
 //! - [`directory`]: the connections on this node, by key, user and session; connection ids.
 //! - [`sink`]: what the broker delivers to this node (publications, control operations).
 //! - [`policy`]: the `[[channels]]` rules.
@@ -15,6 +17,7 @@
 pub mod directory;
 pub mod group;
 pub mod member;
+pub mod membership;
 pub mod policy;
 pub mod registry;
 pub mod sink;
@@ -37,6 +40,7 @@ use group::{Group, Join, Leave};
 pub use member::{
     ConnectionKey, Disconnect, Disconnector, Member, Outbound, OutboundSender, outbound_queue,
 };
+pub use membership::Membership;
 pub use policy::{Access, ChannelPolicy, ChannelRule};
 pub use registry::GroupRegistry;
 pub use sink::HubSink;
@@ -95,26 +99,35 @@ impl Hub {
         &self.inner.broker
     }
 
-    /// Adds `member` to `channel`'s group, starting (and subscribing) the group if needed.
-    /// The join is sent before this returns, so a later `leave` is ordered after it; the future
-    /// resolves once publications on the channel reach the member.
+    /// Adds `member` to `channel`'s group, starting (and subscribing) the group if needed, under
+    /// a new [`Membership`] that [`leave`](Self::leave) ends. The join is sent before this
+    /// returns, so a later `leave` is ordered after it; the future resolves once publications on
+    /// the channel reach the member, or with [`JoinError::Cancelled`] when the membership ended
+    /// first (it is then never retried, and no group keeps the member).
     pub fn join(
         &self,
         channel: ChannelName,
         member: Member,
-    ) -> impl Future<Output = Result<(), JoinError>> + 'static {
+    ) -> (
+        Membership,
+        impl Future<Output = Result<(), JoinError>> + 'static,
+    ) {
         let hub = self.clone();
-        let mut reply = hub.send_join(&channel, member.clone());
+        let membership = Membership::new();
+        let mut reply = hub.send_join(&channel, member.clone(), membership.clone());
         // Recorded when sent, so a leave that follows (ordered after it) undoes it.
         hub.inner.directory.joined(member.connection, &channel);
-        async move {
+        let joining = membership.clone();
+        let joined = async move {
             let mut attempts = 1;
             let result = loop {
                 match reply.await {
                     Ok(result) => break result,
+                    // The leave that ended it undid the bookkeeping.
+                    Err(_) if !joining.is_active() => return Err(JoinError::Cancelled),
                     Err(_group_stopped) if attempts < JOIN_ATTEMPTS => {
                         attempts += 1;
-                        reply = hub.send_join(&channel, member.clone());
+                        reply = hub.send_join(&channel, member.clone(), joining.clone());
                     }
                     Err(_group_stopped) => {
                         break Err(JoinError::BackendUnavailable(
@@ -123,24 +136,29 @@ impl Hub {
                     }
                 }
             };
-            if result.is_err() {
+            if result.is_err() && joining.end() {
                 hub.inner.directory.left(member.connection, &channel);
             }
             result
-        }
+        };
+        (membership, joined)
     }
 
     fn send_join(
         &self,
         channel: &ChannelName,
         member: Member,
+        membership: Membership,
     ) -> oneshot::Receiver<Result<(), JoinError>> {
         let (reply, receiver) = oneshot::channel();
+        let join = Join {
+            member,
+            membership,
+            reply,
+        };
         self.inner
             .registry
-            .join_or_start(channel, Join { member, reply }, |first| {
-                self.start_group(channel, first)
-            });
+            .join_or_start(channel, join, |first| self.start_group(channel, first));
         receiver
     }
 
@@ -159,12 +177,20 @@ impl Hub {
         )
     }
 
-    /// Removes a connection from `channel`'s group. Not subject to the mailbox bound: a leave is
-    /// one per join, and a lost one would leave a member behind.
-    pub fn leave(&self, channel: &ChannelName, connection: ConnectionKey) {
+    /// Ends `membership` of `channel`: the connection leaves the channel's group, or its join
+    /// (wherever it is) is cancelled. Not subject to the mailbox bound: a leave is one per join,
+    /// and a lost one would leave a member behind. Ending a membership that already ended (a
+    /// failed join) does nothing.
+    pub fn leave(&self, channel: &ChannelName, connection: ConnectionKey, membership: &Membership) {
+        if !membership.end() {
+            return;
+        }
         self.inner.directory.left(connection, channel);
         if let Some(group) = self.inner.registry.get(channel.as_str()) {
-            group.do_send(Leave { connection });
+            group.do_send(Leave {
+                connection,
+                membership: membership.clone(),
+            });
         }
     }
 

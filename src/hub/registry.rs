@@ -102,7 +102,12 @@ mod tests {
             let (reply, _joined) = tokio::sync::oneshot::channel();
             // The group runs on this very thread, so it cannot drain its mailbox while this
             // synchronous loop fills it: it is as far behind as a group can be.
-            registry.join_or_start(&channel, Join { member, reply }, |first| {
+            let join = Join {
+                member,
+                membership: crate::hub::Membership::new(),
+                reply,
+            };
+            registry.join_or_start(&channel, join, |first| {
                 Group::start(
                     &Arbiter::current(),
                     channel.clone(),

@@ -40,3 +40,7 @@ impl ErrorCode {
         }
     }
 }
+
+/// The reason a client hears when the broker cannot publish or subscribe right now. Neutral on
+/// purpose: what went wrong (a Redis error, an address) is the operator's, and goes to the log.
+pub const BROKER_UNAVAILABLE_REASON: &str = "the message broker is unavailable; retry shortly";

@@ -20,5 +20,5 @@ pub use close::CloseCode;
 pub use codec::{DecodeError, EncodeError, Encoding, OutboundFrame};
 pub use control::{ControlOp, ControlTarget};
 pub use envelope::{Envelope, PublicationKind};
-pub use error_code::ErrorCode;
+pub use error_code::{BROKER_UNAVAILABLE_REASON, ErrorCode};
 pub use frame::{ClientFrame, ClientRequest, ServerFrame};

@@ -73,6 +73,14 @@ impl KeyPair {
         jsonwebtoken::encode(&header, claims, &self.encoding_key()).expect("sign")
     }
 
+    /// The public key as a JWK of any family, named `kid` and pinned to its algorithm.
+    pub fn jwk(&self, kid: &str) -> Value {
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&self.encoding_key(), self.algorithm)
+            .expect("jwk");
+        jwk.common.key_id = Some(kid.to_owned());
+        serde_json::to_value(jwk).expect("jwk json")
+    }
+
     /// The public key as a JWK (RSA keys only), named `kid`.
     pub fn rsa_jwk(&self, kid: &str) -> Value {
         let path = self.public_pem_file.to_str().expect("path");

@@ -13,6 +13,7 @@ mod deploy;
 mod faults;
 mod frames;
 mod handshake;
+mod hardening;
 mod integration;
 mod lifecycle;
 mod load_tool;

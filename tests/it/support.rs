@@ -213,6 +213,29 @@ impl TestServer {
         }
     }
 
+    /// How many file descriptors the server process holds.
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc fd")
+            .count()
+    }
+
+    /// Waits until the server holds at most `limit` file descriptors.
+    pub async fn wait_for_open_files_at_most(&self, limit: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let open = self.open_files();
+            if open <= limit {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server still holds {open} descriptors, expected at most {limit}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Resident memory of the server process, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))

@@ -1,0 +1,197 @@
+//! The one way a connection joins and leaves channels, whoever asks: the handshake's channels,
+//! a client's `join`/`leave`, the back end's instructions, and the close.
+//!
+//! A join is admitted (valid name, channel limit, the channel rules unless the back end asked),
+//! recorded in the connection's channel map under a fresh [`Membership`], and sent to the hub;
+//! [`Connection::finish_join`] settles it when the hub answers: live (announced to a presence
+//! channel), rolled back (the broker could not subscribe), or superseded (the connection left
+//! the channel, and maybe joined it again, before the answer came: the answer then belongs to a
+//! membership that no longer exists and changes nothing). A leave ends the membership wherever
+//! its join is, so the channel map, the groups, the directory and the broker's subscriptions
+//! agree after any interleaving of joins, leaves and the close.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix::prelude::*;
+
+use super::Connection;
+use crate::hub::{JoinError, Membership};
+use crate::protocol::{ChannelName, ErrorCode};
+
+/// Why a join or leave was refused: the `error` frame's code and reason.
+pub(super) type Refusal = (ErrorCode, String);
+
+/// A join sent to the hub, waiting for its answer.
+pub(super) struct PendingJoin {
+    pub(super) channel: ChannelName,
+    membership: Membership,
+    joined: Pin<Box<dyn Future<Output = Result<(), JoinError>>>>,
+}
+
+/// A join's answer, with what it belongs to.
+pub(super) struct JoinAnswer {
+    pub(super) channel: ChannelName,
+    membership: Membership,
+    result: Result<(), JoinError>,
+}
+
+impl PendingJoin {
+    /// Waits for the hub's answer.
+    pub(super) async fn answer(self) -> JoinAnswer {
+        JoinAnswer {
+            result: self.joined.await,
+            channel: self.channel,
+            membership: self.membership,
+        }
+    }
+}
+
+/// The reason a client gets for a join that its own leave overtook.
+pub(super) const SUPERSEDED_REASON: &str = "left the channel before the join completed";
+
+impl Connection {
+    /// Starts joining `name`: `Ok(None)` when already a member, else the join in flight (settle
+    /// its answer with [`finish_join`](Self::finish_join)). The channel rules are consulted only
+    /// when `check_policy` (the back end's joins skip them; the channel limit always applies).
+    pub(super) fn start_join(
+        &mut self,
+        name: &str,
+        check_policy: bool,
+    ) -> Result<Option<PendingJoin>, Refusal> {
+        let channel = super::parse_channel(name)?;
+        if self.channels.contains_key(&channel) {
+            return Ok(None);
+        }
+        if self.channels.len() >= self.settings.max_channels {
+            return Err((
+                ErrorCode::ChannelLimit,
+                format!(
+                    "may not join more than {} channels",
+                    self.settings.max_channels
+                ),
+            ));
+        }
+        if check_policy && !self.settings.policy.may_join(&self.identity, name) {
+            return Err((ErrorCode::Forbidden, format!("may not join {name}")));
+        }
+        let (membership, joined) = self.hub.join(channel.clone(), self.member());
+        self.channels.insert(channel.clone(), membership.clone());
+        Ok(Some(PendingJoin {
+            channel,
+            membership,
+            joined: Box::pin(joined),
+        }))
+    }
+
+    /// Settles a join's answer: `Ok` when the connection is now a member (announced to a
+    /// presence channel), else why not, for the client.
+    pub(super) fn finish_join(&mut self, answer: JoinAnswer) -> Result<(), Refusal> {
+        let JoinAnswer {
+            channel,
+            membership,
+            result,
+        } = answer;
+        let current = self
+            .channels
+            .get(&channel)
+            .is_some_and(|held| held.is(&membership));
+        if !current {
+            return Err((ErrorCode::NotJoined, SUPERSEDED_REASON.to_owned()));
+        }
+        match result {
+            Ok(()) if membership.go_live() => {
+                self.announce(&channel, true);
+                Ok(())
+            }
+            Ok(()) | Err(JoinError::Cancelled) => {
+                self.channels.remove(&channel);
+                Err((ErrorCode::NotJoined, SUPERSEDED_REASON.to_owned()))
+            }
+            // The hub ended the membership and undid its bookkeeping.
+            Err(JoinError::BackendUnavailable(detail)) => {
+                self.channels.remove(&channel);
+                tracing::debug!(connection = %self.id, %channel, %detail, "join failed");
+                Err((
+                    ErrorCode::BackendUnavailable,
+                    crate::protocol::BROKER_UNAVAILABLE_REASON.to_owned(),
+                ))
+            }
+        }
+    }
+
+    /// Joins every channel of `names` at once; resolves (in the actor) to the channels joined and
+    /// the refusals, in the order of `names`.
+    pub(super) fn join_all(
+        &mut self,
+        names: Vec<(String, bool)>,
+    ) -> (
+        Vec<Refusal>,
+        impl Future<Output = Vec<JoinAnswer>> + 'static + use<>,
+    ) {
+        let mut refused = Vec::new();
+        let mut pending = Vec::new();
+        for (name, check_policy) in names {
+            match self.start_join(&name, check_policy) {
+                Ok(Some(join)) => pending.push(join.answer()),
+                Ok(None) => {}
+                Err(refusal) => refused.push(refusal),
+            }
+        }
+        (refused, futures_util::future::join_all(pending))
+    }
+
+    /// Leaves `channel` (announced to a presence channel if the join had been); `false` if the
+    /// connection was not in it.
+    pub(super) fn leave_channel(&mut self, channel: &ChannelName) -> bool {
+        let Some(membership) = self.channels.remove(channel) else {
+            return false;
+        };
+        self.hub.leave(channel, self.key, &membership);
+        if membership.is_live() {
+            self.announce(channel, false);
+        }
+        true
+    }
+
+    /// Leaves every channel (the close); returns the channels the connection was in.
+    pub(super) fn leave_all(&mut self) -> Vec<ChannelName> {
+        let channels: Vec<ChannelName> = self.channels.keys().cloned().collect();
+        for channel in &channels {
+            self.leave_channel(channel);
+        }
+        channels
+    }
+
+    /// A client's `join`.
+    pub(super) fn on_join(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str) {
+        let pending = match self.start_join(name, true) {
+            Ok(Some(pending)) => pending,
+            Ok(None) => return self.reply(ctx, id, &serde_json::Value::Null),
+            Err((code, reason)) => return self.error(ctx, id, code, &reason),
+        };
+        pending
+            .answer()
+            .into_actor(self)
+            .map(move |answer, connection, ctx| match connection.finish_join(answer) {
+                Ok(()) => connection.reply(ctx, id, &serde_json::Value::Null),
+                Err((code, reason)) => connection.error(ctx, id, code, &reason),
+            })
+            .spawn(ctx);
+    }
+
+    /// A client's `leave`.
+    pub(super) fn on_leave(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str) {
+        let left = super::parse_channel(name).and_then(|channel| {
+            if self.leave_channel(&channel) {
+                Ok(())
+            } else {
+                Err((ErrorCode::NotJoined, format!("not joined to {name}")))
+            }
+        });
+        match left {
+            Ok(()) => self.reply(ctx, id, &serde_json::Value::Null),
+            Err((code, reason)) => self.error(ctx, id, code, &reason),
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! Regression tests for the holes a hostile client, a misconfiguration or a crashed peer could
+//! open (one test per defect, named after what it protects), over real sockets.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::backend::{DjangoRoutes, DjangoView, Mode};
+use crate::multinode::nodes;
+use crate::redis::RedisServer;
+use crate::support::{Client, TestServer, WAIT};
+
+/// Sends every frame at once (numbered from `first_id`) and returns the answer to each id.
+async fn pipeline(client: &mut Client, frames: &[Value], first_id: u64) -> HashMap<u64, Value> {
+    for (offset, frame) in frames.iter().enumerate() {
+        let mut frame = frame.clone();
+        frame["id"] = json!(first_id + offset as u64);
+        client.send(frame).await;
+    }
+    let mut answers = HashMap::new();
+    while answers.len() < frames.len() {
+        let frame = client.recv().await;
+        if let Some(id) = frame["id"].as_u64() {
+            if frame["type"] != "message" {
+                answers.insert(id, frame);
+            }
+        }
+    }
+    answers
+}
+
+/// What the server must hold after `frames` (joins and leaves) ran in order on one connection
+/// allowed `limit` channels: a join enters a channel at once (answered later), a leave leaves
+/// it at once.
+fn expected_channels(frames: &[Value], limit: usize) -> BTreeSet<String> {
+    let mut held = BTreeSet::new();
+    for frame in frames {
+        let channel = frame["channel"].as_str().expect("channel").to_owned();
+        match frame["action"].as_str() {
+            Some("join") if !held.contains(&channel) && held.len() < limit => {
+                held.insert(channel);
+            }
+            Some("leave") => {
+                held.remove(&channel);
+            }
+            _ => {}
+        }
+    }
+    held
+}
+
+/// Publishes a marker to every channel of `all` from the back end and returns the channels
+/// `client` heard it on.
+async fn channels_heard(
+    client: &mut Client,
+    backend: &crate::redis::Backend,
+    all: &[&str],
+    marker: u64,
+) -> BTreeSet<String> {
+    for channel in all {
+        backend
+            .publish(
+                &format!("sb:ch:{channel}"),
+                json!({"data": {"marker": marker}}).to_string(),
+            )
+            .await;
+    }
+    // A ping round trip after the publications: every node-side delivery queued before the
+    // pong was written has reached the socket before it.
+    let fence = client.request(json!({"action": "ping"}), 9_000_000 + marker).await;
+    assert_eq!(fence["type"], "pong");
+    let mut heard = BTreeSet::new();
+    while let Some(frame) = client.recv_within(Duration::from_millis(300)).await {
+        if frame["type"] == "message" && frame["data"]["marker"] == marker {
+            heard.insert(frame["channel"].as_str().expect("channel").to_owned());
+        }
+    }
+    heard
+}
+
+#[tokio::test]
+async fn a_leave_that_overtakes_its_join_leaves_no_ghost_membership() {
+    let redis = RedisServer::start().await;
+    let extra = "[server]\nmax_channels_per_connection = 2\nrate_limit = 10000\nrate_limit_burst = 10000\n";
+    let node = nodes(&redis, 1, extra).await.remove(0);
+    let backend = redis.client().await;
+    let mut client = node.client().await;
+
+    // Twenty join+leave pairs, each leave sent before its join was answered, while every group
+    // is still making its first subscription.
+    let frames: Vec<Value> = (0..20)
+        .flat_map(|n| {
+            let channel = format!("ghost:{n}");
+            [
+                json!({"action": "join", "channel": channel}),
+                json!({"action": "leave", "channel": channel}),
+            ]
+        })
+        .collect();
+    let answers = pipeline(&mut client, &frames, 1).await;
+    for (offset, frame) in frames.iter().enumerate() {
+        let answer = &answers[&(1 + offset as u64)];
+        if frame["action"] == "leave" {
+            assert_eq!(answer["type"], "reply", "every leave succeeds: {answer}");
+        }
+    }
+    let names: Vec<String> = (0..20).map(|n| format!("ghost:{n}")).collect();
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    assert!(
+        channels_heard(&mut client, &backend, &all, 1).await.is_empty(),
+        "a left channel delivers nothing"
+    );
+
+    // The limit still holds: two joins fit, a third does not.
+    let joins: Vec<Value> = ["a", "b", "c"]
+        .iter()
+        .map(|channel| json!({"action": "join", "channel": channel}))
+        .collect();
+    let answers = pipeline(&mut client, &joins, 100).await;
+    assert_eq!(answers[&100]["type"], "reply");
+    assert_eq!(answers[&101]["type"], "reply");
+    assert_eq!(answers[&102]["code"], "channel_limit", "{}", answers[&102]);
+
+    drop(client);
+    node.wait_for_metric("switchboard_connections", 0.0).await;
+    node.wait_for_metric("switchboard_channels", 0.0).await;
+    node.wait_for_metric("switchboard_broker_subscriptions", 0.0)
+        .await;
+    for channel in all.iter().chain(["a", "b"].iter()) {
+        assert_eq!(backend.numsub(&format!("sb:ch:{channel}")).await, 0, "{channel}");
+    }
+}
+
+#[tokio::test]
+async fn random_interleavings_of_join_leave_and_close_keep_channels_groups_and_subscriptions_in_agreement()
+ {
+    let redis = RedisServer::start().await;
+    let extra = "[server]\nmax_channels_per_connection = 3\nrate_limit = 10000\nrate_limit_burst = 10000\n[api]\nkey = \"k\"\n";
+    let cluster = nodes(&redis, 2, extra).await;
+    let backend = redis.client().await;
+    let channels = ["r:0", "r:1", "r:2", "r:3", "r:4"];
+    let seed = fastrand::u64(..);
+    eprintln!("interleavings seed {seed}");
+    let mut random = fastrand::Rng::with_seed(seed);
+
+    for round in 0..4u64 {
+        let mut clients = Vec::new();
+        for index in 0..4 {
+            clients.push(cluster[index % 2].client().await);
+        }
+        let mut expected = Vec::new();
+        for client in &mut clients {
+            let frames: Vec<Value> = (0..40)
+                .map(|_| {
+                    let action = if random.bool() { "join" } else { "leave" };
+                    let channel = channels[random.usize(..channels.len())];
+                    json!({"action": action, "channel": channel})
+                })
+                .collect();
+            pipeline(client, &frames, 1).await;
+            expected.push(expected_channels(&frames, 3));
+        }
+        for (index, client) in clients.iter_mut().enumerate() {
+            let heard = channels_heard(client, &backend, &channels, round).await;
+            assert_eq!(
+                heard, expected[index],
+                "round {round}, client {index} (seed {seed})"
+            );
+        }
+        // The registry agrees with the sockets.
+        for channel in channels {
+            let members = expected.iter().filter(|held| held.contains(channel)).count();
+            let url = cluster[0].url(&format!("/api/connections?channel={channel}"));
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let answer: Value = reqwest::Client::new()
+                    .get(&url)
+                    .bearer_auth("k")
+                    .send()
+                    .await
+                    .expect("api")
+                    .json()
+                    .await
+                    .expect("json");
+                let listed = answer["connections"].as_array().map_or(0, Vec::len);
+                if listed == members {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{channel}: registry lists {listed}, sockets hold {members} (seed {seed})"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // Close some mid-flight: a join sent, the socket dropped before its answer.
+        for client in &mut clients {
+            client
+                .send(json!({"action": "join", "channel": channels[random.usize(..channels.len())]}))
+                .await;
+        }
+        drop(clients);
+    }
+    for node in &cluster {
+        node.wait_for_metric("switchboard_connections", 0.0).await;
+        node.wait_for_metric("switchboard_channels", 0.0).await;
+        node.wait_for_metric("switchboard_broker_subscriptions", 0.0)
+            .await;
+    }
+    for channel in channels {
+        assert_eq!(backend.numsub(&format!("sb:ch:{channel}")).await, 0);
+    }
+}
+
+/// Opens a TCP connection, sends a WebSocket upgrade request with `headers`, and resets the
+/// connection (RST) without reading the answer: a client that hangs up mid-handshake.
+async fn abort_handshake(address: std::net::SocketAddr, headers: &str) {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_linger(Some(Duration::ZERO)).expect("linger");
+    let mut stream = socket.connect(address).await.expect("connect");
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    // Give the server the time to read the request and start authenticating it.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(stream);
+}
+
+#[tokio::test]
+async fn introspection_calls_finish_on_their_own_when_the_client_hangs_up_and_never_serve_stale_answers()
+ {
+    let view = DjangoView::start();
+    view.log_in("stale", "alice", json!({}));
+    view.set_mode(Mode::Slow(Duration::from_millis(1500)));
+    let config = format!(
+        "[auth]\nanonymous = false\n[auth.introspect]\nurl = \"{}\"\ntimeout = \"1s\"\ncache_ttl = \"30s\"\n",
+        view.url
+    );
+    let server = TestServer::start(&config).await;
+    // Warm up the node's own descriptors (worker threads' epoll, the HTTP client's resolver).
+    let _ = Client::connect(&server.ws_url("/ws"), &[("cookie", "sessionid=warm")]).await;
+    let baseline = server.open_files();
+
+    abort_handshake(server.address, "Cookie: sessionid=stale\r\n").await;
+    for n in 0..100 {
+        abort_handshake(server.address, &format!("Cookie: sessionid=s{n}\r\n")).await;
+    }
+    // Every call ends by its timeout, and its connection with it.
+    server.wait_for_open_files_at_most(baseline + 4).await;
+
+    // Alice logged out meanwhile: the next handshake with her cookie asks again.
+    view.log_out("stale");
+    view.set_mode(Mode::Normal);
+    let refused = Client::connect(&server.ws_url("/ws"), &[("cookie", "sessionid=stale")])
+        .await
+        .err()
+        .expect("a logged-out session is refused");
+    assert_eq!(refused.status, 401, "{:?}", refused.body);
+}
+
+#[tokio::test]
+async fn gateway_and_connect_hook_identities_are_protected_from_cross_site_hijacking() {
+    let info = crate::credentials::userinfo(&json!({"sub": "victim"}));
+    let gateway = TestServer::start(
+        "[auth]\nanonymous = false\n[auth.gateway]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+    )
+    .await;
+    let evil = Client::connect(
+        &gateway.ws_url("/ws"),
+        &[("X-Userinfo", &info), ("Origin", "https://evil.example")],
+    )
+    .await
+    .err()
+    .expect("a page on another site cannot ride the gateway's session");
+    assert_eq!((evil.status, evil.body["error"].as_str()), (403, Some("forbidden_origin")));
+    let own_origin = format!("http://{}", gateway.address);
+    let mut own = Client::connect(
+        &gateway.ws_url("/ws"),
+        &[("X-Userinfo", &info), ("Origin", &own_origin)],
+    )
+    .await
+    .expect("the site's own pages connect");
+    assert_eq!(own.recv().await["user"], "victim");
+
+    // A connect hook that is given the browser's cookie decides identity too.
+    let routes = DjangoRoutes::start(Duration::ZERO);
+    let hooked = TestServer::start(&routes.routes_config()).await;
+    let evil = Client::connect(
+        &hooked.ws_url("/ws"),
+        &[("Cookie", "sessionid=victim"), ("Origin", "https://evil.example")],
+    )
+    .await
+    .err()
+    .expect("refused before the hook is asked");
+    assert_eq!(evil.status, 403);
+    assert!(routes.calls_to("connect").is_empty(), "the hook never saw it");
+    let hooked_own = format!("http://{}", hooked.address);
+    let mut own = Client::connect(
+        &hooked.ws_url("/ws"),
+        &[("Cookie", "sessionid=victim"), ("Origin", &hooked_own)],
+    )
+    .await
+    .expect("same origin");
+    assert_eq!(own.recv().await["type"], "welcome");
+}
+
+#[tokio::test]
+async fn jwt_configs_mixing_key_families_verify_each_token_with_its_own_algorithm() {
+    use crate::credentials::{AUDIENCE, ISSUER, KeyPair, claims, hs256};
+    use jsonwebtoken::Algorithm;
+    let (rsa, ec, ed) = (
+        KeyPair::generate(Algorithm::RS256),
+        KeyPair::generate(Algorithm::ES256),
+        KeyPair::generate(Algorithm::EdDSA),
+    );
+    let jwks = json!({ISSUER: {"keys": [rsa.jwk("r1"), ec.jwk("e1"), ed.jwk("d1")]}});
+    let jwks_file = crate::support::temp_file("jwks.json", &jwks.to_string());
+    // A secret, a PEM key and a JWKS of three families at once; `audience` as a plain string.
+    let config = format!(
+        "[auth]\nanonymous = false\n[auth.jwt]\nsecret = \"s3cret\"\npublic_key_file = {:?}\njwks_file = {:?}\nissuer = {ISSUER:?}\naudience = {AUDIENCE:?}\n",
+        rsa.public_pem_file.to_str().expect("path"),
+        jwks_file.to_str().expect("path"),
+    );
+    let server = TestServer::start(&config).await;
+    let tokens = [
+        ("hs", hs256(&claims("hs", 60), b"s3cret")),
+        ("pem", rsa.sign(&claims("pem", 60), None)),
+        ("rsa", rsa.sign(&claims("rsa", 60), Some("r1"))),
+        ("ec", ec.sign(&claims("ec", 60), Some("e1"))),
+        ("ed", ed.sign(&claims("ed", 60), Some("d1"))),
+    ];
+    for (user, token) in tokens {
+        let bearer = format!("Bearer {token}");
+        let mut client = Client::connect(&server.ws_url("/ws"), &[("Authorization", &bearer)])
+            .await
+            .unwrap_or_else(|refused| panic!("{user}: {:?}", refused.body));
+        assert_eq!(client.recv().await["user"], user);
+    }
+    // A key of the wrong family for its kid is still refused.
+    let confused = ec.sign(&claims("x", 60), Some("r1"));
+    let refused = Client::connect(
+        &server.ws_url("/ws"),
+        &[("Authorization", &format!("Bearer {confused}"))],
+    )
+    .await
+    .err()
+    .expect("an EC token naming an RSA key");
+    assert_eq!(refused.status, 401);
+}
+
+#[tokio::test]
+async fn a_config_error_names_its_key_once() {
+    let path = crate::support::temp_file("bad.toml", "[auth.jwt]\nsecret = \"x\"\naudience = 5\n");
+    let output = std::process::Command::new(crate::support::binary())
+        .args(["check-config", "--config", path.to_str().expect("path")])
+        .output()
+        .expect("check-config");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("auth.jwt.audience: expected a string or a list of strings"), "{stderr}");
+    assert_eq!(stderr.matches("audience").count(), 1, "{stderr}");
+}
