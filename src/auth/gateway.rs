@@ -1,11 +1,16 @@
 //! The `gateway` authenticator: identity headers set by a trusted reverse proxy (APISIX's
 //! `openid-connect` plugin, oauth2-proxy, an nginx `auth_request`).
 //!
-//! Two forms, either or both: `X-Userinfo`, base64 of a JSON object whose `user_field` is the
-//! user id (what APISIX sends), and a plain header carrying the user id. The headers are believed
-//! only when the TCP peer is one of `trusted_proxies`: anyone can send them, so from any other
-//! address they are ignored (the handshake goes on to the next authenticator) and counted in
-//! `switchboard_gateway_untrusted_total`.
+//! Two forms, either or both: a userinfo header, base64 of a JSON object whose `user_field` is the
+//! user id (APISIX's `X-Userinfo`), and a plain header carrying the user id (`user_header`, for
+//! nginx `auth_request` or oauth2-proxy). Only the headers the operator configured are read: a
+//! node given only `user_header` does not read `X-Userinfo`, which a client could forge and a
+//! proxy that does not set it would pass through. The headers are believed only when the TCP
+//! peer is one of `trusted_proxies`: anyone can send them, so from any other address they are
+//! ignored (the handshake goes on to the next authenticator) and counted in
+//! `switchboard_gateway_untrusted_total`. From a trusted proxy, a header that appears twice (a
+//! proxy appending its value to a forged one) or two configured headers naming different users
+//! refuse the handshake.
 
 use std::net::IpAddr;
 
@@ -25,8 +30,10 @@ pub struct GatewayConfig {
     /// Addresses (`10.0.0.5`) or CIDR blocks (`10.0.0.0/8`, `fd00::/8`) of the proxies whose
     /// headers are believed.
     pub trusted_proxies: Vec<String>,
-    /// The base64 JSON userinfo header; empty: not read.
-    pub userinfo_header: String,
+    /// The base64 JSON userinfo header; `""`: not read. Unset: `x-userinfo`, unless
+    /// `user_header` is set (then only that one is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userinfo_header: Option<String>,
     /// The userinfo field holding the user id.
     pub user_field: String,
     /// The userinfo field holding the session id (OpenID Connect's `sid`).
@@ -39,7 +46,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             trusted_proxies: Vec::new(),
-            userinfo_header: "x-userinfo".to_owned(),
+            userinfo_header: None,
             user_field: "sub".to_owned(),
             session_field: "sid".to_owned(),
             user_header: String::new(),
@@ -96,8 +103,24 @@ impl AddressBlock {
     }
 }
 
+/// The userinfo header read when `userinfo_header` is unset and `user_header` is not given.
+pub const DEFAULT_USERINFO_HEADER: &str = "x-userinfo";
+
+impl GatewayConfig {
+    /// The userinfo header actually read (`""`: none).
+    pub fn effective_userinfo_header(&self) -> &str {
+        match (&self.userinfo_header, self.user_header.is_empty()) {
+            (Some(header), _) => header,
+            (None, true) => DEFAULT_USERINFO_HEADER,
+            (None, false) => "",
+        }
+    }
+}
+
 pub struct GatewayAuthenticator {
     trusted: Vec<AddressBlock>,
+    /// The userinfo header read (lower case; empty: none).
+    userinfo_header: String,
     config: GatewayConfig,
 }
 
@@ -110,7 +133,7 @@ impl GatewayAuthenticator {
                 "must list the proxies whose headers are believed".to_owned(),
             ));
         }
-        if config.userinfo_header.is_empty() && config.user_header.is_empty() {
+        if config.effective_userinfo_header().is_empty() && config.user_header.is_empty() {
             return Err((
                 key("userinfo_header"),
                 "set userinfo_header and/or user_header".to_owned(),
@@ -124,23 +147,45 @@ impl GatewayAuthenticator {
             .map_err(|message| (key("trusted_proxies"), message))?;
         Ok(Self {
             trusted,
+            userinfo_header: config.effective_userinfo_header().to_ascii_lowercase(),
             config: config.clone(),
         })
     }
 
-    fn header<'a>(&self, handshake: &'a Handshake, name: &str) -> Option<&'a str> {
-        (!name.is_empty()).then(|| handshake.header(name)).flatten()
+    /// A configured header's value (none when `name` is empty); `Err` when it appears twice.
+    fn header<'a>(
+        &self,
+        handshake: &'a Handshake,
+        name: &str,
+    ) -> Result<Option<&'a str>, AuthError> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        handshake.single_header(name).map_err(|_| {
+            AuthError::refused(
+                RefusalReason::InvalidGatewayHeader,
+                format!("{name} appears more than once"),
+            )
+        })
+    }
+
+    /// Whether `handshake` carries any configured header (even twice).
+    fn carries_headers(&self, handshake: &Handshake) -> bool {
+        [&self.userinfo_header, &self.config.user_header]
+            .into_iter()
+            .filter(|name| !name.is_empty())
+            .any(|name| handshake.header(name).is_some())
     }
 
     fn identity_in_userinfo(&self, encoded: &str) -> Result<Identity, AuthError> {
         let invalid =
             |detail: String| AuthError::refused(RefusalReason::InvalidGatewayHeader, detail);
         let bytes = decode_base64(encoded.trim())
-            .ok_or_else(|| invalid(format!("{} is not base64", self.config.userinfo_header)))?;
+            .ok_or_else(|| invalid(format!("{} is not base64", self.userinfo_header)))?;
         let userinfo: Value = serde_json::from_slice(&bytes).map_err(|err| {
             invalid(format!(
                 "{} is not base64 JSON: {err}",
-                self.config.userinfo_header
+                self.userinfo_header
             ))
         })?;
         let user = userinfo
@@ -149,7 +194,7 @@ impl GatewayAuthenticator {
             .ok_or_else(|| {
                 invalid(format!(
                     "{} has no {:?} field",
-                    self.config.userinfo_header, self.config.user_field
+                    self.userinfo_header, self.config.user_field
                 ))
             })?;
         Ok(Identity {
@@ -174,9 +219,7 @@ impl Authenticator for GatewayAuthenticator {
 
     fn authenticate<'a>(&'a self, handshake: &'a Handshake) -> AuthFuture<'a, Option<Identity>> {
         Box::pin(async move {
-            let userinfo = self.header(handshake, &self.config.userinfo_header);
-            let user = self.header(handshake, &self.config.user_header);
-            if userinfo.is_none() && user.is_none() {
+            if !self.carries_headers(handshake) {
                 return Ok(None);
             }
             let trusted = handshake
@@ -187,19 +230,39 @@ impl Authenticator for GatewayAuthenticator {
                 tracing::debug!(peer = ?handshake.peer, "gateway headers from an untrusted peer ignored");
                 return Ok(None);
             }
-            if let Some(encoded) = userinfo {
-                return self.identity_in_userinfo(encoded).map(Some);
-            }
-            match user.map(str::trim).filter(|user| !user.is_empty()) {
-                Some(user) => Ok(Some(Identity {
-                    user: Some(user.to_owned()),
+            let from_userinfo = match self.header(handshake, &self.userinfo_header)? {
+                Some(encoded) => Some(self.identity_in_userinfo(encoded)?),
+                None => None,
+            };
+            let from_header = match self.header(handshake, &self.config.user_header)? {
+                Some(user) => match user.trim() {
+                    "" => {
+                        return Err(AuthError::refused(
+                            RefusalReason::InvalidGatewayHeader,
+                            format!("{} is empty", self.config.user_header),
+                        ));
+                    }
+                    user => Some(user.to_owned()),
+                },
+                None => None,
+            };
+            match (from_userinfo, from_header) {
+                (Some(identity), Some(user)) if identity.user.as_deref() != Some(user.as_str()) => {
+                    Err(AuthError::refused(
+                        RefusalReason::InvalidGatewayHeader,
+                        format!(
+                            "{} and {} name different users",
+                            self.userinfo_header, self.config.user_header
+                        ),
+                    ))
+                }
+                (Some(identity), _) => Ok(Some(identity)),
+                (None, Some(user)) => Ok(Some(Identity {
+                    user: Some(user),
                     authenticator: "gateway",
                     ..Identity::default()
                 })),
-                None => Err(AuthError::refused(
-                    RefusalReason::InvalidGatewayHeader,
-                    format!("{} is empty", self.config.user_header),
-                )),
+                (None, None) => Ok(None),
             }
         })
     }

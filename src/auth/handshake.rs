@@ -19,6 +19,28 @@ impl Handshake {
             .map(|(_, value)| value.as_str())
     }
 
+    /// The value of a header that must appear at most once: `Err` when it appears twice or more
+    /// (a credential header sent twice is ambiguous, and typical of a proxy that appended its own
+    /// value to a forged one instead of replacing it).
+    pub fn single_header(&self, name: &str) -> Result<Option<&str>, Duplicate> {
+        single(
+            self.headers
+                .iter()
+                .filter(|(header, _)| header.eq_ignore_ascii_case(name))
+                .map(|(_, value)| value.as_str()),
+        )
+    }
+
+    /// The value of a query parameter that must appear at most once.
+    pub fn single_query(&self, name: &str) -> Result<Option<&str>, Duplicate> {
+        single(
+            self.query
+                .iter()
+                .filter(|(key, _)| key == name)
+                .map(|(_, value)| value.as_str()),
+        )
+    }
+
     /// The first value of a query parameter.
     pub fn query(&self, name: &str) -> Option<&str> {
         self.query
@@ -46,14 +68,30 @@ impl Handshake {
             .map(|(_, value)| value)
     }
 
-    /// The bearer token of the `Authorization` header, if any.
-    pub fn bearer_token(&self) -> Option<&str> {
-        let value = self.header("authorization")?;
-        let (scheme, token) = value.split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim())
-            .filter(|token| !token.is_empty())
+    /// The bearer token of the `Authorization` header, if any; `Err` when the header is sent
+    /// twice.
+    pub fn bearer_token(&self) -> Result<Option<&str>, Duplicate> {
+        let Some(value) = self.single_header("authorization")? else {
+            return Ok(None);
+        };
+        Ok(value.split_once(' ').and_then(|(scheme, token)| {
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim())
+                .filter(|token| !token.is_empty())
+        }))
+    }
+}
+
+/// A header or query parameter that must appear once appeared more often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duplicate;
+
+fn single<'a>(mut values: impl Iterator<Item = &'a str>) -> Result<Option<&'a str>, Duplicate> {
+    let first = values.next();
+    match values.next() {
+        Some(_) => Err(Duplicate),
+        None => Ok(first),
     }
 }
 
@@ -80,7 +118,7 @@ mod tests {
     #[test]
     fn reads_headers_cookies_and_query() {
         let handshake = handshake();
-        assert_eq!(handshake.bearer_token(), Some("abc.def"));
+        assert_eq!(handshake.bearer_token(), Ok(Some("abc.def")));
         assert_eq!(handshake.cookie("sessionid"), Some("xyz"));
         assert_eq!(handshake.cookie("b"), Some("2"));
         assert_eq!(handshake.cookie("missing"), None);
@@ -90,5 +128,9 @@ mod tests {
             ["a", "b"]
         );
         assert_eq!(handshake.header("AUTHORIZATION"), Some("Bearer abc.def"));
+        assert_eq!(handshake.single_header("cookie"), Err(Duplicate));
+        assert_eq!(handshake.single_query("channel"), Err(Duplicate));
+        assert_eq!(handshake.single_query("token"), Ok(Some("t")));
+        assert_eq!(handshake.single_header("x-missing"), Ok(None));
     }
 }

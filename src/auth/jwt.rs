@@ -227,21 +227,33 @@ impl JwtAuthenticator {
         })
     }
 
-    /// The token of a handshake: bearer header, then query parameter, then cookie.
-    fn token_of<'a>(&self, handshake: &'a Handshake) -> Option<&'a str> {
-        handshake
+    /// The token of a handshake: bearer header, then query parameter, then cookie. A header or
+    /// query parameter carrying a token twice refuses the handshake: which one counts would be
+    /// a guess.
+    fn token_of<'a>(&self, handshake: &'a Handshake) -> Result<Option<&'a str>, AuthError> {
+        let twice = |what: &str| {
+            AuthError::refused(
+                RefusalReason::InvalidToken,
+                format!("the {what} appears more than once"),
+            )
+        };
+        let bearer = handshake
             .bearer_token()
-            .or_else(|| {
-                (!self.config.query_param.is_empty())
-                    .then(|| handshake.query(&self.config.query_param))
-                    .flatten()
-            })
-            .or_else(|| {
-                (!self.config.cookie.is_empty())
-                    .then(|| handshake.cookie(&self.config.cookie))
-                    .flatten()
-            })
-            .filter(|token| !token.is_empty())
+            .map_err(|_| twice("Authorization header"))?;
+        let query = match self.config.query_param.as_str() {
+            "" => None,
+            name => handshake
+                .single_query(name)
+                .map_err(|_| twice("token query parameter"))?,
+        };
+        let cookie = match self.config.cookie.as_str() {
+            "" => None,
+            name => handshake.cookie(name),
+        };
+        Ok(bearer
+            .or(query)
+            .or(cookie)
+            .filter(|token| !token.is_empty()))
     }
 
     /// Verifies `token` and reads the identity out of its claims.
@@ -355,7 +367,7 @@ impl Authenticator for JwtAuthenticator {
 
     fn authenticate<'a>(&'a self, handshake: &'a Handshake) -> AuthFuture<'a, Option<Identity>> {
         Box::pin(async move {
-            match self.token_of(handshake) {
+            match self.token_of(handshake)? {
                 Some(token) => self.verify(token).map(Some),
                 None => Ok(None),
             }

@@ -28,7 +28,7 @@ mod rsa_verify;
 use std::sync::Arc;
 
 pub use chain::{AuthChain, AuthError, AuthFuture, Authenticator, RefusalReason, Revalidation};
-pub use handshake::Handshake;
+pub use handshake::{Duplicate, Handshake};
 pub use identity::{Credential, Identity, unix_now};
 pub use redis_session::SessionStore;
 

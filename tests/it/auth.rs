@@ -323,7 +323,7 @@ async fn an_expiring_credential_closes_with_4001_unless_refreshed_first() {
 #[tokio::test]
 async fn gateway_headers_are_believed_only_from_trusted_proxies() {
     let trusted = TestServer::start(&config(
-        "[auth.gateway]\ntrusted_proxies = [\"127.0.0.0/8\", \"::1\"]\nuser_header = \"x-user-id\"\n",
+        "[auth.gateway]\ntrusted_proxies = [\"127.0.0.0/8\", \"::1\"]\nuserinfo_header = \"x-userinfo\"\nuser_header = \"x-user-id\"\n",
     ))
     .await;
     let info = userinfo(&json!({"sub": "u-17", "sid": "oidc-session", "email": "a@b.c"}));

@@ -364,3 +364,72 @@ async fn a_config_error_names_its_key_once() {
     assert!(stderr.contains("auth.jwt.audience: expected a string or a list of strings"), "{stderr}");
     assert_eq!(stderr.matches("audience").count(), 1, "{stderr}");
 }
+
+#[tokio::test]
+async fn only_the_configured_gateway_header_is_believed_and_a_credential_header_sent_twice_is_refused()
+ {
+    use crate::credentials::userinfo;
+    let server = TestServer::start(
+        "[auth]\nanonymous = false\n[auth.gateway]\ntrusted_proxies = [\"127.0.0.0/8\"]\nuser_header = \"x-forwarded-user\"\n[auth.jwt]\nsecret = \"s3cret\"\nrequire_exp = false\n",
+    )
+    .await;
+    let forged = userinfo(&json!({"sub": "admin"}));
+    let mut client = Client::connect(
+        &server.ws_url("/ws"),
+        &[("X-Forwarded-User", "mallory"), ("X-Userinfo", &forged)],
+    )
+    .await
+    .expect("the configured header identifies");
+    assert_eq!(client.recv().await["user"], "mallory", "the forged userinfo is not read");
+    let alone = Client::connect(&server.ws_url("/ws"), &[("X-Userinfo", &forged)])
+        .await
+        .err()
+        .expect("userinfo alone is no credential here");
+    assert_eq!(alone.status, 401);
+
+    let appended = Client::connect(
+        &server.ws_url("/ws"),
+        &[("X-Forwarded-User", "admin"), ("X-Forwarded-User", "mallory")],
+    )
+    .await
+    .err()
+    .expect("a header appended to a forged one");
+    assert_eq!(appended.status, 401);
+    assert!(
+        appended.body["reason"].as_str().unwrap_or_default().contains("more than once"),
+        "{}",
+        appended.body
+    );
+    let token = crate::credentials::hs256(&json!({"sub": "x"}), b"s3cret");
+    let bearer = format!("Bearer {token}");
+    let twice = Client::connect(
+        &server.ws_url("/ws"),
+        &[("Authorization", &bearer), ("Authorization", &bearer)],
+    )
+    .await
+    .err()
+    .expect("two Authorization headers");
+    assert_eq!(twice.status, 401);
+    let in_query = Client::connect(
+        &server.ws_url(&format!("/ws?token={token}&token={token}")),
+        &[],
+    )
+    .await
+    .err()
+    .expect("two token parameters");
+    assert_eq!(in_query.status, 401);
+
+    // Both headers configured: they must agree.
+    let both = TestServer::start(
+        "[auth]\nanonymous = false\n[auth.gateway]\ntrusted_proxies = [\"127.0.0.0/8\"]\nuserinfo_header = \"x-userinfo\"\nuser_header = \"x-forwarded-user\"\n",
+    )
+    .await;
+    let disagreeing = Client::connect(
+        &both.ws_url("/ws"),
+        &[("X-Forwarded-User", "mallory"), ("X-Userinfo", &forged)],
+    )
+    .await
+    .err()
+    .expect("two headers naming two users");
+    assert_eq!(disagreeing.status, 401);
+}
