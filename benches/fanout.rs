@@ -15,7 +15,7 @@ fn fanout(criterion: &mut Criterion) {
         let (disconnect, _notices) = Disconnector::new();
         let (queues, receivers): (Vec<Member>, Vec<_>) = (0..members)
             .map(|connection| {
-                let (queue, receiver) = outbound_queue(16);
+                let (queue, receiver) = outbound_queue(16, usize::MAX);
                 let member = Member {
                     connection: connection as u64,
                     encoding: Encoding::Json,

@@ -42,7 +42,13 @@ pub struct ServerConfig {
     pub max_channels_per_connection: usize,
     /// Frames per connection waiting to be written; overflow closes with 4010.
     pub outbound_queue: usize,
+    /// Bytes per connection waiting to be written (one larger frame still fits alone); overflow
+    /// closes with 4010.
+    pub outbound_queue_bytes: usize,
     pub heartbeat_interval: HumanDuration,
+    /// How long what the server writes may stay unacknowledged (a peer that stopped reading)
+    /// before the kernel drops the connection.
+    pub write_timeout: HumanDuration,
     /// A socket silent for this long (no frame, no pong) is closed with 1001.
     pub idle_timeout: HumanDuration,
     pub shutdown_grace: HumanDuration,
@@ -66,7 +72,9 @@ impl Default for ServerConfig {
             max_frame_bytes: 65_536,
             max_channels_per_connection: 128,
             outbound_queue: 1024,
+            outbound_queue_bytes: 1024 * 1024,
             heartbeat_interval: HumanDuration::from_secs(15),
+            write_timeout: HumanDuration::from_secs(30),
             idle_timeout: HumanDuration::from_secs(45),
             shutdown_grace: HumanDuration::from_secs(10),
             max_connections: 0,
@@ -208,6 +216,12 @@ impl Config {
         }
         if server.outbound_queue == 0 {
             problem("server.outbound_queue", "must be at least 1");
+        }
+        if server.outbound_queue_bytes < 1024 {
+            problem("server.outbound_queue_bytes", "must be at least 1024");
+        }
+        if server.write_timeout < HumanDuration::from_millis(100) {
+            problem("server.write_timeout", "must be at least 100ms");
         }
         if server.heartbeat_interval.0.is_zero() {
             problem("server.heartbeat_interval", "must be longer than 0s");

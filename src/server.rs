@@ -37,8 +37,7 @@ const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// The HTTP server's own graceful stop (closing the drained TCP connections), kept at the end of
 /// the grace.
 const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long actix waits for a client's TCP close after the server's close frame.
-const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -62,6 +61,17 @@ fn thread_count(configured: usize) -> usize {
         configured
     } else {
         std::thread::available_parallelism().map_or(1, usize::from)
+    }
+}
+
+/// Gives an accepted socket its write deadline: the kernel fails the connection when what it
+/// sends stays unacknowledged, or unsent behind a zero window, for `timeout` (TCP_USER_TIMEOUT),
+/// so a peer that stops reading cannot keep its socket, its buffers and its admission slot.
+fn set_write_timeout(io: &dyn std::any::Any, timeout: Duration) {
+    if let Some(stream) = io.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Err(err) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout)) {
+            tracing::debug!(error = %err, "cannot set the socket's write timeout");
+        }
     }
 }
 
@@ -142,6 +152,7 @@ pub async fn run(
             ambient_credentials,
             max_frame_bytes: server_config.max_frame_bytes,
             outbound_queue: server_config.outbound_queue,
+            outbound_queue_bytes: server_config.outbound_queue_bytes,
         },
         admission: Admission::new(server_config.max_connections),
         metrics: metrics.clone(),
@@ -151,11 +162,17 @@ pub async fn run(
     });
 
     let grace = server_config.shutdown_grace.0;
+    let write_timeout = server_config.write_timeout.0;
     let app_state = state.clone();
     let http = HttpServer::new(move || App::new().app_data(state.clone()).configure(api::routes))
         .workers(thread_count(server_config.workers))
         .disable_signals()
-        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+        // The TCP connection closes as soon as a response (a WebSocket's: the close handshake)
+        // is over, with no linger: the connection actor already waited for the client's close
+        // frame, and clients that wait for the server to close (as RFC 6455 asks) are not kept
+        // waiting.
+        .client_disconnect_timeout(Duration::ZERO)
+        .on_connect(move |io, _| set_write_timeout(io, write_timeout))
         // A frame goes out when it is written: Nagle would hold a small frame until the
         // client's delayed ACK of the previous one (up to 40 ms on Linux).
         .tcp_nodelay(true)

@@ -42,6 +42,7 @@ pub struct HandshakeLimits {
     pub ambient_credentials: bool,
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
+    pub outbound_queue_bytes: usize,
 }
 
 /// What every handler can reach.

@@ -150,6 +150,14 @@ fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// The `data` of a publication: required, and within the nesting limit every way in shares.
+fn required_data(data: Option<Value>) -> Result<Value, ApiError> {
+    let data = data.ok_or_else(|| ApiError::bad_request("data: required"))?;
+    crate::protocol::depth::check_field(&data, 2)
+        .map_err(|err| ApiError::bad_request(format!("data: {err}")))?;
+    Ok(data)
+}
+
 fn channel(name: &str, field: &str) -> Result<ChannelName, ApiError> {
     ChannelName::parse(name)
         .map_err(|err| ApiError::bad_request(format!("{field}: {err}: {name:?}")))
@@ -174,7 +182,7 @@ async fn publish(
             channels: many,
             data,
         } = body(&bytes)?;
-        let data = data.ok_or_else(|| ApiError::bad_request("data: required"))?;
+        let data = required_data(data)?;
         let targets = match (one, many) {
             (Some(name), None) => vec![channel(&name, "channel")?],
             (None, Some(names)) if names.is_empty() => {
@@ -228,7 +236,7 @@ async fn send(request: HttpRequest, bytes: web::Bytes, state: web::Data<AppState
             connection,
             data,
         } = body(&bytes)?;
-        let data = data.ok_or_else(|| ApiError::bad_request("data: required"))?;
+        let data = required_data(data)?;
         let topic = match (user, connection) {
             (Some(user), None) if !user.is_empty() => Topic::User(user.into()),
             (None, Some(connection)) if !connection.is_empty() => {

@@ -126,13 +126,20 @@ async fn accept(
         .max_frame_size(max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(max_frame_bytes);
-    let (queue, queue_receiver) = outbound_queue(state.limits.outbound_queue);
+    let (queue, queue_receiver) = outbound_queue(state.limits.outbound_queue, state.limits.outbound_queue_bytes);
     let (closer, close_receiver) = tokio::sync::oneshot::channel();
+    let (lifeline, actor_gone) = crate::connection::outbound::lifeline();
     // The connection's outbound queue becomes the response body; actix-ws's own body (and its
     // `Session`) are not used for sending. See `connection::outbound`.
     let response = response
         .map_body(|_, handshake_body| {
-            OutboundBody::new(queue_receiver, close_receiver, handshake_body, ticket)
+            OutboundBody::new(
+                queue_receiver,
+                close_receiver,
+                actor_gone,
+                handshake_body,
+                ticket,
+            )
         })
         .map_into_boxed_body();
 
@@ -146,6 +153,7 @@ async fn accept(
         inbound,
         queue,
         closer,
+        lifeline,
     };
     Connection::new(
         parts,

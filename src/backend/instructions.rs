@@ -96,6 +96,8 @@ fn publication(item: Value, index: usize) -> Result<(String, Value), String> {
     let data = object
         .remove("data")
         .ok_or_else(|| format!("publish[{index}].data: missing"))?;
+    crate::protocol::depth::check_field(&data, 2)
+        .map_err(|err| format!("publish[{index}].data: {err}"))?;
     Ok((channel, data))
 }
 

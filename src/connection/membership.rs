@@ -3,8 +3,10 @@
 //!
 //! A join is admitted (valid name, channel limit, the channel rules unless the back end asked),
 //! recorded in the connection's channel map under a fresh [`Membership`], and sent to the hub;
-//! [`Connection::finish_join`] settles it when the hub answers: live (announced to a presence
-//! channel), rolled back (the broker could not subscribe), or superseded (the connection left
+//! [`Connection::finish_join`] settles it when the hub answers: live ([`Joined`], which the
+//! caller announces to a presence channel once its own answer to the client is queued, so a
+//! `welcome` or `reply` comes first), rolled back (the broker could not subscribe), or
+//! superseded (the connection left
 //! the channel, and maybe joined it again, before the answer came: the answer then belongs to a
 //! membership that no longer exists and changes nothing). A leave ends the membership wherever
 //! its join is, so the channel map, the groups, the directory and the broker's subscriptions
@@ -47,6 +49,11 @@ impl PendingJoin {
     }
 }
 
+/// A join that completed: the connection is a member. Announce it ([`Connection::announce_join`])
+/// after the frame that answers the join.
+#[must_use = "a completed join is announced to a presence channel"]
+pub(super) struct Joined(pub(super) ChannelName);
+
 /// The reason a client gets for a join that its own leave overtook.
 pub(super) const SUPERSEDED_REASON: &str = "left the channel before the join completed";
 
@@ -84,9 +91,9 @@ impl Connection {
         }))
     }
 
-    /// Settles a join's answer: `Ok` when the connection is now a member (announced to a
-    /// presence channel), else why not, for the client.
-    pub(super) fn finish_join(&mut self, answer: JoinAnswer) -> Result<(), Refusal> {
+    /// Settles a join's answer: [`Joined`] when the connection is now a member, else why not,
+    /// for the client.
+    pub(super) fn finish_join(&mut self, answer: JoinAnswer) -> Result<Joined, Refusal> {
         let JoinAnswer {
             channel,
             membership,
@@ -100,10 +107,7 @@ impl Connection {
             return Err((ErrorCode::NotJoined, SUPERSEDED_REASON.to_owned()));
         }
         match result {
-            Ok(()) if membership.go_live() => {
-                self.announce(&channel, true);
-                Ok(())
-            }
+            Ok(()) if membership.go_live() => Ok(Joined(channel)),
             Ok(()) | Err(JoinError::Cancelled) => {
                 self.channels.remove(&channel);
                 Err((ErrorCode::NotJoined, SUPERSEDED_REASON.to_owned()))
@@ -118,6 +122,11 @@ impl Connection {
                 ))
             }
         }
+    }
+
+    /// Tells a presence channel's members that this connection joined it.
+    pub(super) fn announce_join(&self, Joined(channel): Joined) {
+        self.announce(&channel, true);
     }
 
     /// Joins every channel of `names` at once; resolves (in the actor) to the channels joined and
@@ -174,7 +183,10 @@ impl Connection {
             .answer()
             .into_actor(self)
             .map(move |answer, connection, ctx| match connection.finish_join(answer) {
-                Ok(()) => connection.reply(ctx, id, &serde_json::Value::Null),
+                Ok(joined) => {
+                    connection.reply(ctx, id, &serde_json::Value::Null);
+                    connection.announce_join(joined);
+                }
                 Err((code, reason)) => connection.error(ctx, id, code, &reason),
             })
             .spawn(ctx);

@@ -46,13 +46,16 @@ use crate::protocol::{
     ChannelName, ClientFrame, ClientRequest, CloseCode, Encoding, ErrorCode, ServerFrame,
 };
 use crate::sessions::{EXPIRED_REASON, SessionKeeper, SessionTicket};
-use outbound::CloseRequest;
+use outbound::{CloseRequest, Lifeline};
 use rate_limit::{StrikeWindow, TokenBucket};
 
 /// The window in which rate-limit and malformed-frame strikes are counted.
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 /// Malformed frames tolerated within `STRIKE_WINDOW` before closing with 1008.
 const MALFORMED_FRAME_LIMIT: u32 = 10;
+/// How long a server-initiated close waits for the client's close frame before the socket is
+/// closed anyway.
+pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Per-connection limits and timings, from `[server]` and `[[channels]]`.
 #[derive(Debug, Clone)]
@@ -80,6 +83,8 @@ pub struct ConnectionParts {
     pub inbound: AggregatedMessageStream,
     pub queue: OutboundSender,
     pub closer: oneshot::Sender<CloseRequest>,
+    /// Held while the actor runs: the outbound body ends once it is dropped.
+    pub lifeline: Lifeline,
 }
 
 pub struct Connection {
@@ -97,6 +102,11 @@ pub struct Connection {
     settings: Arc<ConnectionSettings>,
     queue: OutboundSender,
     closer: Option<oneshot::Sender<CloseRequest>>,
+    _lifeline: Lifeline,
+    /// Set once the close frame is asked for: the actor only waits for the close handshake to
+    /// end, and its memberships, registration and session are already given up.
+    closing: bool,
+    torn_down: bool,
     /// What groups, the directory and the drain use to ask this connection to close.
     disconnector: Disconnector,
     /// Where their one notice arrives; watched from `started`.
@@ -148,6 +158,9 @@ impl Connection {
             settings,
             queue: parts.queue,
             closer: Some(parts.closer),
+            _lifeline: parts.lifeline,
+            closing: false,
+            torn_down: false,
             disconnector,
             disconnect_notice: Some(disconnect_notice),
             channels: HashMap::new(),
@@ -184,6 +197,8 @@ impl Connection {
                     .increment(1);
                 self.close(ctx, CloseCode::SlowConsumer, "outbound queue overflowed");
             }
+            // The body closed the queue behind its close frame, or the socket is gone.
+            Err(TrySendError::Closed(_)) if self.closing => {}
             Err(TrySendError::Closed(_)) => ctx.stop(),
         }
     }
@@ -198,17 +213,49 @@ impl Connection {
         self.send(ctx, &ServerFrame::Error { id, code, reason });
     }
 
-    /// Closes the socket with `code` (once) and stops the actor.
+    /// Closes the socket with `code` (once): the close frame is sent, the connection leaves
+    /// everything at once, and the actor stops when the client answers with its own close frame
+    /// (or hangs up), or after [`CLOSE_HANDSHAKE_TIMEOUT`].
     fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
-        if let Some(closer) = self.closer.take() {
-            self.closed_with = Some((code, reason.to_owned()));
-            metrics::counter!(names::CLOSES, "code" => code.metric_label(), "reason" => code.name(), "initiator" => "server")
+        let Some(closer) = self.closer.take() else {
+            return;
+        };
+        self.closed_with = Some((code, reason.to_owned()));
+        metrics::counter!(names::CLOSES, "code" => code.metric_label(), "reason" => code.name(), "initiator" => "server")
+            .increment(1);
+        tracing::debug!(connection = %self.id, %code, reason, "closing");
+        let _ = closer.send(CloseRequest {
+            code,
+            reason: reason.to_owned(),
+        });
+        self.closing = true;
+        self.tear_down();
+        ctx.run_later(CLOSE_HANDSHAKE_TIMEOUT, |_, ctx| ctx.stop());
+    }
+
+    /// Gives up everything the connection holds on the node: its channels (announced), its
+    /// registration and its session; tells the `disconnect` hook. Once, at the close (or when
+    /// the actor stops without one).
+    fn tear_down(&mut self) {
+        if std::mem::replace(&mut self.torn_down, true) {
+            return;
+        }
+        let channels = self.leave_all();
+        self.call_disconnect_hook(&channels);
+        self.hub.unregister(self.key);
+        if let Some(ticket) = self.session.take() {
+            self.sessions.untrack(self.key, &ticket);
+        }
+    }
+
+    /// The socket ended without a close handshake (the TCP connection dropped, or the client
+    /// broke the framing): counted with `code` as initiated by `initiator`, and the actor stops.
+    fn ended(&mut self, ctx: &mut Context<Self>, code: CloseCode, initiator: &'static str) {
+        if !self.closing {
+            metrics::counter!(names::CLOSES, "code" => code.metric_label(), "reason" => code.name(), "initiator" => initiator)
                 .increment(1);
-            tracing::debug!(connection = %self.id, %code, reason, "closing");
-            let _ = closer.send(CloseRequest {
-                code,
-                reason: reason.to_owned(),
-            });
+            self.closed_with = Some((code, String::new()));
+            self.closing = true;
         }
         ctx.stop();
     }
@@ -274,17 +321,16 @@ impl Connection {
             .map(move |(answers, ()), connection, ctx| {
                 let mut joined = Vec::new();
                 for answer in answers {
-                    let channel = answer.channel.clone();
                     match connection.finish_join(answer) {
-                        Ok(()) => joined.push(channel),
+                        Ok(channel) => joined.push(channel),
                         Err(refusal) => refused.push(refusal),
                     }
                 }
-                let joined: Vec<&str> = joined.iter().map(ChannelName::as_str).collect();
+                let names: Vec<&str> = joined.iter().map(|joined| joined.0.as_str()).collect();
                 let welcome = ServerFrame::Welcome {
                     connection_id: &connection.id,
                     user: connection.identity.user.as_deref(),
-                    channels: &joined,
+                    channels: &names,
                     expires_at: connection.identity.expires_at,
                 };
                 let welcome = connection.encoding.encode(&welcome);
@@ -294,6 +340,9 @@ impl Connection {
                 }
                 for (code, reason) in refused {
                     connection.error(ctx, None, code, &reason);
+                }
+                for channel in joined {
+                    connection.announce_join(channel);
                 }
                 connection.publish_for_backend(ctx, hook_publications);
                 if let Some(inbound) = connection.inbound.take() {
@@ -315,6 +364,9 @@ impl Connection {
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
         if self.last_heard.elapsed() > self.settings.idle_timeout {
             self.close(ctx, CloseCode::GoingAway, "idle timeout");
         } else {
@@ -423,8 +475,9 @@ impl Connection {
             .into_actor(self)
             .then(move |answers, connection, _ctx| {
                 for answer in answers {
-                    if let Err((_, reason)) = connection.finish_join(answer) {
-                        refused.push(reason);
+                    match connection.finish_join(answer) {
+                        Ok(joined) => connection.announce_join(joined),
+                        Err((_, reason)) => refused.push(reason),
                     }
                 }
                 connection
@@ -594,7 +647,7 @@ impl Connection {
         let (code, reason) = self
             .closed_with
             .clone()
-            .unwrap_or((CloseCode::from_code(1006), "connection lost".to_owned()));
+            .unwrap_or((CloseCode::Abnormal, "connection lost".to_owned()));
         let body = json!({
             "code": code.code(),
             "reason": reason,
@@ -609,15 +662,34 @@ impl Connection {
     }
 }
 
-/// Whether the inbound stream failed because a frame, or a message fragmented into
-/// continuation frames, is over `max_frame_bytes`. actix-ws reports the second case only as an
-/// `Io` error with this text (`AggregatedMessageStream`'s size error), hence the match on it;
-/// the integration test `a_fragmented_message_over_the_size_limit_closes_with_1009` pins it.
-fn exceeds_size_limit(err: &ProtocolError) -> bool {
+/// How an inbound stream error ends the socket.
+#[derive(Debug, PartialEq, Eq)]
+enum StreamEnd {
+    /// A frame, or a message fragmented into continuation frames, over `max_frame_bytes`: 1009.
+    TooBig,
+    /// The TCP connection failed or ended under the stream (a reset, a hang-up mid-frame): an
+    /// abnormal closure (1006) that the client caused, not a protocol violation.
+    ConnectionLost,
+    /// The client broke the WebSocket rules (bad framing, invalid UTF-8 in a text frame): 1002.
+    ProtocolError,
+}
+
+/// Sorts an inbound stream error. actix-ws reports a continuation over the size limit only as
+/// an `Io` error with this text (`AggregatedMessageStream`'s size error), hence the match on it
+/// (the integration test `a_fragmented_message_over_the_size_limit_closes_with_1009` pins it);
+/// invalid UTF-8 arrives as `Io` of kind `InvalidData`; every other `Io` error is the
+/// connection's own.
+fn classify(err: &ProtocolError) -> StreamEnd {
     match err {
-        ProtocolError::Overflow => true,
-        ProtocolError::Io(io) => io.to_string() == "Exceeded maximum continuation size",
-        _ => false,
+        ProtocolError::Overflow => StreamEnd::TooBig,
+        ProtocolError::Io(io) if io.to_string() == "Exceeded maximum continuation size" => {
+            StreamEnd::TooBig
+        }
+        ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            StreamEnd::ProtocolError
+        }
+        ProtocolError::Io(_) => StreamEnd::ConnectionLost,
+        _ => StreamEnd::ProtocolError,
     }
 }
 
@@ -659,12 +731,7 @@ impl Actor for Connection {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        let channels = self.leave_all();
-        self.call_disconnect_hook(&channels);
-        self.hub.unregister(self.key);
-        if let Some(ticket) = self.session.take() {
-            self.sessions.untrack(self.key, &ticket);
-        }
+        self.tear_down();
     }
 }
 
@@ -675,6 +742,14 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
         ctx: &mut Self::Context,
     ) {
         self.last_heard = Instant::now();
+        if self.closing {
+            // Only the end of the close handshake matters now: the client's close frame, or
+            // the socket ending.
+            if matches!(message, Ok(AggregatedMessage::Close(_)) | Err(_)) {
+                ctx.stop();
+            }
+            return;
+        }
         match message {
             Ok(AggregatedMessage::Text(text)) => self.on_data_frame(ctx, decode_text(&text)),
             Ok(AggregatedMessage::Binary(bytes)) => self.on_data_frame(ctx, decode_binary(&bytes)),
@@ -686,30 +761,45 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
                 });
                 metrics::counter!(names::CLOSES, "code" => code.metric_label(), "reason" => code.name(), "initiator" => "client")
                     .increment(1);
-                // Echo the client's code, as RFC 6455 asks; not counted twice.
+                // Echo the client's code, as RFC 6455 asks; not counted twice. The handshake is
+                // then complete: the actor stops, and the socket closes once the echo is out.
                 if let Some(closer) = self.closer.take() {
                     let reason = reason
                         .as_ref()
                         .and_then(|reason| reason.description.clone());
                     self.closed_with = Some((code, reason.unwrap_or_default()));
+                    self.closing = true;
+                    // A code that may not be sent (1005, 1006, a reserved one) is answered 1000.
+                    let echoed = if code.is_sendable() {
+                        code
+                    } else {
+                        CloseCode::Normal
+                    };
                     let _ = closer.send(CloseRequest {
-                        code,
+                        code: echoed,
                         reason: String::new(),
                     });
                 }
                 ctx.stop();
             }
-            Err(err) if exceeds_size_limit(&err) => {
-                self.close(ctx, CloseCode::TooBig, "message exceeds max_frame_bytes");
-            }
-            Err(err) => {
-                tracing::debug!(connection = %self.id, error = %err, "websocket protocol error");
-                self.close(ctx, CloseCode::ProtocolError, "websocket protocol error");
-            }
+            Err(err) => match classify(&err) {
+                StreamEnd::TooBig => {
+                    self.close(ctx, CloseCode::TooBig, "message exceeds max_frame_bytes");
+                }
+                StreamEnd::ConnectionLost => {
+                    tracing::debug!(connection = %self.id, error = %err, "connection lost");
+                    self.ended(ctx, CloseCode::Abnormal, "client");
+                }
+                StreamEnd::ProtocolError => {
+                    tracing::debug!(connection = %self.id, error = %err, "websocket protocol error");
+                    self.close(ctx, CloseCode::ProtocolError, "websocket protocol error");
+                }
+            },
         }
     }
 
+    /// The stream ended without a close frame: the client hung up.
     fn finished(&mut self, ctx: &mut Self::Context) {
-        ctx.stop();
+        self.ended(ctx, CloseCode::Abnormal, "client");
     }
 }

@@ -14,9 +14,18 @@
 //!
 //! On a close request, what is already queued (a last `error` frame, say) is written first,
 //! then the close frame; for a slow consumer (4010) the queue is the problem, so the close
-//! overtakes it. The body holds the connection's admission [`Ticket`] until its close frame is
-//! handed to the dispatcher (or the connection is dropped), so the drain on shutdown waits for
-//! exactly that.
+//! overtakes it. The body then stays open, the socket still reading, until the close handshake is
+//! over: the connection actor holds a [`Lifeline`] and drops it when the client has answered
+//! with its own close frame, hung up, or let the close timeout pass (or at once, when the close
+//! was the echo of the client's). Only then does the body end, and the HTTP server closes the
+//! TCP connection at once (no linger), so a client that waits for the server to close, as RFC
+//! 6455 asks, is not kept waiting.
+//!
+//! The body holds the connection's admission [`Ticket`] until it ends (or is dropped, when the
+//! socket fails), so the node's connection count and the drain on shutdown see exactly the open
+//! sockets. A peer that stops reading cannot hold its socket forever: the kernel's write deadline
+//! (`server.write_timeout`, set on every accepted socket) fails the connection, which drops the
+//! body.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,10 +34,10 @@ use std::task::{Context, Poll};
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::admission::Ticket;
-use crate::hub::Outbound;
+use crate::hub::{Outbound, OutboundReceiver};
 use crate::protocol::CloseCode;
 use crate::protocol::websocket::{self, Opcode};
 
@@ -42,37 +51,68 @@ pub struct CloseRequest {
     pub reason: String,
 }
 
+/// Held by the connection actor while it runs; the body ends once it is dropped (after its close
+/// frame, if one was asked for).
+#[derive(Debug)]
+pub struct Lifeline {
+    _held: oneshot::Sender<()>,
+}
+
+/// A lifeline, and the end the body watches.
+pub fn lifeline() -> (Lifeline, oneshot::Receiver<()>) {
+    let (sender, receiver) = oneshot::channel();
+    (Lifeline { _held: sender }, receiver)
+}
+
+/// Where the body is in the connection's life.
+enum Stage {
+    /// Draining the queue; a close request may come.
+    Open,
+    /// The close frame is handed over; waiting for the actor to finish the close handshake.
+    Closing,
+    /// Done: nothing more to hand over.
+    Finished,
+}
+
 /// A connection's response body: its outbound queue, drained into the socket.
 pub struct OutboundBody {
-    queue: mpsc::Receiver<Outbound>,
+    queue: OutboundReceiver,
     close: oneshot::Receiver<CloseRequest>,
+    actor: oneshot::Receiver<()>,
+    stage: Stage,
     /// actix-ws's response body, never polled; dropping it ends the inbound `MessageStream`.
     _handshake_body: BoxBody,
     ticket: Option<Ticket>,
 }
 
 impl OutboundBody {
+    /// `actor` is the watched end of the connection actor's [`Lifeline`].
     pub fn new(
-        queue: mpsc::Receiver<Outbound>,
+        queue: OutboundReceiver,
         close: oneshot::Receiver<CloseRequest>,
+        actor: oneshot::Receiver<()>,
         handshake_body: BoxBody,
         ticket: Ticket,
     ) -> Self {
         Self {
             queue,
             close,
+            actor,
+            stage: Stage::Open,
             _handshake_body: handshake_body,
             ticket: Some(ticket),
         }
     }
 
-    fn finished(&self) -> bool {
-        self.ticket.is_none()
+    /// Ends the body: nothing more is handed over, and the admission slot is free.
+    fn end(&mut self) {
+        self.stage = Stage::Finished;
+        self.ticket = None;
     }
 
     /// The last bytes of the connection: what is queued (unless the queue is the problem), then
-    /// the close frame. Releases the admission ticket.
-    fn finish(&mut self, request: Option<CloseRequest>, batch: &mut Batch) {
+    /// the close frame.
+    fn last_bytes(&mut self, request: Option<CloseRequest>, batch: &mut Batch) {
         let flush = request
             .as_ref()
             .is_none_or(|request| request.code != CloseCode::SlowConsumer);
@@ -86,7 +126,6 @@ impl OutboundBody {
             Some(request) => websocket::close(request.code.code(), &request.reason),
             None => websocket::frame(Opcode::Close, &[]),
         });
-        self.ticket = None;
     }
 }
 
@@ -143,20 +182,41 @@ impl MessageBody for OutboundBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.get_mut();
-        if this.finished() {
-            return Poll::Ready(None);
+        match this.stage {
+            Stage::Finished => return Poll::Ready(None),
+            Stage::Closing => {
+                return match Pin::new(&mut this.actor).poll(cx) {
+                    Poll::Ready(_) => {
+                        this.end();
+                        Poll::Ready(None)
+                    }
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            Stage::Open => {}
         }
         let mut batch = Batch::default();
         if let Poll::Ready(request) = Pin::new(&mut this.close).poll(cx) {
-            // An error is the actor gone without asking: close without a code.
-            this.finish(request.ok(), &mut batch);
+            match request {
+                Ok(request) => {
+                    this.last_bytes(Some(request), &mut batch);
+                    this.stage = Stage::Closing;
+                }
+                // The actor gone without asking: close without a code, and end.
+                Err(_) => {
+                    this.last_bytes(None, &mut batch);
+                    this.end();
+                }
+            }
             return Poll::Ready(batch.into_bytes().map(Ok));
         }
         while batch.len() < MAX_BATCH_BYTES {
             match this.queue.poll_recv(cx) {
                 Poll::Ready(Some(outbound)) => batch.push(wire(outbound)),
+                // Every sender gone, the actor's included.
                 Poll::Ready(None) => {
-                    this.finish(None, &mut batch);
+                    this.last_bytes(None, &mut batch);
+                    this.end();
                     break;
                 }
                 Poll::Pending => break,
@@ -177,20 +237,28 @@ mod tests {
     use crate::protocol::{Encoding, ServerFrame};
     use futures_util::task::noop_waker_ref;
 
-    fn body(
-        capacity: usize,
-    ) -> (
-        OutboundBody,
-        crate::hub::OutboundSender,
-        oneshot::Sender<CloseRequest>,
-        Admission,
-    ) {
+    struct Parts {
+        body: OutboundBody,
+        queue: crate::hub::OutboundSender,
+        closer: oneshot::Sender<CloseRequest>,
+        lifeline: Lifeline,
+        admission: Admission,
+    }
+
+    fn body(capacity: usize) -> Parts {
         let admission = Admission::new(0);
         let ticket = admission.try_admit().expect("no limit");
-        let (queue, receiver) = outbound_queue(capacity);
+        let (queue, receiver) = outbound_queue(capacity, usize::MAX);
         let (closer, close) = oneshot::channel();
-        let body = OutboundBody::new(receiver, close, BoxBody::new(()), ticket);
-        (body, queue, closer, admission)
+        let (lifeline, actor) = lifeline();
+        let body = OutboundBody::new(receiver, close, actor, BoxBody::new(()), ticket);
+        Parts {
+            body,
+            queue,
+            closer,
+            lifeline,
+            admission,
+        }
     }
 
     fn poll(body: &mut OutboundBody) -> Poll<Option<Bytes>> {
@@ -210,7 +278,13 @@ mod tests {
 
     #[test]
     fn one_waiting_frame_is_handed_over_as_it_is_and_several_leave_together() {
-        let (mut body, queue, _closer, _admission) = body(8);
+        let Parts {
+            mut body,
+            queue,
+            closer: _closer,
+            lifeline: _lifeline,
+            ..
+        } = body(8);
         assert_eq!(poll(&mut body), Poll::Pending);
         let single = pong(1);
         let Outbound::Frame(frame) = &single else {
@@ -233,8 +307,14 @@ mod tests {
     }
 
     #[test]
-    fn a_close_flushes_the_queue_first_and_releases_the_ticket() {
-        let (mut body, queue, closer, admission) = body(8);
+    fn a_close_flushes_the_queue_first_and_ends_the_body_once_the_actor_is_gone() {
+        let Parts {
+            mut body,
+            queue,
+            closer,
+            lifeline,
+            admission,
+        } = body(8);
         queue.try_send(pong(7)).expect("room");
         closer
             .send(CloseRequest {
@@ -248,13 +328,22 @@ mod tests {
         let close = websocket::close(1012, "bye");
         assert!(bytes.ends_with(&close), "close frame last");
         assert!(bytes.len() > close.len(), "the queued pong first");
-        assert_eq!(admission.admitted(), 0);
+        assert_eq!(poll(&mut body), Poll::Pending, "the close handshake is not over");
+        assert_eq!(admission.admitted(), 1, "still an open socket");
+        drop(lifeline);
         assert_eq!(poll(&mut body), Poll::Ready(None));
+        assert_eq!(admission.admitted(), 0);
     }
 
     #[test]
     fn a_slow_consumer_close_overtakes_the_queue() {
-        let (mut body, queue, closer, _admission) = body(8);
+        let Parts {
+            mut body,
+            queue,
+            closer,
+            lifeline: _lifeline,
+            ..
+        } = body(8);
         queue.try_send(pong(7)).expect("room");
         closer
             .send(CloseRequest {
@@ -270,8 +359,15 @@ mod tests {
 
     #[test]
     fn the_actor_gone_without_a_request_closes_without_a_code() {
-        let (mut body, queue, closer, admission) = body(8);
+        let Parts {
+            mut body,
+            queue,
+            closer,
+            lifeline,
+            admission,
+        } = body(8);
         drop(closer);
+        drop(lifeline);
         drop(queue);
         assert_eq!(
             poll(&mut body),

@@ -27,7 +27,8 @@ use actix::prelude::*;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
-use super::member::{ConnectionKey, Member, Outbound};
+use super::member::{ConnectionKey, Member};
+use super::queue::Outbound;
 use super::membership::Membership;
 use super::registry::GroupRegistry;
 use crate::broker::{Broker, Publication, Topic};
@@ -352,13 +353,10 @@ impl Handler<Deliver> for Group {
 mod tests {
     use super::*;
     use crate::hub::member::testing::member;
+    use crate::hub::queue::OutboundReceiver;
     use serde_json::json;
-    use tokio::sync::mpsc;
 
-    fn members(
-        encodings: &[Encoding],
-        capacity: usize,
-    ) -> (Vec<Member>, Vec<mpsc::Receiver<Outbound>>) {
+    fn members(encodings: &[Encoding], capacity: usize) -> (Vec<Member>, Vec<OutboundReceiver>) {
         encodings
             .iter()
             .enumerate()
@@ -375,7 +373,7 @@ mod tests {
     }
 
     /// The address of the encoded bytes a member received.
-    fn frame_address(receiver: &mut mpsc::Receiver<Outbound>) -> usize {
+    fn frame_address(receiver: &mut OutboundReceiver) -> usize {
         match receiver.try_recv() {
             Ok(Outbound::Frame(frame)) => frame.wire().as_ptr() as usize,
             other => panic!("expected a frame, got {other:?}"),

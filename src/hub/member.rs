@@ -3,27 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::protocol::{CloseCode, Encoding, OutboundFrame};
-
-/// One item in a connection's outbound queue.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    Frame(OutboundFrame),
-    Ping(Bytes),
-    Pong(Bytes),
-}
-
-/// The producing end of a connection's bounded outbound queue. `try_send` only: a full queue is
-/// a slow consumer, never a reason to wait or grow.
-pub type OutboundSender = mpsc::Sender<Outbound>;
-
-/// Creates a connection's outbound queue holding at most `capacity` items.
-pub fn outbound_queue(capacity: usize) -> (OutboundSender, mpsc::Receiver<Outbound>) {
-    mpsc::channel(capacity.max(1))
-}
+use super::queue::OutboundSender;
+use crate::protocol::{CloseCode, Encoding};
 
 /// Node-local key of a connection (the public id is a string derived from it).
 pub type ConnectionKey = u64;
@@ -88,19 +71,16 @@ impl Member {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+    use crate::hub::queue::{OutboundReceiver, outbound_queue};
 
-    /// A member with an outbound queue of `capacity`, the queue's receiving end, and where its
-    /// close notice arrives.
+    /// A member with an outbound queue of `capacity` frames, the queue's receiving end, and
+    /// where its close notice arrives.
     pub(crate) fn member_watched(
         connection: ConnectionKey,
         encoding: Encoding,
         capacity: usize,
-    ) -> (
-        Member,
-        mpsc::Receiver<Outbound>,
-        oneshot::Receiver<Disconnect>,
-    ) {
-        let (queue, receiver) = outbound_queue(capacity);
+    ) -> (Member, OutboundReceiver, oneshot::Receiver<Disconnect>) {
+        let (queue, receiver) = outbound_queue(capacity, usize::MAX);
         let (disconnect, notices) = Disconnector::new();
         let member = Member {
             connection,
@@ -116,7 +96,7 @@ pub(crate) mod testing {
         connection: ConnectionKey,
         encoding: Encoding,
         capacity: usize,
-    ) -> (Member, mpsc::Receiver<Outbound>) {
+    ) -> (Member, OutboundReceiver) {
         let (member, receiver, _notices) = member_watched(connection, encoding, capacity);
         (member, receiver)
     }

@@ -4,6 +4,7 @@
 //! - [`registry`]: channel name → group, and the broker's sink.
 //! - [`member`]: what a group knows of a member (its bounded outbound queue, its one-shot
 //!   `Disconnector`).
+//! - [`queue`]: a connection's outbound queue, bounded in frames and in bytes.
 //! - [`membership`]: the token one join shares with its leave, so a leave that overtakes its
 //!   join cancels it wherever it is.
 //! - [`directory`]: the connections on this node, by key, user and session; connection ids.
@@ -19,6 +20,7 @@ pub mod group;
 pub mod member;
 pub mod membership;
 pub mod policy;
+pub mod queue;
 pub mod registry;
 pub mod sink;
 
@@ -37,11 +39,10 @@ use crate::protocol::{ChannelName, CloseCode};
 pub use directory::{ConnectionDirectory, LocalConnection};
 pub use group::{FanOut, JoinError, fan_out};
 use group::{Group, Join, Leave};
-pub use member::{
-    ConnectionKey, Disconnect, Disconnector, Member, Outbound, OutboundSender, outbound_queue,
-};
+pub use member::{ConnectionKey, Disconnect, Disconnector, Member};
 pub use membership::Membership;
 pub use policy::{Access, ChannelPolicy, ChannelRule};
+pub use queue::{Outbound, OutboundReceiver, OutboundSender, outbound_queue};
 pub use registry::GroupRegistry;
 pub use sink::HubSink;
 

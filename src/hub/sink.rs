@@ -87,12 +87,13 @@ mod tests {
     use super::*;
     use crate::broker::{Broker, MemoryBroker};
     use crate::hub::member::testing::member_watched;
-    use crate::hub::member::{ConnectionKey, Disconnect, Outbound};
+    use crate::hub::member::{ConnectionKey, Disconnect};
+    use crate::hub::queue::{Outbound, OutboundReceiver};
     use crate::hub::{Hub, LocalConnection};
     use crate::protocol::{CloseCode, Encoding};
     use actix::prelude::*;
     use serde_json::{Value, json};
-    use tokio::sync::{mpsc, oneshot};
+    use tokio::sync::oneshot;
 
     struct Node {
         hub: Hub,
@@ -119,7 +120,7 @@ mod tests {
         session: &str,
     ) -> (
         ConnectionKey,
-        mpsc::Receiver<Outbound>,
+        OutboundReceiver,
         oneshot::Receiver<Disconnect>,
     ) {
         let (key, id) = hub.directory().allocate();
@@ -135,7 +136,7 @@ mod tests {
         (key, receiver, notices)
     }
 
-    fn json_frame(receiver: &mut mpsc::Receiver<Outbound>) -> Option<Value> {
+    fn json_frame(receiver: &mut OutboundReceiver) -> Option<Value> {
         match receiver.try_recv() {
             Ok(Outbound::Frame(frame)) => serde_json::from_slice(frame.payload()).ok(),
             _ => None,

@@ -14,6 +14,10 @@ pub enum CloseCode {
     GoingAway,
     /// 1002: the peer broke the WebSocket framing rules.
     ProtocolError,
+    /// 1006: the connection ended without a close frame (a client's network dropped, a tab was
+    /// killed). Never sent in a close frame (RFC 6455 reserves it); counted and reported to the
+    /// `disconnect` hook.
+    Abnormal,
     /// 1008: generic policy violation (e.g. repeated malformed frames).
     Policy,
     /// 1009: a frame over `server.max_frame_bytes`.
@@ -36,10 +40,11 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// Every named code, for documentation tests and metric pre-registration.
-    pub const NAMED: [CloseCode; 11] = [
+    pub const NAMED: [CloseCode; 12] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
+        CloseCode::Abnormal,
         CloseCode::Policy,
         CloseCode::TooBig,
         CloseCode::Restart,
@@ -55,6 +60,7 @@ impl CloseCode {
             CloseCode::Normal => 1000,
             CloseCode::GoingAway => 1001,
             CloseCode::ProtocolError => 1002,
+            CloseCode::Abnormal => 1006,
             CloseCode::Policy => 1008,
             CloseCode::TooBig => 1009,
             CloseCode::Restart => 1012,
@@ -73,6 +79,7 @@ impl CloseCode {
             CloseCode::Normal => "normal",
             CloseCode::GoingAway => "going_away",
             CloseCode::ProtocolError => "protocol_error",
+            CloseCode::Abnormal => "abnormal_closure",
             CloseCode::Policy => "policy",
             CloseCode::TooBig => "too_big",
             CloseCode::Restart => "restart",
@@ -92,6 +99,12 @@ impl CloseCode {
             CloseCode::Other(_) => "other".to_owned(),
             named => named.code().to_string(),
         }
+    }
+
+    /// Whether the code may be sent in a close frame (RFC 6455 §7.4: 1005, 1006 and 1015 are
+    /// for reporting only, and 1004 and 1016–2999 are reserved or unassigned).
+    pub fn is_sendable(self) -> bool {
+        matches!(self.code(), 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
 
     pub fn from_code(code: u16) -> Self {
@@ -122,5 +135,8 @@ mod tests {
         assert_eq!(CloseCode::Restart.name(), "restart");
         assert_eq!(CloseCode::SlowConsumer.metric_label(), "4010");
         assert_eq!(CloseCode::Other(4321).metric_label(), "other");
+        assert!(CloseCode::SlowConsumer.is_sendable() && CloseCode::Normal.is_sendable());
+        assert!(!CloseCode::Abnormal.is_sendable());
+        assert!(!CloseCode::Other(1005).is_sendable() && !CloseCode::Other(2000).is_sendable());
     }
 }

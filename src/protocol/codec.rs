@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::depth;
 use super::frame::{ClientFrame, FrameError, ServerFrame};
 use super::websocket::{self, Opcode};
 
@@ -64,6 +65,12 @@ impl OutboundFrame {
         self.0
     }
 
+    /// Wraps bytes that are already a whole WebSocket frame (for tests of the queue).
+    #[cfg(test)]
+    pub(crate) fn from_wire(bytes: Bytes) -> Self {
+        Self(bytes)
+    }
+
     /// The payload: the JSON text or the MessagePack bytes.
     pub fn payload(&self) -> &[u8] {
         &self.0[websocket::header_length(&self.0)..]
@@ -95,18 +102,35 @@ pub enum DecodeError {
 
 /// Decodes a text frame (JSON) into a client frame.
 pub fn decode_text(text: &str) -> Result<ClientFrame, FrameError> {
-    let value: Value = serde_json::from_str(text).map_err(|err| FrameError {
-        id: None,
-        reason: DecodeError::Json(err.to_string()).to_string(),
+    let value: Value = serde_json::from_str(text).map_err(|err| {
+        let reason = if depth::is_json_recursion_limit(&err) {
+            DecodeError::Invalid(depth::TooDeep.to_string())
+        } else {
+            DecodeError::Json(err.to_string())
+        };
+        FrameError {
+            id: None,
+            reason: reason.to_string(),
+        }
     })?;
-    ClientFrame::from_value(value)
+    checked_frame(value)
 }
 
 /// Decodes a binary frame (MessagePack) into a client frame.
 pub fn decode_binary(bytes: &[u8]) -> Result<ClientFrame, FrameError> {
-    let value: Value = rmp_serde::from_slice(bytes).map_err(|err| FrameError {
+    let value: Value = depth::from_msgpack(bytes).map_err(|err| FrameError {
         id: None,
-        reason: DecodeError::MessagePack(err.to_string()).to_string(),
+        reason: DecodeError::MessagePack(err).to_string(),
+    })?;
+    checked_frame(value)
+}
+
+/// The nesting limit (the same for both encodings), then the frame's shape.
+fn checked_frame(value: Value) -> Result<ClientFrame, FrameError> {
+    depth::check(&value).map_err(|too_deep| FrameError {
+        // Decoded, only too deep: its `id` is still there for the error.
+        id: value.get("id").and_then(Value::as_u64),
+        reason: DecodeError::Invalid(too_deep.to_string()).to_string(),
     })?;
     ClientFrame::from_value(value)
 }
@@ -167,6 +191,25 @@ mod tests {
                 channel: "c".into()
             }
         );
+    }
+
+    #[test]
+    fn one_depth_limit_refuses_deep_frames_in_both_encodings() {
+        // `data` nested 64 levels: the frame is 65 deep.
+        let deep = (0..depth::MAX_DEPTH).fold(json!(1), |inner, _| json!([inner]));
+        let frame = json!({"action": "publish", "channel": "c", "data": deep});
+        let packed = rmp_serde::to_vec_named(&frame).expect("pack");
+        for err in [
+            decode_text(&frame.to_string()).expect_err("json"),
+            decode_binary(&packed).expect_err("msgpack"),
+        ] {
+            assert!(err.reason.contains("nested deeper than 64"), "{}", err.reason);
+        }
+        let very_deep = "[".repeat(300) + &"]".repeat(300);
+        let err = decode_text(&very_deep).expect_err("past serde_json's own limit");
+        assert!(err.reason.contains("nested deeper than 64"), "{}", err.reason);
+        let shallow = json!({"action": "publish", "channel": "c", "data": [[[1]]]});
+        assert!(decode_text(&shallow.to_string()).is_ok());
     }
 
     #[test]

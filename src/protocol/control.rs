@@ -79,8 +79,7 @@ impl ControlOp {
         let wire: WireOp = if starts_like_json_object(payload) {
             serde_json::from_slice(payload).map_err(|err| DecodeError::Json(err.to_string()))?
         } else {
-            rmp_serde::from_slice(payload)
-                .map_err(|err| DecodeError::MessagePack(err.to_string()))?
+            super::depth::from_msgpack(payload).map_err(DecodeError::MessagePack)?
         };
         Self::from_wire(wire).map_err(DecodeError::Invalid)
     }
@@ -90,6 +89,7 @@ impl ControlOp {
             "disconnect" => Self::disconnect_from_wire(wire),
             "send" => match (wire.connection, wire.data) {
                 (Some(connection), Some(data)) if wire.user.is_none() && wire.session.is_none() => {
+                    super::depth::check_field(&data, 2).map_err(|err| format!("data: {err}"))?;
                     Ok(ControlOp::Send { connection, data })
                 }
                 (None, _) => Err("connection: required for op \"send\"".to_owned()),

@@ -38,11 +38,15 @@ impl Envelope {
     /// Decodes a payload that is either a JSON envelope or a MessagePack envelope. JSON is tried
     /// first when the payload starts like a JSON object (`{` after optional whitespace).
     pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
-        if starts_like_json_object(payload) {
-            serde_json::from_slice(payload).map_err(|err| DecodeError::Json(err.to_string()))
+        let envelope: Self = if starts_like_json_object(payload) {
+            serde_json::from_slice(payload).map_err(|err| DecodeError::Json(err.to_string()))?
         } else {
-            rmp_serde::from_slice(payload).map_err(|err| DecodeError::MessagePack(err.to_string()))
-        }
+            super::depth::from_msgpack(payload).map_err(DecodeError::MessagePack)?
+        };
+        // The envelope object is level 1, as a client frame is.
+        super::depth::check_field(&envelope.data, 2)
+            .map_err(|too_deep| DecodeError::Invalid(format!("data: {too_deep}")))?;
+        Ok(envelope)
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -77,6 +81,9 @@ mod tests {
         assert!(Envelope::decode(b"{\"from\": \"x\"}").is_err());
         assert!(Envelope::decode(b"").is_err());
         assert!(Envelope::decode(b"{\"data\": 1, \"kind\": \"other\"}").is_err());
+        let deep = (1..70).fold(json!(1), |inner, _| json!([inner]));
+        let packed = rmp_serde::to_vec_named(&json!({"data": deep})).expect("pack");
+        assert!(Envelope::decode(&packed).is_err(), "too deep in MessagePack too");
     }
 
     #[test]

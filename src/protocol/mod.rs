@@ -10,6 +10,7 @@ pub mod channel;
 pub mod close;
 pub mod codec;
 pub mod control;
+pub mod depth;
 pub mod envelope;
 pub mod error_code;
 pub mod frame;

@@ -218,7 +218,7 @@ async fn random_interleavings_of_join_leave_and_close_keep_channels_groups_and_s
 async fn abort_handshake(address: std::net::SocketAddr, headers: &str) {
     use tokio::io::AsyncWriteExt;
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_linger(Some(Duration::ZERO)).expect("linger");
+    socket.set_zero_linger().expect("linger");
     let mut stream = socket.connect(address).await.expect("connect");
     let request = format!(
         "GET /ws HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -432,4 +432,199 @@ async fn only_the_configured_gateway_header_is_believed_and_a_credential_header_
     .err()
     .expect("two headers naming two users");
     assert_eq!(disagreeing.status, 401);
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_holds_a_bounded_queue_and_is_dropped_by_the_write_deadline() {
+    let config = "[server]\nmax_connections = 2\nwrite_timeout = \"1s\"\nrate_limit = 100000\nrate_limit_burst = 100000\n";
+    let server = TestServer::start(config).await;
+    let mut publisher = server.client().await;
+    // A reader with a small receive buffer that never reads after its handshake.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let stream = socket.connect(server.address).await.expect("connect");
+    let (silent, _) = tokio_tungstenite::client_async(server.ws_url("/ws?channel=flood"), stream)
+        .await
+        .expect("handshake");
+    server.wait_for_metric("switchboard_channels", 1.0).await;
+    let full = Client::connect(&server.ws_url("/ws"), &[]).await.err().expect("full");
+    assert_eq!(full.status, 429);
+
+    let rss_before = server.rss_kib();
+    let payload = "p".repeat(60_000);
+    for n in 0..600u64 {
+        publisher
+            .send(json!({"action": "publish", "channel": "flood", "data": {"n": n, "p": payload}}))
+            .await;
+    }
+    let answered = publisher.request(json!({"action": "ping"}), 1).await;
+    assert_eq!(answered["type"], "pong");
+    server
+        .wait_for_metric(
+            "switchboard_closes_total{code=\"4010\",reason=\"slow_consumer\",initiator=\"server\"}",
+            1.0,
+        )
+        .await;
+    let rss_after = server.rss_kib();
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "36 MB went to a socket that reads nothing; RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    // Its close frame cannot be written either: the write deadline drops the socket, and its
+    // admission slot is free again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match Client::connect(&server.ws_url("/ws"), &[]).await {
+            Ok(_) => break,
+            Err(refused) => assert_eq!(refused.status, 429),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the silent socket still holds its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(silent);
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_without_a_close_frame_is_an_abnormal_closure_not_a_protocol_error()
+{
+    let server = TestServer::start("").await;
+    let (code_1006, code_1002) = (
+        "switchboard_closes_total{code=\"1006\",reason=\"abnormal_closure\",initiator=\"client\"}",
+        "switchboard_closes_total{code=\"1002\",reason=\"protocol_error\",initiator=\"server\"}",
+    );
+    // A reset (a killed tab, a phone out of signal)...
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_zero_linger().expect("linger");
+    let stream = socket.connect(server.address).await.expect("connect");
+    let (client, _) = tokio_tungstenite::client_async(server.ws_url("/ws"), stream)
+        .await
+        .expect("handshake");
+    server.wait_for_metric("switchboard_connections", 1.0).await;
+    drop(client);
+    server.wait_for_metric(code_1006, 1.0).await;
+    // ...and a plain hang-up (FIN) without a close frame.
+    let silent = crate::support::SilentSocket::connect(server.address, "/ws").await;
+    server.wait_for_metric("switchboard_connections", 1.0).await;
+    drop(silent);
+    server.wait_for_metric(code_1006, 2.0).await;
+    server.wait_for_metric("switchboard_connections", 0.0).await;
+    assert_eq!(server.metric(code_1002).await.unwrap_or(0.0), 0.0);
+
+    // A real framing violation is still 1002: a text frame that is not UTF-8.
+    let mut broken = crate::support::SilentSocket::connect(server.address, "/ws").await;
+    broken.send_frame(0x1, true, &[0xff, 0xfe]).await;
+    assert_eq!(broken.close_frame().await.0, 1002);
+}
+
+#[tokio::test]
+async fn the_tcp_connection_closes_as_soon_as_the_close_handshake_completes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::start("").await;
+    // The fastest of five: scheduling noise on a busy machine only ever adds time, while
+    // lingering would hold every one of them for its full timeout (500 ms before).
+    let mut fastest = Duration::MAX;
+    for _ in 0..5 {
+        let mut client = server.client().await;
+        let started = tokio::time::Instant::now();
+        client.socket.send(Message::Close(None)).await.expect("close");
+        // The echo, then the end of the TCP stream, without the client closing first.
+        loop {
+            match tokio::time::timeout(WAIT, client.socket.next()).await.expect("echo") {
+                Some(Ok(Message::Close(_))) => continue,
+                Some(Ok(_)) => continue,
+                None | Some(Err(_)) => break,
+            }
+        }
+        fastest = fastest.min(started.elapsed());
+    }
+    assert!(
+        fastest < Duration::from_millis(250),
+        "the server kept the TCP connection {fastest:?} after the close handshake"
+    );
+
+    // A server-initiated close ends as soon as the client answers it.
+    let mut fastest = Duration::MAX;
+    for _ in 0..5 {
+        let mut client = server.client().await;
+        client
+            .send(json!({"action": "join", "channel": "x"}))
+            .await;
+        for _ in 0..11 {
+            client.send_raw(Message::Text("{oops".into())).await;
+        }
+        let started = tokio::time::Instant::now();
+        // tungstenite answers the server's close frame by itself, then waits for the server.
+        loop {
+            match tokio::time::timeout(WAIT, client.socket.next()).await.expect("close") {
+                None | Some(Err(_)) => break,
+                Some(Ok(_)) => continue,
+            }
+        }
+        fastest = fastest.min(started.elapsed());
+    }
+    assert!(
+        fastest < Duration::from_millis(250),
+        "{fastest:?} from a 1008 close to the end of the connection"
+    );
+}
+
+/// `1` wrapped in `levels` arrays.
+fn nested(levels: usize) -> Value {
+    (0..levels).fold(json!(1), |inner, _| json!([inner]))
+}
+
+#[tokio::test]
+async fn deep_publications_are_refused_in_both_encodings_never_acknowledged_then_lost() {
+    let redis = RedisServer::start().await;
+    let cluster = nodes(&redis, 2, "").await;
+    let mut member = cluster[1].client_in(&["deep"]).await;
+    let mut msgpack = Client::connect(
+        &cluster[0].ws_url("/ws"),
+        &[("Sec-WebSocket-Protocol", "switchboard.v1.msgpack")],
+    )
+    .await
+    .expect("msgpack client");
+    assert_eq!(msgpack.recv().await["type"], "welcome");
+    for levels in [64, 200, 600] {
+        msgpack
+            .send(json!({"action": "publish", "channel": "deep", "data": nested(levels), "id": levels}))
+            .await;
+        let answer = msgpack.recv().await;
+        assert_eq!(answer["code"], "bad_request", "{levels} levels: {answer}");
+        if levels == 64 {
+            assert_eq!(answer["id"], 64, "a frame that parsed keeps its id: {answer}");
+        }
+        assert!(
+            answer["reason"].as_str().unwrap_or_default().contains("nested deeper than 64"),
+            "{answer}"
+        );
+    }
+    let mut json_client = cluster[0].client().await;
+    let answer = json_client
+        .request(json!({"action": "publish", "channel": "deep", "data": nested(100)}), 1)
+        .await;
+    assert_eq!(answer["code"], "bad_request", "JSON has the same limit: {answer}");
+
+    // Up to the limit, a publication is acknowledged and delivered on every node.
+    let answer = msgpack
+        .request(json!({"action": "publish", "channel": "deep", "data": nested(63)}), 2)
+        .await;
+    assert_eq!(answer["type"], "reply", "{answer}");
+    let delivered = member.recv().await;
+    assert_eq!(delivered["data"], nested(63));
+    // A back end's envelope past the limit is dropped and counted, like any invalid one.
+    let backend = redis.client().await;
+    backend
+        .publish("sb:ch:deep", json!({"data": nested(80)}).to_string())
+        .await;
+    cluster[1]
+        .wait_for_metric(
+            "switchboard_broker_decode_errors_total{kind=\"channel\"}",
+            1.0,
+        )
+        .await;
 }
