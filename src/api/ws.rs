@@ -214,7 +214,7 @@ async fn call_connect_hook(
             status: StatusCode::BAD_GATEWAY,
             code: "backend_error",
             label: "connect_hook",
-            reason: format!("connect hook: {err}"),
+            reason: format!("connect hook: {}", err.client_reason()),
         }),
     }
 }

@@ -70,6 +70,16 @@ pub(super) fn id_of(value: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// The latest expiry an identity may have (9999-12-31T23:59:59Z): a credential claiming a later
+/// one (`exp = 2^63`, an `expires_in` of `u64::MAX`) expires then, so no expiry is too large for
+/// the arithmetic on it or for a client's clock.
+pub const MAX_EXPIRES_AT: u64 = 253_402_300_799;
+
+/// An expiry as an identity holds it: clamped to [`MAX_EXPIRES_AT`].
+pub fn clamp_expiry(expires_at: u64) -> u64 {
+    expires_at.min(MAX_EXPIRES_AT)
+}
+
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -80,6 +90,13 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_expiries_are_clamped() {
+        assert_eq!(clamp_expiry(u64::MAX), MAX_EXPIRES_AT);
+        assert_eq!(clamp_expiry(1 << 63), MAX_EXPIRES_AT);
+        assert_eq!(clamp_expiry(1_790_000_000), 1_790_000_000);
+    }
 
     #[test]
     fn anonymous_has_no_user_and_no_expiry() {

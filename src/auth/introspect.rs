@@ -335,7 +335,9 @@ async fn call(client: &reqwest::Client, url: &str, forwarded: &Forwarded) -> Ans
     Ok(Identity {
         user: Some(user),
         session: body.session.as_ref().and_then(id_of),
-        expires_at: body.expires_in.map(|seconds| unix_now().saturating_add(seconds)),
+        expires_at: body
+            .expires_in
+            .map(|seconds| super::identity::clamp_expiry(unix_now().saturating_add(seconds))),
         channels: body.channels,
         authenticator: "introspect",
         credential: Some(Credential::Headers(forwarded.clone())),

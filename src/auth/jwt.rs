@@ -297,7 +297,10 @@ impl JwtAuthenticator {
         Ok(Identity {
             user: Some(user),
             session: claims.get(&self.config.session_claim).and_then(id_of),
-            expires_at: claims.get("exp").and_then(Value::as_u64),
+            expires_at: claims
+                .get("exp")
+                .and_then(Value::as_u64)
+                .map(super::identity::clamp_expiry),
             channels,
             authenticator: "jwt",
             credential: None,

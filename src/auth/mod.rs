@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 pub use chain::{AuthChain, AuthError, AuthFuture, Authenticator, RefusalReason, Revalidation};
 pub use handshake::{Duplicate, Handshake};
-pub use identity::{Credential, Identity, unix_now};
+pub use identity::{Credential, Identity, MAX_EXPIRES_AT, clamp_expiry, unix_now};
 pub use redis_session::SessionStore;
 
 use serde::{Deserialize, Serialize};

@@ -6,9 +6,13 @@
 //! Every call is a JSON POST of `{"connection", "user", "session", "action", "body"}` with the
 //! identity repeated in `X-Switchboard-*` headers (and `X-Switchboard-Key: <[api] key>` when the
 //! API key is set, so the back end can tell the calls are ours). Calls are bounded per node:
-//! at most `[backend] concurrency` in flight, each (waiting for a slot included) within
+//! at most `[backend] concurrency` route calls in flight, and as many hook calls again (the
+//! `connect` and `disconnect` hooks have their own permits, so sockets busy calling routes can
+//! never delay another user's handshake), each (waiting for a slot included) within
 //! `[backend] timeout`; a call that fails, times out or is answered with a non-2xx status is a
-//! [`BackendError`], never a hang.
+//! [`BackendError`], never a hang. Per connection, at most `max_calls_per_connection` route
+//! calls are in flight (the connection refuses more with `rate_limited`), so one client cannot
+//! take the node's pool.
 //!
 //! What it is not: it does not act on the answer (the connection does) and knows no actix.
 
@@ -46,8 +50,10 @@ pub type RoutesConfig = BTreeMap<String, String>;
 pub struct BackendConfig {
     /// The longest a call may take, waiting for a free slot included.
     pub timeout: HumanDuration,
-    /// Calls in flight per node.
+    /// Route calls in flight per node (and hook calls, separately, as many again).
     pub concurrency: usize,
+    /// Route calls one connection may have in flight; more get `rate_limited`.
+    pub max_calls_per_connection: usize,
     /// Handshake headers passed on to the `connect` hook (lower case).
     pub forward_headers: Vec<String>,
 }
@@ -57,6 +63,7 @@ impl Default for BackendConfig {
         Self {
             timeout: HumanDuration::from_secs(5),
             concurrency: 64,
+            max_calls_per_connection: 8,
             forward_headers: vec!["cookie".to_owned()],
         }
     }
@@ -88,6 +95,12 @@ pub fn problems(routes: &RoutesConfig, backend: &BackendConfig) -> Vec<(String, 
             "must be at least 1".to_owned(),
         ));
     }
+    if backend.max_calls_per_connection == 0 {
+        problems.push((
+            "backend.max_calls_per_connection".to_owned(),
+            "must be at least 1".to_owned(),
+        ));
+    }
     problems
 }
 
@@ -115,6 +128,18 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// What the client is told: the back end's own status and `reason` when it answered (its
+    /// words are meant for its users), else a neutral text (transport details are the
+    /// operator's, in the log).
+    pub fn client_reason(&self) -> String {
+        match self {
+            BackendError::Timeout(_) => "the back end did not answer in time".to_owned(),
+            BackendError::Unreachable(_) => "the back end is unreachable".to_owned(),
+            BackendError::Status { .. } => self.to_string(),
+            BackendError::InvalidAnswer(_) => "the back end's answer is invalid".to_owned(),
+        }
+    }
+
     /// The `result` label of the route-call metric.
     pub fn label(&self) -> &'static str {
         match self {
@@ -146,7 +171,11 @@ pub struct Route {
 pub struct Backend {
     client: reqwest::Client,
     routes: BTreeMap<String, Route>,
+    /// Route calls in flight per node.
     permits: Semaphore,
+    /// Hook calls in flight per node, apart from the routes'.
+    hook_permits: Semaphore,
+    max_calls_per_connection: usize,
     timeout: Duration,
     forward_headers: Vec<String>,
     key: Option<String>,
@@ -179,6 +208,8 @@ impl Backend {
             client,
             routes: parsed,
             permits: Semaphore::new(config.concurrency),
+            hook_permits: Semaphore::new(config.concurrency),
+            max_calls_per_connection: config.max_calls_per_connection,
             timeout: config.timeout.0,
             forward_headers: config.forward_headers.clone(),
             key: (!api_key.is_empty()).then(|| api_key.to_owned()),
@@ -202,6 +233,11 @@ impl Backend {
     /// The disconnect hook, if configured.
     pub fn disconnect_hook(&self) -> Option<Route> {
         self.routes.get(DISCONNECT_HOOK).cloned()
+    }
+
+    /// How many route calls one connection may have in flight.
+    pub fn max_calls_per_connection(&self) -> usize {
+        self.max_calls_per_connection
     }
 
     /// Which handshake headers the connect hook receives.
@@ -249,10 +285,15 @@ impl Backend {
         body: Value,
         extra_headers: &[(String, String)],
     ) -> Result<Instructions, BackendError> {
-        let _permit =
-            self.permits.acquire().await.map_err(|_| {
-                BackendError::Unreachable("the back-end client is closed".to_owned())
-            })?;
+        let is_hook = matches!(&*route.name, CONNECT_HOOK | DISCONNECT_HOOK);
+        let permits = if is_hook {
+            &self.hook_permits
+        } else {
+            &self.permits
+        };
+        let _permit = permits.acquire().await.map_err(|_| {
+            BackendError::Unreachable("the back-end client is closed".to_owned())
+        })?;
         let payload = json!({
             "connection": &*caller.connection,
             "user": caller.user,

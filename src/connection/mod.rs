@@ -53,6 +53,9 @@ use rate_limit::{StrikeWindow, TokenBucket};
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 /// Malformed frames tolerated within `STRIKE_WINDOW` before closing with 1008.
 const MALFORMED_FRAME_LIMIT: u32 = 10;
+/// The longest one expiry timer waits; a later expiry re-arms it then (so no deadline is too far
+/// for the timer wheel).
+const MAX_EXPIRY_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long a server-initiated close waits for the client's close frame before the socket is
 /// closed anyway.
 pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -120,6 +123,8 @@ pub struct Connection {
     inbound: Option<AggregatedMessageStream>,
     rate: TokenBucket,
     rate_strikes: StrikeWindow,
+    /// Route calls in flight (bounded by `[backend] max_calls_per_connection`).
+    route_calls: usize,
     malformed_strikes: StrikeWindow,
     last_heard: Instant,
 }
@@ -155,6 +160,7 @@ impl Connection {
                 now,
             ),
             malformed_strikes: StrikeWindow::new(STRIKE_WINDOW, MALFORMED_FRAME_LIMIT, now),
+            route_calls: 0,
             settings,
             queue: parts.queue,
             closer: Some(parts.closer),
@@ -277,10 +283,7 @@ impl Connection {
         let Some(expires_at) = self.expires_at() else {
             return;
         };
-        let deadline = std::time::UNIX_EPOCH + Duration::from_secs(expires_at);
-        let delay = deadline
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO);
+        let delay = Duration::from_secs(expires_at.saturating_sub(unix_now())).min(MAX_EXPIRY_WAIT);
         self.expiry = Some(ctx.run_later(delay, |connection, ctx| {
             connection.expiry = None;
             // A re-validated session may have been extended since the timer was armed.
@@ -447,12 +450,27 @@ impl Connection {
                 &format!("no route handles action {action:?}"),
             );
         };
+        let limit = backend.max_calls_per_connection();
+        if self.route_calls >= limit {
+            return self.error(
+                ctx,
+                id,
+                ErrorCode::RateLimited,
+                &format!("{limit} back-end calls are already in flight; wait for their answers"),
+            );
+        }
+        self.route_calls += 1;
         let caller = self.caller();
         async move { backend.call(&route, &caller, &action, body, &[]).await }
             .into_actor(self)
-            .map(move |result, connection, ctx| match result {
-                Ok(instructions) => connection.carry_out(ctx, id, instructions),
-                Err(err) => connection.error(ctx, id, ErrorCode::BackendError, &err.to_string()),
+            .map(move |result, connection, ctx| {
+                connection.route_calls = connection.route_calls.saturating_sub(1);
+                match result {
+                    Ok(instructions) => connection.carry_out(ctx, id, instructions),
+                    Err(err) => {
+                        connection.error(ctx, id, ErrorCode::BackendError, &err.client_reason())
+                    }
+                }
             })
             .spawn(ctx);
     }

@@ -628,3 +628,69 @@ async fn deep_publications_are_refused_in_both_encodings_never_acknowledged_then
         )
         .await;
 }
+
+#[tokio::test]
+async fn an_absurd_expiry_is_clamped_and_the_connection_lives_and_leaves_normally() {
+    let view = DjangoView::start();
+    view.log_in("forever", "ada", json!({"expires_in": u64::MAX}));
+    let config = format!(
+        "[auth]\nanonymous = false\n[auth.jwt]\nsecret = \"s3cret\"\n[auth.introspect]\nurl = \"{}\"\n",
+        view.url
+    );
+    let server = TestServer::start(&config).await;
+    let token = crate::credentials::hs256(&json!({"sub": "bob", "exp": 1u64 << 63}), b"s3cret");
+    let bearer = format!("Bearer {token}");
+    let mut by_token = Client::connect(&server.ws_url("/ws?channel=x"), &[("Authorization", &bearer)])
+        .await
+        .expect("a token valid until 2^63");
+    let mut by_session = Client::connect(&server.ws_url("/ws?channel=x"), &[("Cookie", "sessionid=forever")])
+        .await
+        .expect("a session with an endless expires_in");
+    for client in [&mut by_token, &mut by_session] {
+        let welcome = client.recv().await;
+        assert_eq!(welcome["expires_at"], switchboard::auth::MAX_EXPIRES_AT, "{welcome}");
+        assert_eq!(client.request(json!({"action": "ping"}), 1).await["type"], "pong");
+    }
+    drop((by_token, by_session));
+    // Their actors stopped normally: nothing of them is left on the node.
+    server.wait_for_metric("switchboard_connections", 0.0).await;
+    server.wait_for_metric("switchboard_channels", 0.0).await;
+    server.wait_for_metric("switchboard_broker_subscriptions", 0.0).await;
+    server.wait_for_metric("switchboard_sessions", 0.0).await;
+}
+
+#[tokio::test]
+async fn one_client_cannot_take_the_back_end_pool_or_delay_another_users_handshake() {
+    // Slow route views (3 s) against a 1.5 s timeout, two route permits per node, two calls per
+    // connection; the connect hook answers at once.
+    let routes = DjangoRoutes::start(Duration::from_secs(3));
+    let config = format!(
+        "{}[backend]\ntimeout = \"1500ms\"\nconcurrency = 2\nmax_calls_per_connection = 2\n",
+        routes.routes_config()
+    );
+    let server = TestServer::start(&config).await;
+    let mut greedy = Client::connect(&server.ws_url("/ws"), &[]).await.expect("greedy");
+    assert_eq!(greedy.recv().await["type"], "welcome");
+    for id in 1..=10u64 {
+        greedy.send(json!({"action": "slow", "id": id})).await;
+    }
+    // Beyond two in flight, the connection refuses at once, without asking the back end.
+    let mut refused = 0;
+    while refused < 8 {
+        let frame = greedy.recv().await;
+        assert_eq!(frame["code"], "rate_limited", "{frame}");
+        refused += 1;
+    }
+    // Its two calls hold both route permits; another user's handshake still gets the hook.
+    let mut other = Client::connect(&server.ws_url("/ws"), &[])
+        .await
+        .expect("the connect hook has permits of its own");
+    let welcome = other.recv().await;
+    assert_eq!(welcome["type"], "welcome");
+    // The greedy calls time out and free their places.
+    for _ in 0..2 {
+        assert_eq!(greedy.recv().await["code"], "backend_error");
+    }
+    routes.wait_for_calls("slow", 2).await;
+    assert_eq!(routes.calls_to("slow").len(), 2, "only two calls ever reached the back end");
+}
