@@ -58,6 +58,11 @@ pub struct ServerConfig {
     pub rate_limit: u32,
     /// Client frames a connection may send in a burst.
     pub rate_limit_burst: u32,
+    /// A client's joins and leaves of `presence = true` channels per second (each one makes
+    /// every member of the channel hear an event); joins beyond it get `rate_limited`.
+    pub presence_rate: u32,
+    /// Such joins and leaves a connection may make in a burst.
+    pub presence_burst: u32,
     /// HTTP worker threads; 0: one per core.
     pub workers: usize,
     /// Threads running channel-group actors; 0: one per core.
@@ -80,6 +85,8 @@ impl Default for ServerConfig {
             max_connections: 0,
             rate_limit: 100,
             rate_limit_burst: 200,
+            presence_rate: 1,
+            presence_burst: 20,
             workers: 0,
             group_arbiters: 0,
         }
@@ -237,6 +244,12 @@ impl Config {
         }
         if server.rate_limit_burst == 0 {
             problem("server.rate_limit_burst", "must be at least 1");
+        }
+        if server.presence_rate == 0 {
+            problem("server.presence_rate", "must be at least 1");
+        }
+        if server.presence_burst == 0 {
+            problem("server.presence_burst", "must be at least 1");
         }
         if server
             .allowed_origins

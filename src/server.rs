@@ -139,6 +139,8 @@ pub async fn run(
         idle_timeout: server_config.idle_timeout.0,
         rate_limit_per_second: server_config.rate_limit,
         rate_limit_burst: server_config.rate_limit_burst,
+        presence_rate: server_config.presence_rate,
+        presence_burst: server_config.presence_burst,
         policy: ChannelPolicy::new(config.channels.clone()),
         backend: backend.clone(),
     });

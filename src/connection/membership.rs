@@ -172,8 +172,29 @@ impl Connection {
         channels
     }
 
+    /// Whether `name` is a channel whose members hear of joins and leaves.
+    fn has_presence(&self, name: &str) -> bool {
+        self.settings
+            .policy
+            .rule_for(name)
+            .is_some_and(|rule| rule.presence)
+    }
+
     /// A client's `join`.
     pub(super) fn on_join(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str) {
+        let joining_anew = super::parse_channel(name)
+            .is_ok_and(|channel| !self.channels.contains_key(&channel));
+        if joining_anew
+            && self.has_presence(name)
+            && !self.presence_budget.try_take(std::time::Instant::now())
+        {
+            return self.error(
+                ctx,
+                id,
+                ErrorCode::RateLimited,
+                "too many joins and leaves of presence channels; slow down",
+            );
+        }
         let pending = match self.start_join(name, true) {
             Ok(Some(pending)) => pending,
             Ok(None) => return self.reply(ctx, id, &serde_json::Value::Null),
@@ -195,6 +216,10 @@ impl Connection {
     /// A client's `leave`.
     pub(super) fn on_leave(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str) {
         let left = super::parse_channel(name).and_then(|channel| {
+            if self.channels.contains_key(&channel) && self.has_presence(name) {
+                // A leave always works, and spends the budget the next join needs.
+                let _ = self.presence_budget.try_take(std::time::Instant::now());
+            }
             if self.leave_channel(&channel) {
                 Ok(())
             } else {

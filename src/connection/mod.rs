@@ -68,6 +68,9 @@ pub struct ConnectionSettings {
     pub idle_timeout: Duration,
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// A client's joins and leaves of presence channels: per second, and in a burst.
+    pub presence_rate: u32,
+    pub presence_burst: u32,
     pub policy: ChannelPolicy,
     /// Routes and hooks, when `[routes]` has any.
     pub backend: Option<Arc<Backend>>,
@@ -123,6 +126,8 @@ pub struct Connection {
     inbound: Option<AggregatedMessageStream>,
     rate: TokenBucket,
     rate_strikes: StrikeWindow,
+    /// The client's joins and leaves of presence channels (each one is an event to every member).
+    presence_budget: TokenBucket,
     /// Route calls in flight (bounded by `[backend] max_calls_per_connection`).
     route_calls: usize,
     malformed_strikes: StrikeWindow,
@@ -160,6 +165,7 @@ impl Connection {
                 now,
             ),
             malformed_strikes: StrikeWindow::new(STRIKE_WINDOW, MALFORMED_FRAME_LIMIT, now),
+            presence_budget: TokenBucket::new(settings.presence_rate, settings.presence_burst, now),
             route_calls: 0,
             settings,
             queue: parts.queue,

@@ -694,3 +694,40 @@ async fn one_client_cannot_take_the_back_end_pool_or_delay_another_users_handsha
     routes.wait_for_calls("slow", 2).await;
     assert_eq!(routes.calls_to("slow").len(), 2, "only two calls ever reached the back end");
 }
+
+#[tokio::test]
+async fn join_and_leave_loops_cannot_flood_a_presence_channel() {
+    let config = "[server]\nrate_limit = 100000\nrate_limit_burst = 100000\npresence_burst = 10\n[[channels]]\npattern = \"lobby\"\njoin = \"anyone\"\npublish = \"nobody\"\npresence = true\n";
+    let server = TestServer::start(config).await;
+    let mut observer = server.client_in(&["lobby"]).await;
+    let mut attacker = server.client().await;
+    let started = tokio::time::Instant::now();
+    let frames: Vec<Value> = (0..200)
+        .flat_map(|_| {
+            [
+                json!({"action": "join", "channel": "lobby"}),
+                json!({"action": "leave", "channel": "lobby"}),
+            ]
+        })
+        .collect();
+    let answers = pipeline(&mut attacker, &frames, 1).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let refused = answers.values().filter(|answer| answer["code"] == "rate_limited").count();
+    assert!(refused > 150, "joins past the budget are refused: {refused}");
+    // Everything the observer heard of it, up to a fence.
+    let fence = observer.request(json!({"action": "ping"}), 1).await;
+    assert_eq!(fence["type"], "pong");
+    let mut events = 0;
+    while let Some(frame) = observer.recv_within(Duration::from_millis(300)).await {
+        if frame["type"] == "presence" {
+            events += 1;
+        }
+    }
+    // At most the burst, plus one a second, joined and left.
+    let budget = 2 * (10 + elapsed.ceil() as usize + 1);
+    assert!(
+        events <= budget,
+        "{events} presence events in {elapsed:.1} s (budget {budget})"
+    );
+    assert!(events >= 2, "legitimate joins are still announced");
+}
