@@ -11,8 +11,10 @@
 //! | `GET /api/presence` | `channel=…` (a `presence = true` channel) | its users and connection count |
 //!
 //! With no key set the API is off (404). A wrong key is 401; a bad body or query is 400 with a
-//! reason naming the field; the broker or registry being unreachable is 503. The API is the
-//! back end's: channel rules do not apply to it.
+//! reason naming the field; the broker or registry being unreachable is 503 (nothing was done,
+//! so a retry is safe). A publish to several channels of which only some went out is 207 with
+//! the channels published and those that failed, so a retry can name only the failed ones.
+//! The API is the back end's: channel rules do not apply to it.
 
 use std::collections::HashMap;
 
@@ -24,9 +26,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{AppState, error_response};
-use crate::broker::{Publication, Topic};
+use crate::broker::{BrokerError, Publication, Topic};
 use crate::metrics as names;
-use crate::protocol::{ChannelName, ControlOp, DecodeError};
+use crate::protocol::{BROKER_UNAVAILABLE_REASON, ChannelName, ControlOp, DecodeError};
 use crate::roster::{ConnectionFilter, RosterError};
 
 /// Records returned by `GET /api/connections` when no `limit` is given.
@@ -61,22 +63,30 @@ impl ApiError {
         }
     }
 
-    fn unavailable(reason: impl std::fmt::Display) -> Self {
+    /// The broker could not do it: a neutral reason for the caller, the detail in the log.
+    fn broker_unavailable(err: &BrokerError) -> Self {
+        tracing::warn!(error = %err, "server API call failed: the broker is unavailable");
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "backend_unavailable",
-            reason: reason.to_string(),
+            reason: BROKER_UNAVAILABLE_REASON.to_owned(),
         }
     }
 }
 
 impl From<RosterError> for ApiError {
     fn from(err: RosterError) -> Self {
-        Self::unavailable(err)
+        tracing::warn!(error = %err, "server API query failed: the registry is unavailable");
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "backend_unavailable",
+            reason: "the connection registry is unavailable; retry shortly".to_owned(),
+        }
     }
 }
 
-type ApiResult = Result<Value, ApiError>;
+/// A handled call's status (200, or 207 for a partial publish) and body.
+type ApiResult = Result<(StatusCode, Value), ApiError>;
 
 /// Checks the key, runs the handler, records the metric, renders the answer.
 async fn answer<F>(
@@ -93,7 +103,7 @@ where
         Err(err) => Err(err),
     };
     let response = match result {
-        Ok(body) => HttpResponse::Ok().json(body),
+        Ok((status, body)) => HttpResponse::build(status).json(body),
         Err(err) => error_response(err.status, err.code, &err.reason),
     };
     metrics::counter!(names::API_REQUESTS, "endpoint" => endpoint, "status" => response.status().as_str().to_owned())
@@ -206,19 +216,47 @@ async fn publish(
                 ));
             }
         };
-        let published = targets.len();
-        let results = futures_util::future::join_all(targets.into_iter().map(|target| {
+        let results = futures_util::future::join_all(targets.iter().map(|target| {
             state
                 .hub
-                .publish(Publication::new(target, data.clone(), None))
+                .publish(Publication::new(target.clone(), data.clone(), None))
         }))
         .await;
-        if let Some(err) = results.into_iter().find_map(Result::err) {
-            return Err(ApiError::unavailable(err));
-        }
-        Ok(json!({ "published": published }))
+        publish_outcome(targets.into_iter().zip(results).collect())
     })
     .await
+}
+
+/// The answer to a publish, from each channel's result: 200 when all went out, 503 when none
+/// did (a retry is safe), 207 with the channels published and those that failed otherwise.
+fn publish_outcome(results: Vec<(ChannelName, Result<(), BrokerError>)>) -> ApiResult {
+    let total = results.len();
+    let (published, failed): (Vec<_>, Vec<_>) =
+        results.into_iter().partition(|(_, result)| result.is_ok());
+    match (published.len(), failed.first()) {
+        (_, None) => Ok((StatusCode::OK, json!({ "published": total }))),
+        (0, Some((_, Err(err)))) => Err(ApiError::broker_unavailable(err)),
+        (count, _) => {
+            let failed: Vec<Value> = failed
+                .iter()
+                .map(|(channel, result)| {
+                    if let Err(err) = result {
+                        tracing::warn!(%channel, error = %err, "server API publish failed for one channel");
+                    }
+                    json!({
+                        "channel": channel.as_str(),
+                        "error": "backend_unavailable",
+                        "reason": BROKER_UNAVAILABLE_REASON,
+                    })
+                })
+                .collect();
+            let channels: Vec<&str> = published.iter().map(|(channel, _)| channel.as_str()).collect();
+            Ok((
+                StatusCode::MULTI_STATUS,
+                json!({ "published": count, "channels": channels, "failed": failed }),
+            ))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -252,8 +290,8 @@ async fn send(request: HttpRequest, bytes: web::Bytes, state: web::Data<AppState
             .hub
             .publish(Publication::new(topic, data, None))
             .await
-            .map_err(ApiError::unavailable)?;
-        Ok(json!({ "ok": true }))
+            .map_err(|err| ApiError::broker_unavailable(&err))?;
+        Ok((StatusCode::OK, json!({ "ok": true })))
     })
     .await
 }
@@ -306,8 +344,8 @@ async fn disconnect(
             .broker()
             .publish_control(op)
             .await
-            .map_err(ApiError::unavailable)?;
-        Ok(json!({ "ok": true }))
+            .map_err(|err| ApiError::broker_unavailable(&err))?;
+        Ok((StatusCode::OK, json!({ "ok": true })))
     })
     .await
 }
@@ -349,7 +387,10 @@ async fn connections(request: HttpRequest, state: web::Data<AppState>) -> HttpRe
                 .ok_or_else(|| ApiError::bad_request("limit: must be a positive integer"))?,
         };
         let (records, truncated) = state.roster.connections(&filter, limit).await?;
-        Ok(json!({ "connections": records, "truncated": truncated, "scope": scope(&state) }))
+        Ok((
+            StatusCode::OK,
+            json!({ "connections": records, "truncated": truncated, "scope": scope(&state) }),
+        ))
     })
     .await
 }
@@ -359,7 +400,10 @@ async fn channels(request: HttpRequest, state: web::Data<AppState>) -> HttpRespo
         let query = query(&request);
         let prefix = query.get("prefix").map_or("", String::as_str);
         let channels = state.roster.channels(prefix).await?;
-        Ok(json!({ "channels": channels, "scope": scope(&state) }))
+        Ok((
+            StatusCode::OK,
+            json!({ "channels": channels, "scope": scope(&state) }),
+        ))
     })
     .await
 }
@@ -382,7 +426,7 @@ async fn presence(request: HttpRequest, state: web::Data<AppState>) -> HttpRespo
             )));
         }
         let presence = state.roster.presence(channel.as_str()).await?;
-        Ok(json!(presence))
+        Ok((StatusCode::OK, json!(presence)))
     })
     .await
 }

@@ -731,3 +731,54 @@ async fn join_and_leave_loops_cannot_flood_a_presence_channel() {
     );
     assert!(events >= 2, "legitimate joins are still announced");
 }
+
+#[tokio::test]
+async fn a_partial_api_publish_says_what_was_published_and_what_failed() {
+    let redis = RedisServer::start().await;
+    let backend = redis.client().await;
+    // The nodes' Redis user may publish to `ok:*` channels only (Redis ACL channel rules), so
+    // one call fails for some channels and succeeds for others.
+    backend
+        .command(
+            "ACL",
+            vec![
+                "SETUSER", "node", "on", ">pw", "~*", "+@all", "resetchannels", "&sb:control",
+                "&sb:node:*", "&sb:user:*", "&sb:ch:ok:*",
+            ],
+        )
+        .await;
+    let url = format!("redis://node:pw@127.0.0.1:{}", redis.port);
+    let node = TestServer::start(&crate::redis::node_config(&url, "[api]\nkey = \"k\"\n")).await;
+    node.wait_for_readiness(200).await;
+    let mut member = node.client_in(&["ok:1"]).await;
+    let publish = |body: Value| {
+        let url = node.url("/api/publish");
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .bearer_auth("k")
+                .json(&body)
+                .send()
+                .await
+                .expect("publish");
+            (response.status().as_u16(), response.json::<Value>().await.expect("json"))
+        }
+    };
+    let (status, answer) = publish(json!({"channels": ["ok:1", "denied:1", "ok:2"], "data": 1})).await;
+    assert_eq!(status, 207, "{answer}");
+    assert_eq!(answer["published"], 2);
+    assert_eq!(answer["channels"], json!(["ok:1", "ok:2"]));
+    assert_eq!(answer["failed"][0]["channel"], "denied:1", "{answer}");
+    assert_eq!(answer["failed"][0]["error"], "backend_unavailable");
+    let reason = answer["failed"][0]["reason"].as_str().unwrap_or_default();
+    assert!(!reason.contains("NOPERM"), "Redis's words stay in the log: {reason}");
+    assert_eq!(member.recv().await["data"], 1);
+
+    // All failed: 503, nothing published, a retry is safe.
+    let (status, answer) = publish(json!({"channels": ["denied:1", "denied:2"], "data": 2})).await;
+    assert_eq!(status, 503, "{answer}");
+    // All went out: 200 as before.
+    let (status, answer) = publish(json!({"channels": ["ok:1"], "data": 3})).await;
+    assert_eq!((status, answer), (200, json!({"published": 1})));
+    assert_eq!(member.recv().await["data"], 3, "nothing in between was delivered twice");
+}
