@@ -25,7 +25,13 @@ struct Refusal {
     code: &'static str,
     label: &'static str,
     reason: String,
+    /// Seconds for `Retry-After`, when the node will take the handshake later.
+    retry_after: Option<u32>,
 }
+
+/// `Retry-After` of a node that cannot serve now: a load balancer tries another node, and a
+/// client reconnects a little later.
+const RETRY_AFTER_SECONDS: u32 = 1;
 
 impl Refusal {
     fn new(status: StatusCode, code: &'static str, reason: impl Into<String>) -> Self {
@@ -34,6 +40,16 @@ impl Refusal {
             code,
             label: code,
             reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 503: this node cannot serve right now; retry here later or elsewhere. Counted as
+    /// `unavailable`, like every refusal of a node not serving (its own alerts say why).
+    fn not_serving(reason: &str) -> Self {
+        Self {
+            retry_after: Some(RETRY_AFTER_SECONDS),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
         }
     }
 
@@ -49,6 +65,7 @@ impl Refusal {
             code,
             label: err.label(),
             reason: err.to_string(),
+            retry_after: None,
         }
     }
 }
@@ -66,7 +83,14 @@ pub(super) async fn upgrade(
         Err(refusal) => {
             metrics::counter!(names::HANDSHAKES_REFUSED, "reason" => refusal.label).increment(1);
             tracing::debug!(code = refusal.code, reason = %refusal.reason, "handshake refused");
-            error_response(refusal.status, refusal.code, &refusal.reason)
+            let mut response = error_response(refusal.status, refusal.code, &refusal.reason);
+            if let Some(seconds) = refusal.retry_after {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from(seconds),
+                );
+            }
+            response
         }
     }
 }
@@ -77,10 +101,15 @@ async fn accept(
     state: &AppState,
 ) -> Result<HttpResponse, Refusal> {
     if state.hub.is_draining() {
-        return Err(Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+        return Err(Refusal::not_serving(
             "the server is draining for a restart; connect to another node",
+        ));
+    }
+    // A node whose broker is not ready could not join the socket's channels or deliver to it:
+    // better another node, or this one in a moment, than a socket that cannot work.
+    if !state.hub.broker().is_ready() {
+        return Err(Refusal::not_serving(
+            "the server cannot reach its message broker; connect to another node or retry",
         ));
     }
     actix_http::ws::verify_handshake(request.head()).map_err(|err| {
@@ -208,6 +237,7 @@ async fn call_connect_hook(
                 code,
                 label: "connect_hook",
                 reason: reason.unwrap_or_else(|| "refused by the connect hook".to_owned()),
+                retry_after: None,
             })
         }
         Err(err) => Err(Refusal {
@@ -215,6 +245,7 @@ async fn call_connect_hook(
             code: "backend_error",
             label: "connect_hook",
             reason: format!("connect hook: {}", err.client_reason()),
+            retry_after: None,
         }),
     }
 }
