@@ -1,10 +1,17 @@
 //! Metric names in one place, and the Prometheus recorder.
 //!
-//! Every metric the server exports is named here (and described in `docs/metrics.md`); code
-//! elsewhere refers to these constants, never to string literals. The exporter has no listener of
-//! its own: `api` renders [`Metrics::render`] on `GET /metrics`, and the server calls
-//! [`Metrics::run_upkeep`] on a timer. A process has one recorder; every server started in the same
-//! process shares it.
+//! Every metric the server exports is named here (and described in `docs/metrics.md`), and so
+//! are the label values that are known in advance ([`dropped`], [`results`], [`broker_kinds`]);
+//! code elsewhere refers to these constants, never to string literals. The exporter has no
+//! listener of its own: `api` renders [`Metrics::render`] on `GET /metrics`, and the server calls
+//! [`Metrics::run_upkeep`] on a timer. A process has one recorder; every server started in the
+//! same process shares it.
+//!
+//! Every series with known labels exists from the start, at zero (Prometheus's "avoid missing
+//! metrics"), so a dashboard shows 0 rather than "No data" and a `rate()` alert fires on the
+//! first event: each module registers the series it emits when it is built ([`register`]),
+//! since only it knows which of them apply (a memory node has no Redis series, a node without
+//! `[routes]` no route series).
 
 use std::sync::OnceLock;
 
@@ -42,6 +49,71 @@ pub const ROUTE_CALL_DURATION: &str = "switchboard_route_call_seconds";
 pub const REGISTRY_CONNECTIONS: &str = "switchboard_registry_connections";
 pub const REGISTRY_WRITE_FAILURES: &str = "switchboard_registry_write_failures_total";
 
+/// The `reason` of [`MESSAGES_DROPPED`].
+pub mod dropped {
+    /// A member's outbound queue was full (it is closed with 4010).
+    pub const SLOW_CONSUMER: &str = "slow_consumer";
+    /// A publication could not be encoded for members.
+    pub const ENCODE_ERROR: &str = "encode_error";
+    /// A channel group's mailbox was full on this node.
+    pub const GROUP_OVERLOADED: &str = "group_overloaded";
+    /// The node fell behind Redis's message stream (Redis broker only).
+    pub const BROKER_LAGGED: &str = "broker_lagged";
+    /// Every reason a node of either broker can have.
+    pub const ON_EVERY_NODE: [&str; 3] = [SLOW_CONSUMER, ENCODE_ERROR, GROUP_OVERLOADED];
+}
+
+/// The `result` label of counters that count outcomes.
+pub mod results {
+    /// [`HANDSHAKES`](super::HANDSHAKES).
+    pub const HANDSHAKE: [&str; 3] = ["accepted", "refused", "unavailable"];
+    /// [`REVALIDATIONS`](super::REVALIDATIONS).
+    pub const REVALIDATION: [&str; 4] = ["alive", "dead", "unavailable", "failed_closed"];
+    /// [`REFRESHES`](super::REFRESHES).
+    pub const REFRESH: [&str; 4] = ["accepted", "refused", "unavailable", "unsupported"];
+    /// [`ROUTE_CALLS`](super::ROUTE_CALLS).
+    pub const ROUTE_CALL: [&str; 5] = ["ok", "status", "timeout", "unreachable", "invalid"];
+}
+
+/// The `kind` label of [`BROKER_RECEIVED`] and [`BROKER_DECODE_ERRORS`]: which Redis channel a
+/// message came on.
+pub mod broker_kinds {
+    pub const CHANNEL: &str = "channel";
+    pub const USER: &str = "user";
+    pub const CONTROL: &str = "control";
+    pub const NODE: &str = "node";
+    pub const OTHER: &str = "other";
+    pub const ALL: [&str; 5] = [CHANNEL, USER, CONTROL, NODE, OTHER];
+}
+
+/// Registers series at zero: `counter!` or `histogram!` with each set of labels, so they are
+/// exported before their first event.
+pub mod register {
+    use metrics::Label;
+
+    /// A counter series with these labels, at zero.
+    pub fn counter(name: &'static str, labels: &[(&'static str, &str)]) {
+        metrics::counter!(name, to_labels(labels)).increment(0);
+    }
+
+    /// A histogram series with these labels, empty.
+    pub fn histogram(name: &'static str, labels: &[(&'static str, &str)]) {
+        drop(metrics::histogram!(name, to_labels(labels)));
+    }
+
+    /// A gauge series, at zero.
+    pub fn gauge(name: &'static str) {
+        metrics::gauge!(name).set(0.0);
+    }
+
+    fn to_labels(labels: &[(&'static str, &str)]) -> Vec<Label> {
+        labels
+            .iter()
+            .map(|(key, value)| Label::new(*key, value.to_string()))
+            .collect()
+    }
+}
+
 /// The metrics only a Redis broker exports (a memory node never has them).
 pub const REDIS_ONLY: [&str; 5] = [
     BROKER_RECEIVED,
@@ -51,8 +123,8 @@ pub const REDIS_ONLY: [&str; 5] = [
     BROKER_PUBLISH_FAILURES,
 ];
 
-/// The metrics that appear once an authenticator of that kind has worked (a node without
-/// `[auth.*]` sections never has them).
+/// The metrics of authenticators: exported when an authenticator of that kind is configured (a
+/// node without `[auth.*]` sections never has them).
 pub const AUTH_ONLY: [&str; 5] = [
     GATEWAY_UNTRUSTED,
     AUTH_BACKEND_DURATION,
@@ -61,8 +133,8 @@ pub const AUTH_ONLY: [&str; 5] = [
     REFRESHES,
 ];
 
-/// The metrics of the back-end integration: the server API, route calls, the shared registry
-/// (they appear once used; `tests/it/integration.rs` checks them).
+/// The metrics of the back-end integration: the server API (when `[api] key` is set), route
+/// calls (with `[routes]`), the shared registry (with Redis).
 pub const INTEGRATION_ONLY: [&str; 5] = [
     API_REQUESTS,
     ROUTE_CALLS,
@@ -251,11 +323,4 @@ fn describe() {
         REGISTRY_WRITE_FAILURES,
         "Writes of this node's part of the connection registry that failed (retried as a full rewrite)."
     );
-    // Gauges start at zero rather than absent, so dashboards and tests see them at once.
-    metrics::gauge!(CONNECTIONS).set(0.0);
-    metrics::gauge!(CHANNELS).set(0.0);
-    metrics::gauge!(BROKER_SUBSCRIPTIONS).set(0.0);
-    metrics::gauge!(BROKER_UP).set(0.0);
-    metrics::counter!(CONTROL_DISCONNECTS).absolute(0);
-    metrics::gauge!(SESSIONS).set(0.0);
 }

@@ -83,6 +83,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let metrics = Metrics::install()?;
+    crate::hub::register_metrics();
+    crate::connection::register_metrics();
+    crate::api::register_metrics(!config.api.key.is_empty());
     let arbiters: Vec<Arbiter> = (0..thread_count(config.server.group_arbiters))
         .map(|_| Arbiter::new())
         .collect();
@@ -121,6 +124,10 @@ pub async fn run(
         None => None,
     };
     let auth = Arc::new(AuthChain::from_config(&config.auth, session_store)?);
+    auth.register_metrics();
+    if let Some(backend) = &backend {
+        backend.register_metrics();
+    }
     // The connect hook decides identity too when it is given the browser's cookies.
     let hook_reads_cookies = backend
         .as_ref()

@@ -86,6 +86,7 @@ pub struct SessionKeeper {
 
 impl SessionKeeper {
     pub fn new(chain: Arc<AuthChain>, interval: Duration, grace: Duration) -> Self {
+        names::register::gauge(names::SESSIONS);
         Self {
             shared: Arc::new(Shared {
                 chain,

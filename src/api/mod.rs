@@ -63,6 +63,35 @@ pub struct AppState {
     pub backend: Option<Arc<Backend>>,
 }
 
+/// `reason` labels of `switchboard_handshakes_refused_total` that are the edge's own (the
+/// authenticators' are `RefusalReason`'s).
+const REFUSAL_LABELS: [&str; 6] = [
+    "bad_request",
+    "forbidden_origin",
+    "too_many_connections",
+    "unavailable",
+    "connect_hook",
+    "backend_unavailable",
+];
+
+/// Registers the HTTP edge's series at zero (see `metrics`): handshakes accepted and refused by
+/// every reason, and, with the server API on, its calls by endpoint.
+pub fn register_metrics(api_on: bool) {
+    use crate::metrics::{self as names, register};
+    register::counter(names::CONNECTIONS_ACCEPTED, &[]);
+    let reasons = REFUSAL_LABELS
+        .into_iter()
+        .chain(crate::auth::RefusalReason::ALL.map(crate::auth::RefusalReason::label));
+    for reason in reasons {
+        register::counter(names::HANDSHAKES_REFUSED, &[("reason", reason)]);
+    }
+    if api_on {
+        for endpoint in server_api::ENDPOINTS {
+            register::counter(names::API_REQUESTS, &[("endpoint", endpoint), ("status", "200")]);
+        }
+    }
+}
+
 /// Registers every route.
 pub fn routes(config: &mut web::ServiceConfig) {
     config

@@ -36,6 +36,16 @@ pub const DEFAULT_LIMIT: usize = 1_000;
 /// Channels one `POST /api/publish` may name.
 pub const MAX_CHANNELS_PER_PUBLISH: usize = 1_000;
 
+/// Every endpoint, the `endpoint` label of `switchboard_api_requests_total`.
+pub const ENDPOINTS: [&str; 6] = [
+    "publish",
+    "send",
+    "disconnect",
+    "connections",
+    "channels",
+    "presence",
+];
+
 /// Registers the API's routes.
 pub(super) fn routes(config: &mut web::ServiceConfig) {
     config

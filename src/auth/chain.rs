@@ -34,6 +34,19 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
+    pub const ALL: [RefusalReason; 10] = [
+        Self::NoCredential,
+        Self::InvalidToken,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::WrongIssuer,
+        Self::WrongAudience,
+        Self::UnknownKey,
+        Self::NoUser,
+        Self::InvalidGatewayHeader,
+        Self::Rejected,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Self::NoCredential => "no_credential",
@@ -173,6 +186,41 @@ impl AuthChain {
                 RefusalReason::NoCredential,
                 "no credential was accepted and anonymous connections are off",
             ))
+        }
+    }
+
+    /// Registers the series of the configured authenticators at zero (see `metrics`).
+    pub fn register_metrics(&self) {
+        use names::register;
+        let deciders = self
+            .authenticators
+            .iter()
+            .map(|authenticator| authenticator.name())
+            .chain(["anonymous"]);
+        for authenticator in deciders {
+            for result in names::results::HANDSHAKE {
+                register::counter(
+                    names::HANDSHAKES,
+                    &[("authenticator", authenticator), ("result", result)],
+                );
+            }
+        }
+        for authenticator in &self.authenticators {
+            match authenticator.name() {
+                "gateway" => register::counter(names::GATEWAY_UNTRUSTED, &[]),
+                name @ ("introspect" | "redis_session") => {
+                    let labels = [("authenticator", name)];
+                    register::histogram(names::AUTH_BACKEND_DURATION, &labels);
+                    register::counter(names::AUTH_BACKEND_ERRORS, &labels);
+                    for result in names::results::REVALIDATION {
+                        register::counter(
+                            names::REVALIDATIONS,
+                            &[("authenticator", name), ("result", result)],
+                        );
+                    }
+                }
+                _ => {}
+            }
         }
     }
 

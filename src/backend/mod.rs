@@ -216,6 +216,20 @@ impl Backend {
         })))
     }
 
+    /// Registers every route's series at zero (see `metrics`).
+    pub fn register_metrics(&self) {
+        use crate::metrics::register;
+        for route in self.routes.values() {
+            for result in names::results::ROUTE_CALL {
+                register::counter(
+                    names::ROUTE_CALLS,
+                    &[("action", &route.name), ("result", result)],
+                );
+            }
+            register::histogram(names::ROUTE_CALL_DURATION, &[("action", &route.name)]);
+        }
+    }
+
     /// The route for a client action: its own, else `default`. Built-in actions and the hook
     /// names never reach here as routes of their own.
     pub fn route_for(&self, action: &str) -> Option<Route> {

@@ -23,6 +23,8 @@ impl MemoryBroker {
     pub fn new(sink: Arc<dyn BrokerSink>) -> Self {
         // Never unavailable.
         metrics::gauge!(names::BROKER_UP).set(1.0);
+        names::register::gauge(names::BROKER_SUBSCRIPTIONS);
+        names::register::counter(names::BROKER_PUBLISHED, &[]);
         Self {
             sink,
             subscriptions: DashMap::new(),

@@ -60,6 +60,39 @@ const MAX_EXPIRY_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
 /// closed anyway.
 pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The close initiators, the `initiator` label of `switchboard_closes_total`.
+const INITIATORS: [&str; 2] = ["server", "client"];
+/// `action` labels of `switchboard_frames_received_total` beyond the frames' own.
+const REFUSED_FRAME_LABELS: [&str; 2] = ["rate_limited", "malformed"];
+
+/// Registers the connections' series at zero (see `metrics`): closes by every named code and
+/// initiator, frames by action, refreshes by result.
+pub fn register_metrics() {
+    use names::register;
+    let codes = CloseCode::NAMED.into_iter().chain([CloseCode::Other(0)]);
+    for code in codes {
+        for initiator in INITIATORS {
+            register::counter(
+                names::CLOSES,
+                &[
+                    ("code", &code.metric_label()),
+                    ("reason", code.name()),
+                    ("initiator", initiator),
+                ],
+            );
+        }
+    }
+    for action in ClientRequest::METRIC_LABELS
+        .into_iter()
+        .chain(REFUSED_FRAME_LABELS)
+    {
+        register::counter(names::FRAMES_RECEIVED, &[("action", action)]);
+    }
+    for result in names::results::REFRESH {
+        register::counter(names::REFRESHES, &[("result", result)]);
+    }
+}
+
 /// Per-connection limits and timings, from `[server]` and `[[channels]]`.
 #[derive(Debug, Clone)]
 pub struct ConnectionSettings {
@@ -205,7 +238,7 @@ impl Connection {
         match self.queue.try_send(outbound) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                metrics::counter!(names::MESSAGES_DROPPED, "reason" => "slow_consumer")
+                metrics::counter!(names::MESSAGES_DROPPED, "reason" => names::dropped::SLOW_CONSUMER)
                     .increment(1);
                 self.close(ctx, CloseCode::SlowConsumer, "outbound queue overflowed");
             }
@@ -386,7 +419,7 @@ impl Connection {
     fn on_data_frame(&mut self, ctx: &mut Context<Self>, decoded: Result<ClientFrame, FrameError>) {
         let now = Instant::now();
         if !self.rate.try_take(now) {
-            metrics::counter!(names::FRAMES_RECEIVED, "action" => "rate_limited").increment(1);
+            metrics::counter!(names::FRAMES_RECEIVED, "action" => REFUSED_FRAME_LABELS[0]).increment(1);
             if self.rate_strikes.strike(now) {
                 self.close(
                     ctx,
@@ -411,7 +444,7 @@ impl Connection {
                 self.dispatch(ctx, frame);
             }
             Err(err) => {
-                metrics::counter!(names::FRAMES_RECEIVED, "action" => "malformed").increment(1);
+                metrics::counter!(names::FRAMES_RECEIVED, "action" => REFUSED_FRAME_LABELS[1]).increment(1);
                 if self.malformed_strikes.strike(now) {
                     self.close(ctx, CloseCode::Policy, "too many malformed frames");
                 } else {

@@ -222,7 +222,7 @@ pub fn fan_out(members: &[Member], publication: &Publication) -> FanOut {
                 Ok(encoded) => slot.insert(encoded),
                 Err(err) => {
                     tracing::warn!(topic = %publication.topic, error = %err, "cannot encode publication");
-                    metrics::counter!(names::MESSAGES_DROPPED, "reason" => "encode_error")
+                    metrics::counter!(names::MESSAGES_DROPPED, "reason" => names::dropped::ENCODE_ERROR)
                         .increment(1);
                     continue;
                 }
@@ -241,7 +241,7 @@ pub fn fan_out(members: &[Member], publication: &Publication) -> FanOut {
     metrics::histogram!(names::PUBLISH_TO_DELIVER)
         .record(publication.published_at.elapsed().as_secs_f64());
     if !result.overflowed.is_empty() {
-        metrics::counter!(names::MESSAGES_DROPPED, "reason" => "slow_consumer")
+        metrics::counter!(names::MESSAGES_DROPPED, "reason" => names::dropped::SLOW_CONSUMER)
             .increment(result.overflowed.len() as u64);
     }
     result

@@ -46,6 +46,19 @@ pub use queue::{Outbound, OutboundReceiver, OutboundSender, outbound_queue};
 pub use registry::GroupRegistry;
 pub use sink::HubSink;
 
+/// Registers the hub's series at zero (see `metrics`).
+pub fn register_metrics() {
+    use names::register;
+    register::gauge(names::CONNECTIONS);
+    register::gauge(names::CHANNELS);
+    register::counter(names::MESSAGES_DELIVERED, &[]);
+    for reason in names::dropped::ON_EVERY_NODE {
+        register::counter(names::MESSAGES_DROPPED, &[("reason", reason)]);
+    }
+    register::histogram(names::PUBLISH_TO_DELIVER, &[]);
+    register::counter(names::CONTROL_DISCONNECTS, &[]);
+}
+
 /// How often a join is retried when it raced with its group stopping.
 const JOIN_ATTEMPTS: usize = 3;
 

@@ -72,7 +72,7 @@ impl GroupRegistry {
             // A closed mailbox is a group that just retired: it has no members left to miss it.
             Ok(()) | Err(SendError::Closed(_)) => Ok(()),
             Err(SendError::Full(_)) => {
-                metrics::counter!(names::MESSAGES_DROPPED, "reason" => "group_overloaded")
+                metrics::counter!(names::MESSAGES_DROPPED, "reason" => names::dropped::GROUP_OVERLOADED)
                     .increment(1);
                 Err(SinkError::Overloaded(channel.clone()))
             }

@@ -41,6 +41,10 @@ pub enum ClientRequest {
 }
 
 impl ClientRequest {
+    /// Every [`metric_label`](Self::metric_label).
+    pub const METRIC_LABELS: [&'static str; 6] =
+        ["join", "leave", "publish", "ping", "refresh", "custom"];
+
     /// The metric label for this action. Custom actions share one label so a client cannot
     /// create unbounded metric series.
     pub fn metric_label(&self) -> &'static str {

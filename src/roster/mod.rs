@@ -62,6 +62,10 @@ impl Roster {
     /// Without a store, queries answer from `directory` alone. With one, `directory` must track
     /// changes ([`ConnectionDirectory::tracking_changes`]) and [`run`](Self::run) must be spawned.
     pub fn new(directory: Arc<ConnectionDirectory>, store: Option<Arc<dyn RosterStore>>) -> Self {
+        if store.is_some() {
+            names::register::gauge(names::REGISTRY_CONNECTIONS);
+            names::register::counter(names::REGISTRY_WRITE_FAILURES, &[]);
+        }
         Self { directory, store }
     }
 

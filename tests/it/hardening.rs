@@ -782,3 +782,67 @@ async fn a_partial_api_publish_says_what_was_published_and_what_failed() {
     assert_eq!((status, answer), (200, json!({"published": 1})));
     assert_eq!(member.recv().await["data"], 3, "nothing in between was delivered twice");
 }
+
+/// The metric names (without suffixes) a `/metrics` text exports.
+fn exported(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(|name| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name)
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_metric_exists_from_the_start_at_zero() {
+    use switchboard::metrics::{ALL, AUTH_ONLY, INTEGRATION_ONLY, REDIS_ONLY};
+    // A bare memory node, before any traffic.
+    let bare = TestServer::start("").await;
+    let text = bare.metrics().await;
+    let names = exported(&text);
+    for name in ALL {
+        let optional = REDIS_ONLY.contains(&name)
+            || AUTH_ONLY.contains(&name)
+            || INTEGRATION_ONLY.contains(&name);
+        assert!(optional || names.contains(name), "{name} missing at start:\n{text}");
+    }
+    for series in [
+        "switchboard_closes_total{code=\"4010\",reason=\"slow_consumer\",initiator=\"server\"} 0",
+        "switchboard_closes_total{code=\"1006\",reason=\"abnormal_closure\",initiator=\"client\"} 0",
+        "switchboard_handshakes_refused_total{reason=\"forbidden_origin\"} 0",
+        "switchboard_handshakes_refused_total{reason=\"expired\"} 0",
+        "switchboard_messages_dropped_total{reason=\"slow_consumer\"} 0",
+        "switchboard_frames_received_total{action=\"malformed\"} 0",
+        "switchboard_handshakes_total{authenticator=\"anonymous\",result=\"refused\"} 0",
+    ] {
+        assert!(text.lines().any(|line| line == series), "{series} missing:\n{text}");
+    }
+
+    // A node with every part configured exports every metric before anything happens.
+    let redis = RedisServer::start().await;
+    let config = crate::redis::node_config(
+        &redis.url(),
+        "[api]\nkey = \"k\"\n[routes]\ndefault = \"http://127.0.0.1:1/route\"\n\
+         [auth.jwt]\nsecret = \"s\"\n[auth.gateway]\ntrusted_proxies = [\"127.0.0.1\"]\n\
+         [auth.introspect]\nurl = \"http://127.0.0.1:1/introspect\"\n[auth.redis_session]\n",
+    );
+    let full = TestServer::start(&config).await;
+    let text = full.metrics().await;
+    let names = exported(&text);
+    for name in ALL {
+        assert!(names.contains(name), "{name} missing at start:\n{text}");
+    }
+    for series in [
+        "switchboard_route_calls_total{action=\"default\",result=\"timeout\"} 0",
+        "switchboard_revalidations_total{authenticator=\"introspect\",result=\"failed_closed\"} 0",
+        "switchboard_broker_decode_errors_total{kind=\"channel\"} 0",
+        "switchboard_api_requests_total{endpoint=\"publish\",status=\"200\"} 0",
+    ] {
+        assert!(text.lines().any(|line| line == series), "{series} missing:\n{text}");
+    }
+}

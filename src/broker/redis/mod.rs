@@ -203,6 +203,7 @@ fn start_client(
             tracing::error!(client = name, error = %err, "redis connection task ended");
         }
     });
+    crate::metrics::register::counter(crate::metrics::BROKER_RECONNECTS, &[("client", name)]);
     tracing::info!(client = name, url = %redacted(&config.url), "redis client starting");
     Ok((client, link))
 }
@@ -264,6 +265,7 @@ impl RedisBroker {
                 }
             }));
         }
+        register_metrics();
         tracing::info!(url = %redacted(&config.url), cluster = config.cluster, node = %node_id, "redis broker starting");
         Ok(Self { shared, tasks })
     }
@@ -298,6 +300,24 @@ impl RedisBroker {
             })
         })
     }
+}
+
+/// Registers the Redis broker's series at zero (see `metrics`).
+fn register_metrics() {
+    use crate::metrics::{self as names, register};
+    register::gauge(names::BROKER_UP);
+    register::gauge(names::BROKER_SUBSCRIPTIONS);
+    register::counter(names::BROKER_PUBLISHED, &[]);
+    register::counter(names::BROKER_PUBLISH_FAILURES, &[]);
+    for kind in names::broker_kinds::ALL {
+        register::counter(names::BROKER_RECEIVED, &[("kind", kind)]);
+        register::counter(names::BROKER_DECODE_ERRORS, &[("kind", kind)]);
+    }
+    for client in ["publisher", "subscriber"] {
+        register::counter(names::BROKER_RECONNECTS, &[("client", client)]);
+    }
+    register::histogram(names::BROKER_ROUND_TRIP, &[]);
+    register::counter(names::MESSAGES_DROPPED, &[("reason", names::dropped::BROKER_LAGGED)]);
 }
 
 /// What a publish or subscribe hears while the connection is down.

@@ -29,7 +29,7 @@ pub(super) async fn run(shared: Arc<Shared>, sink: Arc<dyn BrokerSink>) {
         match messages.recv().await {
             Ok(message) => dispatch(&shared, sink.as_ref(), &mut decode_errors, &message),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                metrics::counter!(names::MESSAGES_DROPPED, "reason" => "broker_lagged")
+                metrics::counter!(names::MESSAGES_DROPPED, "reason" => names::dropped::BROKER_LAGGED)
                     .increment(missed);
                 tracing::warn!(
                     missed,
@@ -51,7 +51,7 @@ fn dispatch(
     let redis_channel: &str = &message.channel;
     let (kind, outcome) = match shared.names.parse(redis_channel) {
         Incoming::Channel(name) => (
-            "channel",
+            names::broker_kinds::CHANNEL,
             ChannelName::parse(name)
                 .map_err(|err| err.to_string())
                 .and_then(|channel| publication(Topic::Channel(channel), payload))
@@ -62,27 +62,27 @@ fn dispatch(
                 }),
         ),
         Incoming::User(user) => (
-            "user",
+            names::broker_kinds::USER,
             publication(Topic::User(Arc::from(user)), payload).map(|publication| {
                 let _ = sink.on_publication(publication);
             }),
         ),
         Incoming::Control => (
-            "control",
+            names::broker_kinds::CONTROL,
             ControlOp::decode(payload)
                 .map(|op| sink.on_control(op))
                 .map_err(|err| err.to_string()),
         ),
         Incoming::Node => {
             shared.probe.on_echo(payload);
-            ("node", Ok(()))
+            (names::broker_kinds::NODE, Ok(()))
         }
         Incoming::Other => {
             tracing::debug!(
                 channel = redis_channel,
                 "message on a channel this node ignores"
             );
-            ("other", Ok(()))
+            (names::broker_kinds::OTHER, Ok(()))
         }
     };
     metrics::counter!(names::BROKER_RECEIVED, "kind" => kind).increment(1);
