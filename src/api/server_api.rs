@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use super::{AppState, error_response};
 use crate::broker::{BrokerError, Publication, Topic};
 use crate::metrics as names;
-use crate::protocol::{BROKER_UNAVAILABLE_REASON, ChannelName, ControlOp, DecodeError};
+use crate::protocol::{ChannelName, ControlOp, DecodeError};
 use crate::roster::{ConnectionFilter, RosterError};
 
 /// Records returned by `GET /api/connections` when no `limit` is given.
@@ -79,7 +79,7 @@ impl ApiError {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "backend_unavailable",
-            reason: BROKER_UNAVAILABLE_REASON.to_owned(),
+            reason: err.client_reason(),
         }
     }
 }
@@ -249,15 +249,14 @@ fn publish_outcome(results: Vec<(ChannelName, Result<(), BrokerError>)>) -> ApiR
         (count, _) => {
             let failed: Vec<Value> = failed
                 .iter()
-                .map(|(channel, result)| {
-                    if let Err(err) = result {
-                        tracing::warn!(%channel, error = %err, "server API publish failed for one channel");
-                    }
-                    json!({
+                .filter_map(|(channel, result)| {
+                    let err = result.as_ref().err()?;
+                    tracing::warn!(%channel, error = %err, "server API publish failed for one channel");
+                    Some(json!({
                         "channel": channel.as_str(),
                         "error": "backend_unavailable",
-                        "reason": BROKER_UNAVAILABLE_REASON,
-                    })
+                        "reason": err.client_reason(),
+                    }))
                 })
                 .collect();
             let channels: Vec<&str> = published.iter().map(|(channel, _)| channel.as_str()).collect();

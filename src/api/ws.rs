@@ -60,11 +60,15 @@ impl Refusal {
                 (StatusCode::UNAUTHORIZED, "unauthorized")
             }
         };
+        if let AuthError::Unavailable(detail) = &err {
+            // The authenticator logged the outage itself, once per call; this is per handshake.
+            tracing::debug!(%detail, "handshake refused: the authentication back end is unavailable");
+        }
         Self {
             status,
             code,
             label: err.label(),
-            reason: err.to_string(),
+            reason: err.client_reason(),
             retry_after: None,
         }
     }

@@ -81,6 +81,17 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// What a client is told: why its credential was refused (about the credential, meant for
+    /// it), but never what went wrong with the back end, which goes to the log.
+    pub fn client_reason(&self) -> String {
+        match self {
+            AuthError::Unavailable(_) => {
+                "the authentication back end is unavailable; retry shortly".to_owned()
+            }
+            AuthError::Refused { .. } | AuthError::RefreshUnsupported => self.to_string(),
+        }
+    }
+
     pub fn refused(reason: RefusalReason, detail: impl Into<String>) -> Self {
         Self::Refused {
             reason,

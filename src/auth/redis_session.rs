@@ -109,7 +109,8 @@ impl RedisSessionAuthenticator {
                 .ok()
                 .and_then(|session| session.get(&self.config.user_field).and_then(id_of));
             if user.is_none() {
-                tracing::debug!(key, field = %self.config.user_field, "session value has no user");
+                // Not the key: it holds the session id, which the log must not.
+                tracing::debug!(field = %self.config.user_field, "session value has no user");
             }
             user
         }))

@@ -136,14 +136,32 @@ pub enum SinkError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
     /// The transport is down or not connected yet; the caller answers `backend_unavailable`.
+    /// The text is for the log.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The transport took the publication but did not confirm it in time: it may still be
+    /// delivered (a connection that hangs rather than breaks cannot tell).
+    #[error("the broker did not confirm the publish within {0:?}; it may still be delivered")]
+    Unconfirmed(std::time::Duration),
     /// The publication reached the broker but not the channel's members; nothing was delivered.
     #[error(transparent)]
     Overloaded(#[from] SinkError),
     /// The broker could not be built from its configuration (names the key).
     #[error("invalid broker configuration: {0}")]
     Config(String),
+}
+
+impl BrokerError {
+    /// What a client or API caller is told: this node's own words (an overloaded channel, an
+    /// unconfirmed publish), never the transport's, which go to the log.
+    pub fn client_reason(&self) -> String {
+        match self {
+            BrokerError::Unavailable(_) | BrokerError::Config(_) => {
+                crate::protocol::BROKER_UNAVAILABLE_REASON.to_owned()
+            }
+            BrokerError::Unconfirmed(_) | BrokerError::Overloaded(_) => self.to_string(),
+        }
+    }
 }
 
 /// The future every broker operation returns (object-safe, `Send`, owns its inputs).

@@ -579,7 +579,10 @@ impl Connection {
                 published
                     .into_iter()
                     .filter_map(Result::err)
-                    .map(|err| err.to_string()),
+                    .map(|err| {
+                        tracing::debug!(error = %err, "a back end's publication failed");
+                        err.client_reason()
+                    }),
             );
             failures
         }
@@ -641,7 +644,8 @@ impl Connection {
             .map(move |result, connection, ctx| match result {
                 Ok(()) => connection.reply(ctx, id, &Value::Null),
                 Err(err) => {
-                    connection.error(ctx, id, ErrorCode::BackendUnavailable, &err.to_string())
+                    tracing::debug!(connection = %connection.id, error = %err, "publish failed");
+                    connection.error(ctx, id, ErrorCode::BackendUnavailable, &err.client_reason())
                 }
             })
             .spawn(ctx);
@@ -678,7 +682,10 @@ impl Connection {
                             }
                             AuthError::RefreshUnsupported => ("unsupported", ErrorCode::BadRequest),
                         };
-                        Some((result, code, err.to_string()))
+                        if let AuthError::Unavailable(detail) = &err {
+                            tracing::debug!(%detail, "refresh failed: the authentication back end is unavailable");
+                        }
+                        Some((result, code, err.client_reason()))
                     }
                 };
                 if let Some((result, code, reason)) = refused {

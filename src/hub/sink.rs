@@ -60,11 +60,11 @@ impl BrokerSink for HubSink {
         let members = self.directory.matching(target);
         if members.is_empty() {
             // Every node sees every op; most hold none of its connections.
-            tracing::debug!(?target, %code, "control disconnect matches nothing here");
+            tracing::debug!(%target, %code, "control disconnect matches nothing here");
             return;
         }
         metrics::counter!(names::CONTROL_DISCONNECTS).increment(members.len() as u64);
-        tracing::info!(?target, %code, matched = members.len(), "control disconnect");
+        tracing::info!(%target, %code, matched = members.len(), "control disconnect");
         for member in members {
             member.close(code, &reason);
         }

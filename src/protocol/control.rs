@@ -18,8 +18,9 @@ pub const MAX_CLOSE_REASON_BYTES: usize = 123;
 /// The reason sent with a disconnect op that gives none.
 pub const DEFAULT_DISCONNECT_REASON: &str = "logged out";
 
-/// Which connections a control op acts on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which connections a control op acts on. Its `Debug` and `Display` never show a session id
+/// (a bearer credential at many back ends), so a target can be logged.
+#[derive(Clone, PartialEq, Eq)]
 pub enum ControlTarget {
     /// Every connection of this user id.
     User(String),
@@ -27,6 +28,22 @@ pub enum ControlTarget {
     Session(String),
     /// One connection, by its public id (`c_…`, as in `welcome`).
     Connection(String),
+}
+
+impl std::fmt::Display for ControlTarget {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlTarget::User(user) => write!(formatter, "user {user:?}"),
+            ControlTarget::Session(_) => formatter.write_str("a session"),
+            ControlTarget::Connection(id) => write!(formatter, "connection {id}"),
+        }
+    }
+}
+
+impl std::fmt::Debug for ControlTarget {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, formatter)
+    }
 }
 
 /// A decoded, validated control operation.
@@ -239,6 +256,14 @@ mod tests {
         assert!(decode(json!({"op": "send", "connection": "c_1"})).is_err());
         assert!(decode(json!({"op": "send", "user": "1", "data": 1})).is_err());
         assert!(decode(json!({"op": "disconnect", "user": "1", "data": 1})).is_err());
+    }
+
+    #[test]
+    fn a_target_never_shows_its_session_id() {
+        let target = ControlTarget::Session("s3cr3t-session".into());
+        assert!(!format!("{target} {target:?}").contains("s3cr3t"));
+        let op = ControlOp::disconnect(target);
+        assert!(!format!("{op:?}").contains("s3cr3t"));
     }
 
     #[test]

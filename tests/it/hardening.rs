@@ -846,3 +846,74 @@ async fn every_metric_exists_from_the_start_at_zero() {
         assert!(text.lines().any(|line| line == series), "{series} missing:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn clients_get_neutral_error_texts_and_session_ids_never_reach_the_log() {
+    let mut redis = RedisServer::start().await;
+    let view = DjangoView::start();
+    view.log_in("SECRET-COOKIE", "ada", json!({"session": "SECRET-DJANGO-SESSION"}));
+    let config = crate::redis::node_config(
+        &redis.url(),
+        &format!(
+            "[auth]\norder = [\"redis_session\", \"introspect\"]\n[auth.introspect]\nurl = \"{}\"\n[auth.redis_session]\n[api]\nkey = \"k\"\n",
+            view.url
+        ),
+    );
+    let node = TestServer::start_logged_at(&config, "debug").await;
+    node.wait_for_readiness(200).await;
+    let backend = redis.client().await;
+    backend
+        .command("SET", vec!["session:SECRET-REDIS-SESSION", r#"{"_auth_user_id": "7"}"#])
+        .await;
+    backend
+        .command("SET", vec!["session:SECRET-NO-USER", r#"{"other": 1}"#])
+        .await;
+    let mut ada = Client::connect(&node.ws_url("/ws"), &[("Cookie", "sessionid=SECRET-COOKIE")])
+        .await
+        .expect("introspected");
+    assert_eq!(ada.recv().await["user"], "ada");
+    let mut seven = Client::connect(
+        &node.ws_url("/ws"),
+        &[("Cookie", "other=1; sessionid=SECRET-REDIS-SESSION")],
+    )
+    .await
+    .expect("redis session");
+    assert_eq!(seven.recv().await["user"], "7");
+    let _ = Client::connect(&node.ws_url("/ws"), &[("Cookie", "sessionid=SECRET-NO-USER")]).await;
+    // A control disconnect by session names the session id on the wire, never in the log.
+    for session in ["SECRET-DJANGO-SESSION", "SECRET-NOBODY-HOLDS"] {
+        let response = reqwest::Client::new()
+            .post(node.url("/api/disconnect"))
+            .bearer_auth("k")
+            .json(&json!({"session": session}))
+            .send()
+            .await
+            .expect("disconnect");
+        assert_eq!(response.status().as_u16(), 200);
+    }
+    assert_eq!(ada.expect_close().await.0, 4002);
+    node.wait_for_log("control disconnect").await;
+
+    // With Redis gone, clients hear the node's own words, not Redis's.
+    redis.kill().await;
+    node.wait_for_readiness(503).await;
+    let answer = seven
+        .request(json!({"action": "publish", "channel": "c", "data": 1}), 1)
+        .await;
+    assert_eq!(answer["code"], "backend_unavailable", "{answer}");
+    assert_eq!(
+        answer["reason"],
+        switchboard::protocol::BROKER_UNAVAILABLE_REASON,
+        "{answer}"
+    );
+    let log = node.log();
+    for secret in [
+        "SECRET-COOKIE",
+        "SECRET-DJANGO-SESSION",
+        "SECRET-REDIS-SESSION",
+        "SECRET-NO-USER",
+        "SECRET-NOBODY-HOLDS",
+    ] {
+        assert!(!log.contains(secret), "{secret} appears in the log:\n{log}");
+    }
+}

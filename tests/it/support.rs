@@ -58,8 +58,13 @@ impl TestServer {
 
     /// Like `start`, with the node's log (standard error, at `info`) kept for [`Self::log`].
     pub async fn start_logged(config: &str) -> Self {
+        Self::start_logged_at(config, "info").await
+    }
+
+    /// Like `start_logged`, at log level (`RUST_LOG`) `level`.
+    pub async fn start_logged_at(config: &str, level: &str) -> Self {
         let log_path = temp_file("server.log", "");
-        Self::spawn(config, &[("RUST_LOG", "info")], Some(log_path)).await
+        Self::spawn(config, &[("RUST_LOG", level)], Some(log_path)).await
     }
 
     /// What the node has logged so far (only for `start_logged`).

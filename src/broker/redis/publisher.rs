@@ -118,7 +118,5 @@ fn unavailable(err: fred::error::Error) -> BrokerError {
 /// A publish Redis did not confirm in time: it may still go out (a connection that hangs
 /// rather than breaks keeps its queue), which the reason says rather than hide.
 fn unconfirmed() -> BrokerError {
-    BrokerError::Unavailable(format!(
-        "redis did not confirm the publish within {PUBLISH_TIMEOUT:?}; it may still be delivered"
-    ))
+    BrokerError::Unconfirmed(PUBLISH_TIMEOUT)
 }
