@@ -269,13 +269,18 @@ fn init_logging(format: LogFormat) {
 
 fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config_path.as_deref()).context("loading the configuration")?;
-    if config
+    let wide_open = config
         .channels
         .iter()
-        .any(|rule| rule.pattern == "*" && rule.join == switchboard::hub::Access::Anyone)
-    {
+        .any(|rule| rule.pattern == "*" && rule.join == switchboard::hub::Access::Anyone);
+    if wide_open && !config.server.bind.ip().is_loopback() {
         tracing::warn!(
-            "a channel rule lets anyone join every channel: fine for development, see README \"Locking down channels\""
+            bind = %config.server.bind,
+            "a channel rule lets anyone join every channel, on a public address: see README \"Locking down channels\""
+        );
+    } else if wide_open {
+        tracing::info!(
+            "a channel rule lets anyone join every channel: fine for development on loopback, see README \"Locking down channels\""
         );
     }
     raise_open_file_limit(config.server.max_connections);

@@ -7,7 +7,8 @@
 //!   (only `user` is required);
 //! - 401 or 403: refused (HTTP 401 to the client);
 //! - anything else, an unreadable body, or no answer within `timeout`: the back end is
-//!   unavailable (HTTP 503 to the client), counted in `switchboard_auth_backend_errors_total`.
+//!   unavailable (HTTP 503 to the client), counted in `switchboard_auth_backend_errors_total`,
+//!   and logged once per outage (a warning when it starts, a note when answers come back).
 //!
 //! Answers are cached for `cache_ttl` by the forwarded credentials, and concurrent handshakes
 //! with the same credentials share one call, so a page opening ten sockets costs one request.
@@ -84,6 +85,8 @@ struct Cache {
 }
 
 pub struct IntrospectAuthenticator {
+    /// Whether the back end is failing now (one warning per outage, not one per call).
+    outage: Arc<Outage>,
     client: reqwest::Client,
     url: Arc<str>,
     forward_headers: Vec<String>,
@@ -116,6 +119,7 @@ impl IntrospectAuthenticator {
         let client = crate::outbound_http::client(Some(config.timeout.0))
             .map_err(|err| (key("url"), format!("cannot build an HTTP client: {err}")))?;
         Ok(Self {
+            outage: Arc::new(Outage::default()),
             client,
             url: Arc::from(url.as_str()),
             forward_headers: config
@@ -181,17 +185,18 @@ impl IntrospectAuthenticator {
         cache.in_flight += 1;
         let client = self.client.clone();
         let url = self.url.clone();
+        let outage = self.outage.clone();
         let shared_cache = self.cache.clone();
         let (ttl, timeout) = (self.cache_ttl, self.timeout);
         let task = tokio::spawn(async move {
             let answer = tokio::time::timeout(timeout, call(&client, &url, &forwarded))
                 .await
                 .unwrap_or_else(|_| {
-                    Err(backend_unavailable(
-                        &url,
-                        format!("introspection call took longer than {timeout:?}"),
-                    ))
+                    Err(AuthError::Unavailable(format!(
+                        "introspection call took longer than {timeout:?}"
+                    )))
                 });
+            outage.record(&url, &answer);
             let mut cache = lock(&shared_cache);
             cache.in_flight = cache.in_flight.saturating_sub(1);
             let in_flight_here = matches!(cache.entries.get(&forwarded), Some(CacheEntry::InFlight(_)));
@@ -306,7 +311,7 @@ async fn call(client: &reqwest::Client, url: &str, forwarded: &Forwarded) -> Ans
     let response = request.send().await;
     metrics::histogram!(names::AUTH_BACKEND_DURATION, "authenticator" => "introspect")
         .record(started.elapsed().as_secs_f64());
-    let unavailable = |detail: String| backend_unavailable(url, detail);
+    let unavailable = AuthError::Unavailable;
     let response = response.map_err(|err| {
         let what = if err.is_timeout() {
             "timed out"
@@ -344,11 +349,33 @@ async fn call(client: &reqwest::Client, url: &str, forwarded: &Forwarded) -> Ans
     })
 }
 
-/// The back end could not answer: counted, logged with the detail, and refused with 503.
-fn backend_unavailable(url: &str, detail: String) -> AuthError {
-    metrics::counter!(names::AUTH_BACKEND_ERRORS, "authenticator" => "introspect").increment(1);
-    tracing::warn!(url, error = %detail, "introspection back end unavailable");
-    AuthError::Unavailable(detail)
+/// Whether the back end is failing, so an outage is logged once rather than once per call.
+#[derive(Default)]
+struct Outage {
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl Outage {
+    /// Counts a failed call, and logs the first failure of an outage and its end.
+    fn record(&self, url: &str, answer: &Answer) {
+        use std::sync::atomic::Ordering;
+        match answer {
+            Err(AuthError::Unavailable(detail)) => {
+                metrics::counter!(names::AUTH_BACKEND_ERRORS, "authenticator" => "introspect")
+                    .increment(1);
+                if !self.failing.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(url, error = %detail, "introspection back end unavailable; handshakes of its users get 503 until it answers (logged once)");
+                } else {
+                    tracing::debug!(url, error = %detail, "introspection back end still unavailable");
+                }
+            }
+            _ => {
+                if self.failing.swap(false, Ordering::SeqCst) {
+                    tracing::info!(url, "introspection back end answers again");
+                }
+            }
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -35,7 +35,11 @@ pub enum ConnectionFilter {
 /// Why the registry could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RosterError {
-    /// The store is unreachable now; the caller answers 503.
+    /// The store's connection is down (or not up yet): whoever watches the connection says so;
+    /// the caller answers 503.
+    #[error("connection registry unavailable: its Redis is not connected")]
+    NotConnected,
+    /// The store is connected but failed the command; the caller answers 503.
     #[error("connection registry unavailable: {0}")]
     Unavailable(String),
 }

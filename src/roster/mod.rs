@@ -138,12 +138,15 @@ impl Roster {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A fresh node has nothing to write until its first connection.
         let mut full = !self.directory.is_empty();
+        // Whether the store may hold this node's part: until the first write, a heartbeat has
+        // nothing to keep alive and an empty directory nothing to write.
+        let mut wrote = false;
         // One warning per outage, not one per retry.
         let mut failing = false;
         loop {
             tokio::select! {
                 () = self.directory.changed() => {}
-                _ = heartbeat.tick() => {
+                _ = heartbeat.tick(), if wrote || !self.directory.is_empty() => {
                     match store.heartbeat(!self.directory.is_empty()).await {
                         Ok(true) => {}
                         Ok(false) => full = true,
@@ -159,14 +162,20 @@ impl Roster {
                 match store.write(batch).await {
                     Ok(()) => {
                         full = false;
+                        wrote = true;
                         if std::mem::take(&mut failing) {
                             tracing::info!("registry written again");
                         }
                     }
                     Err(err) => {
                         metrics::counter!(names::REGISTRY_WRITE_FAILURES).increment(1);
-                        if !std::mem::replace(&mut failing, true) {
+                        // Redis not connected (at start, or during an outage) is the broker's
+                        // news, warned once by its connection watcher; a failing command is ours.
+                        let news = !matches!(err, RosterError::NotConnected);
+                        if !std::mem::replace(&mut failing, true) && news {
                             tracing::warn!(error = %err, "registry write failed; retrying, then rewriting this node's part");
+                        } else {
+                            tracing::debug!(error = %err, "registry write failed; retrying");
                         }
                         full = true;
                         tokio::time::sleep(RETRY_DELAY).await;

@@ -917,3 +917,26 @@ async fn clients_get_neutral_error_texts_and_session_ids_never_reach_the_log() {
         assert!(!log.contains(secret), "{secret} appears in the log:\n{log}");
     }
 }
+
+#[tokio::test]
+async fn a_healthy_start_and_a_healthy_run_log_no_warning() {
+    let redis = RedisServer::start().await;
+    // Nodes start before Redis has answered anyone, as they do in every deployment.
+    let config = crate::redis::node_config(&redis.url(), "[api]\nkey = \"k\"\n");
+    let node = TestServer::start_logged(&config).await;
+    node.wait_for_readiness(200).await;
+    let mut member = node.client_in(&["room"]).await;
+    let mut publisher = node.client().await;
+    let answer = publisher
+        .request(json!({"action": "publish", "channel": "room", "data": 1}), 1)
+        .await;
+    assert_eq!(answer["type"], "reply");
+    assert_eq!(member.recv().await["data"], 1);
+    drop(publisher);
+    node.terminate();
+    assert_eq!(member.expect_close().await.0, 1012);
+    node.wait_for_log("stopped").await;
+    let log = node.log();
+    let warnings: Vec<&str> = log.lines().filter(|line| line.contains("WARN")).collect();
+    assert!(warnings.is_empty(), "a healthy run warned:\n{}", warnings.join("\n"));
+}

@@ -87,9 +87,7 @@ impl RedisRoster {
         if self.link.is_up(&self.client) {
             Ok(())
         } else {
-            Err(RosterError::Unavailable(
-                "redis is not connected".to_owned(),
-            ))
+            Err(RosterError::NotConnected)
         }
     }
 
