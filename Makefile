@@ -2,16 +2,23 @@
 CARGO ?= cargo
 CONFIG ?=
 
-.PHONY: run test test-deps lint fmt bench build release clean
+.PHONY: run test test-deps lint fmt bench build release clean fuzz fuzz-smoke fuzz-deps
+
+## The fuzz targets (fuzz/fuzz_targets/), one per decoder of outside bytes.
+FUZZ_TARGETS = client_frame_json client_frame_msgpack broker_envelope control_op jwt \
+	gateway_userinfo backend_answers config
+## How long `make fuzz` runs each target.
+FUZZ_SECONDS ?= 60
 
 ## Build and start one node with the embedded memory broker on 127.0.0.1:8080.
 run:
 	$(CARGO) run --release --bin switchboard -- serve $(if $(CONFIG),--config $(CONFIG),)
 
 ## Install what the tests need (redis-server, openssl, nginx, prometheus; python websockets, redis,
-## kubernetes-validate) if missing, then run every test.
+## kubernetes-validate; cargo-fuzz) if missing, then run every test, and each fuzz target briefly.
 test: test-deps
 	$(CARGO) test --all-targets
+	$(MAKE) fuzz-smoke
 
 test-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -23,14 +30,46 @@ test-deps:
 	@{ command -v nginx >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || { \
 		echo "installing nginx and prometheus (the deploy/ topology test runs them as local processes)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx prometheus >/dev/null; }
+	@$(MAKE) --no-print-directory fuzz-deps
 	@python3 -c "import websockets, redis, kubernetes_validate" 2>/dev/null || { \
 		echo "installing the python websockets, redis (README examples) and kubernetes-validate (deploy/k8s) packages"; \
 		python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore websockets redis kubernetes-validate==1.37.0; }
 
-## Formatting and clippy, as CI runs them.
+## Formatting and clippy, as CI runs them (the fuzz crate is formatted too).
 lint:
 	$(CARGO) fmt --check
+	$(CARGO) fmt --check --manifest-path fuzz/Cargo.toml
 	$(CARGO) clippy --all-targets -- -D warnings
+
+## Every fuzz target for FUZZ_SECONDS, optimized and with AddressSanitizer (nightly). New inputs
+## go to fuzz/corpus/, crashes to fuzz/artifacts/ (both ignored by git); fuzz/seeds/ is the
+## committed seed corpus.
+fuzz: fuzz-deps
+	cd fuzz && cargo +nightly fuzz build
+	@for target in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$target; \
+		echo "== fuzz $$target ($(FUZZ_SECONDS) s)"; \
+		(cd fuzz && cargo +nightly fuzz run $$target corpus/$$target seeds/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -print_final_stats=0) || exit 1; \
+	done
+
+## A short, bounded run of every fuzz target (what make test and CI do): an unoptimized build
+## with debug assertions (so arithmetic overflow is a crash too), no sanitizer, 5 s each.
+fuzz-smoke: fuzz-deps
+	cd fuzz && cargo +nightly fuzz build --dev --sanitizer none
+	@for target in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$target; \
+		echo "== fuzz smoke $$target (5 s)"; \
+		output=$$(cd fuzz && cargo +nightly fuzz run --dev --sanitizer none $$target corpus/$$target \
+			seeds/$$target -- -max_total_time=5 -rss_limit_mb=2048 2>&1) \
+			|| { echo "$$output" | tail -n 60; exit 1; }; \
+		echo "$$output" | grep -E '^#[0-9]+.*DONE' | tail -n 1; \
+	done
+
+fuzz-deps:
+	@command -v cargo-fuzz >/dev/null 2>&1 || { \
+		echo "installing cargo-fuzz (the fuzz targets run with the nightly toolchain)"; \
+		$(CARGO) install cargo-fuzz --locked --quiet; }
 
 fmt:
 	$(CARGO) fmt

@@ -9,6 +9,7 @@
 //! - [`protocol`]: the wire contract: frames, channel names, close and error codes, encodings.
 //!   No IO, no actix.
 //! - [`human_duration`]: `"15s"`-style durations for the config.
+//! - [`key_file`]: reading the key and certificate files the config names, bounded in size.
 //! - [`outbound_http`]: the HTTP client for calls to back ends (no redirects, bounded pool).
 //! - [`auth`]: `Identity`, the `Authenticator` chain (`jwt`, `gateway`, `introspect`,
 //!   `redis_session`), `Revalidation`. No actix, no Redis client.
@@ -51,6 +52,7 @@ pub mod config;
 pub mod connection;
 pub mod hub;
 pub mod human_duration;
+pub mod key_file;
 pub mod metrics;
 pub mod outbound_http;
 pub mod protocol;

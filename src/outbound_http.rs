@@ -4,6 +4,9 @@
 //! pool of idle keep-alive connections is bounded in number and age, so a burst of calls cannot
 //! leave hundreds of descriptors open afterwards.
 //!
+//! Answers are read with a size bound ([`body_within`]): a back end's answer is bytes from
+//! outside like any other, and one that streams without end must not grow the node.
+//!
 //! What it is not: timeouts are the caller's (each knows its own), and nothing here retries.
 
 use std::time::Duration;
@@ -12,6 +15,41 @@ use std::time::Duration;
 pub const MAX_IDLE_PER_HOST: usize = 16;
 /// How long an idle keep-alive connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why an answer's body could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the answer could not be read: {0}")]
+    Read(String),
+}
+
+/// Reads an answer's body, refusing one longer than `limit` bytes (by its `Content-Length`, or
+/// as it arrives).
+pub async fn body_within(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|err| BodyError::Read(err.without_url().to_string()))?
+    {
+        if body.len().saturating_add(chunk.len()) > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
 
 /// A client for back-end calls; `timeout` bounds each whole request when given.
 pub fn client(timeout: Option<Duration>) -> Result<reqwest::Client, reqwest::Error> {

@@ -38,7 +38,6 @@ const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// the grace.
 const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
@@ -129,9 +128,9 @@ pub async fn run(
         backend.register_metrics();
     }
     // The connect hook decides identity too when it is given the browser's cookies.
-    let hook_reads_cookies = backend
-        .as_ref()
-        .is_some_and(|backend| backend.connect_hook().is_some() && backend.forwards_header("cookie"));
+    let hook_reads_cookies = backend.as_ref().is_some_and(|backend| {
+        backend.connect_hook().is_some() && backend.forwards_header("cookie")
+    });
     let ambient_credentials = auth.uses_ambient_credentials() || hook_reads_cookies;
     let sessions = SessionKeeper::new(
         auth.clone(),

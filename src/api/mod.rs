@@ -87,7 +87,10 @@ pub fn register_metrics(api_on: bool) {
     }
     if api_on {
         for endpoint in server_api::ENDPOINTS {
-            register::counter(names::API_REQUESTS, &[("endpoint", endpoint), ("status", "200")]);
+            register::counter(
+                names::API_REQUESTS,
+                &[("endpoint", endpoint), ("status", "200")],
+            );
         }
     }
 }

@@ -259,7 +259,10 @@ fn publish_outcome(results: Vec<(ChannelName, Result<(), BrokerError>)>) -> ApiR
                     }))
                 })
                 .collect();
-            let channels: Vec<&str> = published.iter().map(|(channel, _)| channel.as_str()).collect();
+            let channels: Vec<&str> = published
+                .iter()
+                .map(|(channel, _)| channel.as_str())
+                .collect();
             Ok((
                 StatusCode::MULTI_STATUS,
                 json!({ "published": count, "channels": channels, "failed": failed }),

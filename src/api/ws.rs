@@ -89,10 +89,9 @@ pub(super) async fn upgrade(
             tracing::debug!(code = refusal.code, reason = %refusal.reason, "handshake refused");
             let mut response = error_response(refusal.status, refusal.code, &refusal.reason);
             if let Some(seconds) = refusal.retry_after {
-                response.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    header::HeaderValue::from(seconds),
-                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
             }
             response
         }
@@ -159,7 +158,10 @@ async fn accept(
         .max_frame_size(max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(max_frame_bytes);
-    let (queue, queue_receiver) = outbound_queue(state.limits.outbound_queue, state.limits.outbound_queue_bytes);
+    let (queue, queue_receiver) = outbound_queue(
+        state.limits.outbound_queue,
+        state.limits.outbound_queue_bytes,
+    );
     let (closer, close_receiver) = tokio::sync::oneshot::channel();
     let (lifeline, actor_gone) = crate::connection::outbound::lifeline();
     // The connection's outbound queue becomes the response body; actix-ws's own body (and its

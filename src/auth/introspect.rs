@@ -74,7 +74,10 @@ type Answer = Result<Identity, AuthError>;
 enum CacheEntry {
     /// A call running as its own task; askers share its answer.
     InFlight(Shared<BoxFuture<'static, Answer>>),
-    Answered { at: Instant, answer: Answer },
+    Answered {
+        at: Instant,
+        answer: Answer,
+    },
 }
 
 /// Answers by credentials, and how many of them are calls still in flight.
@@ -199,7 +202,8 @@ impl IntrospectAuthenticator {
             outage.record(&url, &answer);
             let mut cache = lock(&shared_cache);
             cache.in_flight = cache.in_flight.saturating_sub(1);
-            let in_flight_here = matches!(cache.entries.get(&forwarded), Some(CacheEntry::InFlight(_)));
+            let in_flight_here =
+                matches!(cache.entries.get(&forwarded), Some(CacheEntry::InFlight(_)));
             if matches!(answer, Err(AuthError::Unavailable(_))) || ttl.is_zero() {
                 if in_flight_here {
                     cache.entries.remove(&forwarded);
@@ -290,6 +294,9 @@ impl Authenticator for IntrospectAuthenticator {
     }
 }
 
+/// The largest introspection answer read.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// The body of a 200 answer.
 #[derive(Deserialize)]
 struct Introspection {
@@ -330,13 +337,23 @@ async fn call(client: &reqwest::Client, url: &str, forwarded: &Forwarded) -> Ans
     if status != reqwest::StatusCode::OK {
         return Err(unavailable(format!("introspection answered {status}")));
     }
-    let body: Introspection = response.json().await.map_err(|err| {
-        unavailable(format!(
-            "introspection answer is not the expected JSON: {err}"
-        ))
-    })?;
-    let user = id_of(&body.user)
-        .ok_or_else(|| unavailable("introspection answer has no \"user\"".to_owned()))?;
+    let body = crate::outbound_http::body_within(response, MAX_ANSWER_BYTES)
+        .await
+        .map_err(|err| unavailable(format!("introspection answer: {err}")))?;
+    let identity = read_answer(&body).map_err(unavailable)?;
+    Ok(Identity {
+        credential: Some(Credential::Headers(forwarded.clone())),
+        ..identity
+    })
+}
+
+/// The identity a 200 answer's body names (without the credential to ask again with); an
+/// unreadable answer is why, for the log. Bytes from the back end: checked whole.
+pub fn read_answer(body: &[u8]) -> Result<Identity, String> {
+    let body: Introspection = serde_json::from_slice(body)
+        .map_err(|err| format!("introspection answer is not the expected JSON: {err}"))?;
+    let user =
+        id_of(&body.user).ok_or_else(|| "introspection answer has no \"user\"".to_owned())?;
     Ok(Identity {
         user: Some(user),
         session: body.session.as_ref().and_then(id_of),
@@ -345,7 +362,7 @@ async fn call(client: &reqwest::Client, url: &str, forwarded: &Forwarded) -> Ans
             .map(|seconds| super::identity::clamp_expiry(unix_now().saturating_add(seconds))),
         channels: body.channels,
         authenticator: "introspect",
-        credential: Some(Credential::Headers(forwarded.clone())),
+        credential: None,
     })
 }
 

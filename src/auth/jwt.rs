@@ -116,12 +116,8 @@ impl JwtAuthenticator {
             (!config.secret.is_empty()).then(|| DecodingKey::from_secret(config.secret.as_bytes()));
         let public = match &config.public_key_file {
             Some(path) => {
-                let pem = std::fs::read(path).map_err(|err| {
-                    problem(
-                        "public_key_file",
-                        format!("cannot read {}: {err}", path.display()),
-                    )
-                })?;
+                let pem = crate::key_file::read(path)
+                    .map_err(|message| problem("public_key_file", message))?;
                 Some(public_key_from_pem(&pem).ok_or_else(|| {
                     problem(
                         "public_key_file",
@@ -409,8 +405,9 @@ fn public_key_from_pem(pem: &[u8]) -> Option<DecodingKey> {
 /// Reads a JWKS file into keys by `(issuer, kid)`. A plain `{"keys": [...]}` belongs to
 /// `issuer`, which must then be set; `{"<issuer>": {"keys": [...]}, ...}` names its issuers.
 fn read_jwks(path: &std::path::Path, issuer: &str) -> Result<KeysByIssuerAndKid, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
+    let bytes = crate::key_file::read(path)?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
     let document: Value = serde_json::from_str(&text)
         .map_err(|err| format!("{} is not JSON: {err}", path.display()))?;
     let sets: Vec<(String, Value)> = match document {

@@ -80,6 +80,14 @@ impl RedisSessionConfig {
     }
 }
 
+/// The user id under `field` of a session value (JSON); `None` when it is not JSON, not an
+/// object, or has no usable id there. Bytes from Redis: checked whole.
+pub fn user_in_session(value: &str, field: &str) -> Option<String> {
+    serde_json::from_str::<Value>(value)
+        .ok()
+        .and_then(|session| session.get(field).and_then(id_of))
+}
+
 pub struct RedisSessionAuthenticator {
     store: Arc<dyn SessionStore>,
     config: RedisSessionConfig,
@@ -105,9 +113,7 @@ impl RedisSessionAuthenticator {
                 .increment(1);
         })?;
         Ok(value.and_then(|text| {
-            let user = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|session| session.get(&self.config.user_field).and_then(id_of));
+            let user = user_in_session(&text, &self.config.user_field);
             if user.is_none() {
                 // Not the key: it holds the session id, which the log must not.
                 tracing::debug!(field = %self.config.user_field, "session value has no user");

@@ -40,6 +40,8 @@ pub const DISCONNECT_HOOK: &str = "disconnect";
 pub const BUILT_IN_ACTIONS: [&str; 5] = ["join", "leave", "publish", "ping", "refresh"];
 /// The longest error text from a back end passed on to a client.
 const MAX_REASON_BYTES: usize = 200;
+/// The largest route or hook answer read (its reply goes to a client's bounded queue).
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
 /// `[routes]`: action name → back-end URL; `default`, `connect` and `disconnect` are special.
 pub type RoutesConfig = BTreeMap<String, String>;
@@ -305,9 +307,10 @@ impl Backend {
         } else {
             &self.permits
         };
-        let _permit = permits.acquire().await.map_err(|_| {
-            BackendError::Unreachable("the back-end client is closed".to_owned())
-        })?;
+        let _permit = permits
+            .acquire()
+            .await
+            .map_err(|_| BackendError::Unreachable("the back-end client is closed".to_owned()))?;
         let payload = json!({
             "connection": &*caller.connection,
             "user": caller.user,
@@ -338,10 +341,14 @@ impl Backend {
             .await
             .map_err(|err| BackendError::Unreachable(without_url(&err)))?;
         let status = response.status();
-        let bytes = response
-            .bytes()
+        let bytes = crate::outbound_http::body_within(response, MAX_ANSWER_BYTES)
             .await
-            .map_err(|err| BackendError::Unreachable(without_url(&err)))?;
+            .map_err(|err| match err {
+                crate::outbound_http::BodyError::TooLarge(_) => {
+                    BackendError::InvalidAnswer(err.to_string())
+                }
+                crate::outbound_http::BodyError::Read(detail) => BackendError::Unreachable(detail),
+            })?;
         if !status.is_success() {
             return Err(BackendError::Status {
                 status: status.as_u16(),

@@ -182,8 +182,8 @@ impl Connection {
 
     /// A client's `join`.
     pub(super) fn on_join(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str) {
-        let joining_anew = super::parse_channel(name)
-            .is_ok_and(|channel| !self.channels.contains_key(&channel));
+        let joining_anew =
+            super::parse_channel(name).is_ok_and(|channel| !self.channels.contains_key(&channel));
         if joining_anew
             && self.has_presence(name)
             && !self.presence_budget.try_take(std::time::Instant::now())
@@ -203,13 +203,15 @@ impl Connection {
         pending
             .answer()
             .into_actor(self)
-            .map(move |answer, connection, ctx| match connection.finish_join(answer) {
-                Ok(joined) => {
-                    connection.reply(ctx, id, &serde_json::Value::Null);
-                    connection.announce_join(joined);
-                }
-                Err((code, reason)) => connection.error(ctx, id, code, &reason),
-            })
+            .map(
+                move |answer, connection, ctx| match connection.finish_join(answer) {
+                    Ok(joined) => {
+                        connection.reply(ctx, id, &serde_json::Value::Null);
+                        connection.announce_join(joined);
+                    }
+                    Err((code, reason)) => connection.error(ctx, id, code, &reason),
+                },
+            )
             .spawn(ctx);
     }
 

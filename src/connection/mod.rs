@@ -419,7 +419,8 @@ impl Connection {
     fn on_data_frame(&mut self, ctx: &mut Context<Self>, decoded: Result<ClientFrame, FrameError>) {
         let now = Instant::now();
         if !self.rate.try_take(now) {
-            metrics::counter!(names::FRAMES_RECEIVED, "action" => REFUSED_FRAME_LABELS[0]).increment(1);
+            metrics::counter!(names::FRAMES_RECEIVED, "action" => REFUSED_FRAME_LABELS[0])
+                .increment(1);
             if self.rate_strikes.strike(now) {
                 self.close(
                     ctx,
@@ -444,7 +445,8 @@ impl Connection {
                 self.dispatch(ctx, frame);
             }
             Err(err) => {
-                metrics::counter!(names::FRAMES_RECEIVED, "action" => REFUSED_FRAME_LABELS[1]).increment(1);
+                metrics::counter!(names::FRAMES_RECEIVED, "action" => REFUSED_FRAME_LABELS[1])
+                    .increment(1);
                 if self.malformed_strikes.strike(now) {
                     self.close(ctx, CloseCode::Policy, "too many malformed frames");
                 } else {
@@ -522,7 +524,11 @@ impl Connection {
                 self.leave_channel(&channel);
             }
         }
-        let joins = instructions.join.into_iter().map(|name| (name, false)).collect();
+        let joins = instructions
+            .join
+            .into_iter()
+            .map(|name| (name, false))
+            .collect();
         let (refused, joins) = self.join_all(joins);
         let mut refused: Vec<String> = refused.into_iter().map(|(_, reason)| reason).collect();
         let (publications, reply) = (instructions.publish, instructions.reply);
@@ -575,15 +581,10 @@ impl Connection {
             .collect();
         async move {
             let published = futures_util::future::join_all(publishes).await;
-            failures.extend(
-                published
-                    .into_iter()
-                    .filter_map(Result::err)
-                    .map(|err| {
-                        tracing::debug!(error = %err, "a back end's publication failed");
-                        err.client_reason()
-                    }),
-            );
+            failures.extend(published.into_iter().filter_map(Result::err).map(|err| {
+                tracing::debug!(error = %err, "a back end's publication failed");
+                err.client_reason()
+            }));
             failures
         }
     }

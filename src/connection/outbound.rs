@@ -328,7 +328,11 @@ mod tests {
         let close = websocket::close(1012, "bye");
         assert!(bytes.ends_with(&close), "close frame last");
         assert!(bytes.len() > close.len(), "the queued pong first");
-        assert_eq!(poll(&mut body), Poll::Pending, "the close handshake is not over");
+        assert_eq!(
+            poll(&mut body),
+            Poll::Pending,
+            "the close handshake is not over"
+        );
         assert_eq!(admission.admitted(), 1, "still an open socket");
         drop(lifeline);
         assert_eq!(poll(&mut body), Poll::Ready(None));

@@ -28,8 +28,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
 
 use super::member::{ConnectionKey, Member};
-use super::queue::Outbound;
 use super::membership::Membership;
+use super::queue::Outbound;
 use super::registry::GroupRegistry;
 use crate::broker::{Broker, Publication, Topic};
 use crate::metrics as names;

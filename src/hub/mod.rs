@@ -17,6 +17,8 @@
 
 pub mod directory;
 pub mod group;
+#[cfg(test)]
+mod interleavings;
 pub mod member;
 pub mod membership;
 pub mod policy;

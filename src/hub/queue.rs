@@ -102,7 +102,9 @@ impl OutboundSender {
 
 impl OutboundReceiver {
     fn taken(&self, item: &Outbound) {
-        self.bytes.queued.fetch_sub(item.wire_len(), Ordering::AcqRel);
+        self.bytes
+            .queued
+            .fetch_sub(item.wire_len(), Ordering::AcqRel);
     }
 
     /// The next item, when one is waiting; `Ready(None)` once every sender is gone.
@@ -147,7 +149,10 @@ mod tests {
         assert_eq!(sender.queued_bytes(), 800);
         sender.try_send(frame(100)).expect("900 fit");
         sender.try_send(frame(100)).expect("1,000 fit");
-        assert!(matches!(sender.try_send(frame(1)), Err(TrySendError::Full(_))));
+        assert!(matches!(
+            sender.try_send(frame(1)),
+            Err(TrySendError::Full(_))
+        ));
         receiver.try_recv().expect("one taken");
         assert_eq!(sender.queued_bytes(), 600);
         for _ in 0..4 {
@@ -160,12 +165,18 @@ mod tests {
     fn a_frame_over_the_byte_bound_fits_into_an_empty_queue_and_the_frame_bound_holds() {
         let (sender, mut receiver) = outbound_queue(2, 10);
         sender.try_send(frame(5_000)).expect("alone, it fits");
-        assert!(matches!(sender.try_send(frame(1)), Err(TrySendError::Full(_))));
+        assert!(matches!(
+            sender.try_send(frame(1)),
+            Err(TrySendError::Full(_))
+        ));
         receiver.try_recv().expect("taken");
         let (sender, _receiver) = outbound_queue(2, 1 << 20);
         sender.try_send(frame(1)).expect("one");
         sender.try_send(frame(1)).expect("two");
-        assert!(matches!(sender.try_send(frame(1)), Err(TrySendError::Full(_))));
+        assert!(matches!(
+            sender.try_send(frame(1)),
+            Err(TrySendError::Full(_))
+        ));
         assert_eq!(sender.queued_bytes(), 2, "a refused frame is not counted");
     }
 
@@ -173,7 +184,10 @@ mod tests {
     fn a_closed_queue_refuses_and_counts_nothing() {
         let (sender, mut receiver) = outbound_queue(2, 100);
         receiver.close();
-        assert!(matches!(sender.try_send(frame(10)), Err(TrySendError::Closed(_))));
+        assert!(matches!(
+            sender.try_send(frame(10)),
+            Err(TrySendError::Closed(_))
+        ));
         assert_eq!(sender.queued_bytes(), 0);
     }
 }

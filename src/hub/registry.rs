@@ -51,6 +51,12 @@ impl GroupRegistry {
         self.groups.get(name).map(|entry| entry.value().clone())
     }
 
+    /// How many groups are live.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.groups.len()
+    }
+
     /// Removes `name` only if it still maps to `address` (a newer group may have replaced it).
     pub(crate) fn remove_if_same(&self, name: &ChannelName, address: &Addr<Group>) {
         self.groups.remove_if(name, |_, current| current == address);

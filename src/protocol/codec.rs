@@ -203,11 +203,19 @@ mod tests {
             decode_text(&frame.to_string()).expect_err("json"),
             decode_binary(&packed).expect_err("msgpack"),
         ] {
-            assert!(err.reason.contains("nested deeper than 64"), "{}", err.reason);
+            assert!(
+                err.reason.contains("nested deeper than 64"),
+                "{}",
+                err.reason
+            );
         }
         let very_deep = "[".repeat(300) + &"]".repeat(300);
         let err = decode_text(&very_deep).expect_err("past serde_json's own limit");
-        assert!(err.reason.contains("nested deeper than 64"), "{}", err.reason);
+        assert!(
+            err.reason.contains("nested deeper than 64"),
+            "{}",
+            err.reason
+        );
         let shallow = json!({"action": "publish", "channel": "c", "data": [[[1]]]});
         assert!(decode_text(&shallow.to_string()).is_ok());
     }

@@ -82,7 +82,10 @@ mod tests {
             Ok(()),
             "exactly the limit"
         );
-        assert_eq!(check(&json!({"data": {"a": [nested(MAX_DEPTH - 2)]}})), Err(TooDeep));
+        assert_eq!(
+            check(&json!({"data": {"a": [nested(MAX_DEPTH - 2)]}})),
+            Err(TooDeep)
+        );
         assert_eq!(check_field(&nested(MAX_DEPTH - 1), 2), Ok(()));
         assert_eq!(check_field(&nested(MAX_DEPTH), 2), Err(TooDeep));
     }

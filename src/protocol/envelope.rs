@@ -83,7 +83,32 @@ mod tests {
         assert!(Envelope::decode(b"{\"data\": 1, \"kind\": \"other\"}").is_err());
         let deep = (1..70).fold(json!(1), |inner, _| json!([inner]));
         let packed = rmp_serde::to_vec_named(&json!({"data": deep})).expect("pack");
-        assert!(Envelope::decode(&packed).is_err(), "too deep in MessagePack too");
+        assert!(
+            Envelope::decode(&packed).is_err(),
+            "too deep in MessagePack too"
+        );
+    }
+
+    /// Found by the `broker_envelope` fuzzer: serde_json's default float parser is off by one
+    /// ulp for some values, so a float changed on its way from a publisher to members.
+    #[test]
+    fn floats_survive_every_encoding_exactly() {
+        let float = -3.7783173142277203e-132_f64;
+        let packed = rmp_serde::to_vec_named(&Envelope {
+            data: json!(float),
+            from: None,
+            kind: PublicationKind::Message,
+        })
+        .expect("pack");
+        let from_msgpack = Envelope::decode(&packed).expect("msgpack");
+        let through_json = Envelope::decode(&from_msgpack.to_json()).expect("json");
+        assert_eq!(through_json.data.as_f64(), Some(float));
+        let frame = format!(r#"{{"action":"publish","channel":"c","data":{float:e}}}"#);
+        let decoded = crate::protocol::codec::decode_text(&frame).expect("frame");
+        let crate::protocol::ClientRequest::Publish { data, .. } = decoded.request else {
+            panic!("a publish");
+        };
+        assert_eq!(data.as_f64(), Some(float), "a client's float, exactly");
     }
 
     #[test]

@@ -75,8 +75,9 @@ impl KeyPair {
 
     /// The public key as a JWK of any family, named `kid` and pinned to its algorithm.
     pub fn jwk(&self, kid: &str) -> Value {
-        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&self.encoding_key(), self.algorithm)
-            .expect("jwk");
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&self.encoding_key(), self.algorithm)
+                .expect("jwk");
         jwk.common.key_id = Some(kid.to_owned());
         serde_json::to_value(jwk).expect("jwk json")
     }

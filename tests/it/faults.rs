@@ -41,7 +41,10 @@ async fn a_node_started_without_redis_waits_not_ready_and_connects_when_redis_co
         .expect("handshake");
     assert_eq!(response.status().as_u16(), 503);
     assert_eq!(
-        response.headers().get("retry-after").and_then(|value| value.to_str().ok()),
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok()),
         Some("1")
     );
     let body: serde_json::Value = response.json().await.expect("json");

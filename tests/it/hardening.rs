@@ -68,7 +68,9 @@ async fn channels_heard(
     }
     // A ping round trip after the publications: every node-side delivery queued before the
     // pong was written has reached the socket before it.
-    let fence = client.request(json!({"action": "ping"}), 9_000_000 + marker).await;
+    let fence = client
+        .request(json!({"action": "ping"}), 9_000_000 + marker)
+        .await;
     assert_eq!(fence["type"], "pong");
     let mut heard = BTreeSet::new();
     while let Some(frame) = client.recv_within(Duration::from_millis(300)).await {
@@ -82,7 +84,8 @@ async fn channels_heard(
 #[tokio::test]
 async fn a_leave_that_overtakes_its_join_leaves_no_ghost_membership() {
     let redis = RedisServer::start().await;
-    let extra = "[server]\nmax_channels_per_connection = 2\nrate_limit = 10000\nrate_limit_burst = 10000\n";
+    let extra =
+        "[server]\nmax_channels_per_connection = 2\nrate_limit = 10000\nrate_limit_burst = 10000\n";
     let node = nodes(&redis, 1, extra).await.remove(0);
     let backend = redis.client().await;
     let mut client = node.client().await;
@@ -108,7 +111,9 @@ async fn a_leave_that_overtakes_its_join_leaves_no_ghost_membership() {
     let names: Vec<String> = (0..20).map(|n| format!("ghost:{n}")).collect();
     let all: Vec<&str> = names.iter().map(String::as_str).collect();
     assert!(
-        channels_heard(&mut client, &backend, &all, 1).await.is_empty(),
+        channels_heard(&mut client, &backend, &all, 1)
+            .await
+            .is_empty(),
         "a left channel delivers nothing"
     );
 
@@ -128,7 +133,11 @@ async fn a_leave_that_overtakes_its_join_leaves_no_ghost_membership() {
     node.wait_for_metric("switchboard_broker_subscriptions", 0.0)
         .await;
     for channel in all.iter().chain(["a", "b"].iter()) {
-        assert_eq!(backend.numsub(&format!("sb:ch:{channel}")).await, 0, "{channel}");
+        assert_eq!(
+            backend.numsub(&format!("sb:ch:{channel}")).await,
+            0,
+            "{channel}"
+        );
     }
 }
 
@@ -170,7 +179,10 @@ async fn random_interleavings_of_join_leave_and_close_keep_channels_groups_and_s
         }
         // The registry agrees with the sockets.
         for channel in channels {
-            let members = expected.iter().filter(|held| held.contains(channel)).count();
+            let members = expected
+                .iter()
+                .filter(|held| held.contains(channel))
+                .count();
             let url = cluster[0].url(&format!("/api/connections?channel={channel}"));
             let deadline = tokio::time::Instant::now() + WAIT;
             loop {
@@ -197,7 +209,9 @@ async fn random_interleavings_of_join_leave_and_close_keep_channels_groups_and_s
         // Close some mid-flight: a join sent, the socket dropped before its answer.
         for client in &mut clients {
             client
-                .send(json!({"action": "join", "channel": channels[random.usize(..channels.len())]}))
+                .send(
+                    json!({"action": "join", "channel": channels[random.usize(..channels.len())]}),
+                )
                 .await;
         }
         drop(clients);
@@ -276,7 +290,10 @@ async fn gateway_and_connect_hook_identities_are_protected_from_cross_site_hijac
     .await
     .err()
     .expect("a page on another site cannot ride the gateway's session");
-    assert_eq!((evil.status, evil.body["error"].as_str()), (403, Some("forbidden_origin")));
+    assert_eq!(
+        (evil.status, evil.body["error"].as_str()),
+        (403, Some("forbidden_origin"))
+    );
     let own_origin = format!("http://{}", gateway.address);
     let mut own = Client::connect(
         &gateway.ws_url("/ws"),
@@ -291,13 +308,19 @@ async fn gateway_and_connect_hook_identities_are_protected_from_cross_site_hijac
     let hooked = TestServer::start(&routes.routes_config()).await;
     let evil = Client::connect(
         &hooked.ws_url("/ws"),
-        &[("Cookie", "sessionid=victim"), ("Origin", "https://evil.example")],
+        &[
+            ("Cookie", "sessionid=victim"),
+            ("Origin", "https://evil.example"),
+        ],
     )
     .await
     .err()
     .expect("refused before the hook is asked");
     assert_eq!(evil.status, 403);
-    assert!(routes.calls_to("connect").is_empty(), "the hook never saw it");
+    assert!(
+        routes.calls_to("connect").is_empty(),
+        "the hook never saw it"
+    );
     let hooked_own = format!("http://{}", hooked.address);
     let mut own = Client::connect(
         &hooked.ws_url("/ws"),
@@ -361,7 +384,10 @@ async fn a_config_error_names_its_key_once() {
         .expect("check-config");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("auth.jwt.audience: expected a string or a list of strings"), "{stderr}");
+    assert!(
+        stderr.contains("auth.jwt.audience: expected a string or a list of strings"),
+        "{stderr}"
+    );
     assert_eq!(stderr.matches("audience").count(), 1, "{stderr}");
 }
 
@@ -380,7 +406,11 @@ async fn only_the_configured_gateway_header_is_believed_and_a_credential_header_
     )
     .await
     .expect("the configured header identifies");
-    assert_eq!(client.recv().await["user"], "mallory", "the forged userinfo is not read");
+    assert_eq!(
+        client.recv().await["user"],
+        "mallory",
+        "the forged userinfo is not read"
+    );
     let alone = Client::connect(&server.ws_url("/ws"), &[("X-Userinfo", &forged)])
         .await
         .err()
@@ -389,14 +419,20 @@ async fn only_the_configured_gateway_header_is_believed_and_a_credential_header_
 
     let appended = Client::connect(
         &server.ws_url("/ws"),
-        &[("X-Forwarded-User", "admin"), ("X-Forwarded-User", "mallory")],
+        &[
+            ("X-Forwarded-User", "admin"),
+            ("X-Forwarded-User", "mallory"),
+        ],
     )
     .await
     .err()
     .expect("a header appended to a forged one");
     assert_eq!(appended.status, 401);
     assert!(
-        appended.body["reason"].as_str().unwrap_or_default().contains("more than once"),
+        appended.body["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("more than once"),
         "{}",
         appended.body
     );
@@ -447,7 +483,10 @@ async fn a_client_that_never_reads_holds_a_bounded_queue_and_is_dropped_by_the_w
         .await
         .expect("handshake");
     server.wait_for_metric("switchboard_channels", 1.0).await;
-    let full = Client::connect(&server.ws_url("/ws"), &[]).await.err().expect("full");
+    let full = Client::connect(&server.ws_url("/ws"), &[])
+        .await
+        .err()
+        .expect("full");
     assert_eq!(full.status, 429);
 
     let rss_before = server.rss_kib();
@@ -530,10 +569,17 @@ async fn the_tcp_connection_closes_as_soon_as_the_close_handshake_completes() {
     for _ in 0..5 {
         let mut client = server.client().await;
         let started = tokio::time::Instant::now();
-        client.socket.send(Message::Close(None)).await.expect("close");
+        client
+            .socket
+            .send(Message::Close(None))
+            .await
+            .expect("close");
         // The echo, then the end of the TCP stream, without the client closing first.
         loop {
-            match tokio::time::timeout(WAIT, client.socket.next()).await.expect("echo") {
+            match tokio::time::timeout(WAIT, client.socket.next())
+                .await
+                .expect("echo")
+            {
                 Some(Ok(Message::Close(_))) => continue,
                 Some(Ok(_)) => continue,
                 None | Some(Err(_)) => break,
@@ -550,16 +596,17 @@ async fn the_tcp_connection_closes_as_soon_as_the_close_handshake_completes() {
     let mut fastest = Duration::MAX;
     for _ in 0..5 {
         let mut client = server.client().await;
-        client
-            .send(json!({"action": "join", "channel": "x"}))
-            .await;
+        client.send(json!({"action": "join", "channel": "x"})).await;
         for _ in 0..11 {
             client.send_raw(Message::Text("{oops".into())).await;
         }
         let started = tokio::time::Instant::now();
         // tungstenite answers the server's close frame by itself, then waits for the server.
         loop {
-            match tokio::time::timeout(WAIT, client.socket.next()).await.expect("close") {
+            match tokio::time::timeout(WAIT, client.socket.next())
+                .await
+                .expect("close")
+            {
                 None | Some(Err(_)) => break,
                 Some(Ok(_)) => continue,
             }
@@ -596,22 +643,37 @@ async fn deep_publications_are_refused_in_both_encodings_never_acknowledged_then
         let answer = msgpack.recv().await;
         assert_eq!(answer["code"], "bad_request", "{levels} levels: {answer}");
         if levels == 64 {
-            assert_eq!(answer["id"], 64, "a frame that parsed keeps its id: {answer}");
+            assert_eq!(
+                answer["id"], 64,
+                "a frame that parsed keeps its id: {answer}"
+            );
         }
         assert!(
-            answer["reason"].as_str().unwrap_or_default().contains("nested deeper than 64"),
+            answer["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("nested deeper than 64"),
             "{answer}"
         );
     }
     let mut json_client = cluster[0].client().await;
     let answer = json_client
-        .request(json!({"action": "publish", "channel": "deep", "data": nested(100)}), 1)
+        .request(
+            json!({"action": "publish", "channel": "deep", "data": nested(100)}),
+            1,
+        )
         .await;
-    assert_eq!(answer["code"], "bad_request", "JSON has the same limit: {answer}");
+    assert_eq!(
+        answer["code"], "bad_request",
+        "JSON has the same limit: {answer}"
+    );
 
     // Up to the limit, a publication is acknowledged and delivered on every node.
     let answer = msgpack
-        .request(json!({"action": "publish", "channel": "deep", "data": nested(63)}), 2)
+        .request(
+            json!({"action": "publish", "channel": "deep", "data": nested(63)}),
+            2,
+        )
         .await;
     assert_eq!(answer["type"], "reply", "{answer}");
     let delivered = member.recv().await;
@@ -640,22 +702,37 @@ async fn an_absurd_expiry_is_clamped_and_the_connection_lives_and_leaves_normall
     let server = TestServer::start(&config).await;
     let token = crate::credentials::hs256(&json!({"sub": "bob", "exp": 1u64 << 63}), b"s3cret");
     let bearer = format!("Bearer {token}");
-    let mut by_token = Client::connect(&server.ws_url("/ws?channel=x"), &[("Authorization", &bearer)])
-        .await
-        .expect("a token valid until 2^63");
-    let mut by_session = Client::connect(&server.ws_url("/ws?channel=x"), &[("Cookie", "sessionid=forever")])
-        .await
-        .expect("a session with an endless expires_in");
+    let mut by_token = Client::connect(
+        &server.ws_url("/ws?channel=x"),
+        &[("Authorization", &bearer)],
+    )
+    .await
+    .expect("a token valid until 2^63");
+    let mut by_session = Client::connect(
+        &server.ws_url("/ws?channel=x"),
+        &[("Cookie", "sessionid=forever")],
+    )
+    .await
+    .expect("a session with an endless expires_in");
     for client in [&mut by_token, &mut by_session] {
         let welcome = client.recv().await;
-        assert_eq!(welcome["expires_at"], switchboard::auth::MAX_EXPIRES_AT, "{welcome}");
-        assert_eq!(client.request(json!({"action": "ping"}), 1).await["type"], "pong");
+        assert_eq!(
+            welcome["expires_at"],
+            switchboard::auth::MAX_EXPIRES_AT,
+            "{welcome}"
+        );
+        assert_eq!(
+            client.request(json!({"action": "ping"}), 1).await["type"],
+            "pong"
+        );
     }
     drop((by_token, by_session));
     // Their actors stopped normally: nothing of them is left on the node.
     server.wait_for_metric("switchboard_connections", 0.0).await;
     server.wait_for_metric("switchboard_channels", 0.0).await;
-    server.wait_for_metric("switchboard_broker_subscriptions", 0.0).await;
+    server
+        .wait_for_metric("switchboard_broker_subscriptions", 0.0)
+        .await;
     server.wait_for_metric("switchboard_sessions", 0.0).await;
 }
 
@@ -669,7 +746,9 @@ async fn one_client_cannot_take_the_back_end_pool_or_delay_another_users_handsha
         routes.routes_config()
     );
     let server = TestServer::start(&config).await;
-    let mut greedy = Client::connect(&server.ws_url("/ws"), &[]).await.expect("greedy");
+    let mut greedy = Client::connect(&server.ws_url("/ws"), &[])
+        .await
+        .expect("greedy");
     assert_eq!(greedy.recv().await["type"], "welcome");
     for id in 1..=10u64 {
         greedy.send(json!({"action": "slow", "id": id})).await;
@@ -692,7 +771,11 @@ async fn one_client_cannot_take_the_back_end_pool_or_delay_another_users_handsha
         assert_eq!(greedy.recv().await["code"], "backend_error");
     }
     routes.wait_for_calls("slow", 2).await;
-    assert_eq!(routes.calls_to("slow").len(), 2, "only two calls ever reached the back end");
+    assert_eq!(
+        routes.calls_to("slow").len(),
+        2,
+        "only two calls ever reached the back end"
+    );
 }
 
 #[tokio::test]
@@ -712,8 +795,14 @@ async fn join_and_leave_loops_cannot_flood_a_presence_channel() {
         .collect();
     let answers = pipeline(&mut attacker, &frames, 1).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let refused = answers.values().filter(|answer| answer["code"] == "rate_limited").count();
-    assert!(refused > 150, "joins past the budget are refused: {refused}");
+    let refused = answers
+        .values()
+        .filter(|answer| answer["code"] == "rate_limited")
+        .count();
+    assert!(
+        refused > 150,
+        "joins past the budget are refused: {refused}"
+    );
     // Everything the observer heard of it, up to a fence.
     let fence = observer.request(json!({"action": "ping"}), 1).await;
     assert_eq!(fence["type"], "pong");
@@ -742,8 +831,17 @@ async fn a_partial_api_publish_says_what_was_published_and_what_failed() {
         .command(
             "ACL",
             vec![
-                "SETUSER", "node", "on", ">pw", "~*", "+@all", "resetchannels", "&sb:control",
-                "&sb:node:*", "&sb:user:*", "&sb:ch:ok:*",
+                "SETUSER",
+                "node",
+                "on",
+                ">pw",
+                "~*",
+                "+@all",
+                "resetchannels",
+                "&sb:control",
+                "&sb:node:*",
+                "&sb:user:*",
+                "&sb:ch:ok:*",
             ],
         )
         .await;
@@ -761,17 +859,24 @@ async fn a_partial_api_publish_says_what_was_published_and_what_failed() {
                 .send()
                 .await
                 .expect("publish");
-            (response.status().as_u16(), response.json::<Value>().await.expect("json"))
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.expect("json"),
+            )
         }
     };
-    let (status, answer) = publish(json!({"channels": ["ok:1", "denied:1", "ok:2"], "data": 1})).await;
+    let (status, answer) =
+        publish(json!({"channels": ["ok:1", "denied:1", "ok:2"], "data": 1})).await;
     assert_eq!(status, 207, "{answer}");
     assert_eq!(answer["published"], 2);
     assert_eq!(answer["channels"], json!(["ok:1", "ok:2"]));
     assert_eq!(answer["failed"][0]["channel"], "denied:1", "{answer}");
     assert_eq!(answer["failed"][0]["error"], "backend_unavailable");
     let reason = answer["failed"][0]["reason"].as_str().unwrap_or_default();
-    assert!(!reason.contains("NOPERM"), "Redis's words stay in the log: {reason}");
+    assert!(
+        !reason.contains("NOPERM"),
+        "Redis's words stay in the log: {reason}"
+    );
     assert_eq!(member.recv().await["data"], 1);
 
     // All failed: 503, nothing published, a retry is safe.
@@ -780,7 +885,11 @@ async fn a_partial_api_publish_says_what_was_published_and_what_failed() {
     // All went out: 200 as before.
     let (status, answer) = publish(json!({"channels": ["ok:1"], "data": 3})).await;
     assert_eq!((status, answer), (200, json!({"published": 1})));
-    assert_eq!(member.recv().await["data"], 3, "nothing in between was delivered twice");
+    assert_eq!(
+        member.recv().await["data"],
+        3,
+        "nothing in between was delivered twice"
+    );
 }
 
 /// The metric names (without suffixes) a `/metrics` text exports.
@@ -809,7 +918,10 @@ async fn every_metric_exists_from_the_start_at_zero() {
         let optional = REDIS_ONLY.contains(&name)
             || AUTH_ONLY.contains(&name)
             || INTEGRATION_ONLY.contains(&name);
-        assert!(optional || names.contains(name), "{name} missing at start:\n{text}");
+        assert!(
+            optional || names.contains(name),
+            "{name} missing at start:\n{text}"
+        );
     }
     for series in [
         "switchboard_closes_total{code=\"4010\",reason=\"slow_consumer\",initiator=\"server\"} 0",
@@ -820,7 +932,10 @@ async fn every_metric_exists_from_the_start_at_zero() {
         "switchboard_frames_received_total{action=\"malformed\"} 0",
         "switchboard_handshakes_total{authenticator=\"anonymous\",result=\"refused\"} 0",
     ] {
-        assert!(text.lines().any(|line| line == series), "{series} missing:\n{text}");
+        assert!(
+            text.lines().any(|line| line == series),
+            "{series} missing:\n{text}"
+        );
     }
 
     // A node with every part configured exports every metric before anything happens.
@@ -843,7 +958,10 @@ async fn every_metric_exists_from_the_start_at_zero() {
         "switchboard_broker_decode_errors_total{kind=\"channel\"} 0",
         "switchboard_api_requests_total{endpoint=\"publish\",status=\"200\"} 0",
     ] {
-        assert!(text.lines().any(|line| line == series), "{series} missing:\n{text}");
+        assert!(
+            text.lines().any(|line| line == series),
+            "{series} missing:\n{text}"
+        );
     }
 }
 
@@ -851,7 +969,11 @@ async fn every_metric_exists_from_the_start_at_zero() {
 async fn clients_get_neutral_error_texts_and_session_ids_never_reach_the_log() {
     let mut redis = RedisServer::start().await;
     let view = DjangoView::start();
-    view.log_in("SECRET-COOKIE", "ada", json!({"session": "SECRET-DJANGO-SESSION"}));
+    view.log_in(
+        "SECRET-COOKIE",
+        "ada",
+        json!({"session": "SECRET-DJANGO-SESSION"}),
+    );
     let config = crate::redis::node_config(
         &redis.url(),
         &format!(
@@ -863,14 +985,20 @@ async fn clients_get_neutral_error_texts_and_session_ids_never_reach_the_log() {
     node.wait_for_readiness(200).await;
     let backend = redis.client().await;
     backend
-        .command("SET", vec!["session:SECRET-REDIS-SESSION", r#"{"_auth_user_id": "7"}"#])
+        .command(
+            "SET",
+            vec!["session:SECRET-REDIS-SESSION", r#"{"_auth_user_id": "7"}"#],
+        )
         .await;
     backend
         .command("SET", vec!["session:SECRET-NO-USER", r#"{"other": 1}"#])
         .await;
-    let mut ada = Client::connect(&node.ws_url("/ws"), &[("Cookie", "sessionid=SECRET-COOKIE")])
-        .await
-        .expect("introspected");
+    let mut ada = Client::connect(
+        &node.ws_url("/ws"),
+        &[("Cookie", "sessionid=SECRET-COOKIE")],
+    )
+    .await
+    .expect("introspected");
     assert_eq!(ada.recv().await["user"], "ada");
     let mut seven = Client::connect(
         &node.ws_url("/ws"),
@@ -879,7 +1007,11 @@ async fn clients_get_neutral_error_texts_and_session_ids_never_reach_the_log() {
     .await
     .expect("redis session");
     assert_eq!(seven.recv().await["user"], "7");
-    let _ = Client::connect(&node.ws_url("/ws"), &[("Cookie", "sessionid=SECRET-NO-USER")]).await;
+    let _ = Client::connect(
+        &node.ws_url("/ws"),
+        &[("Cookie", "sessionid=SECRET-NO-USER")],
+    )
+    .await;
     // A control disconnect by session names the session id on the wire, never in the log.
     for session in ["SECRET-DJANGO-SESSION", "SECRET-NOBODY-HOLDS"] {
         let response = reqwest::Client::new()
@@ -928,7 +1060,10 @@ async fn a_healthy_start_and_a_healthy_run_log_no_warning() {
     let mut member = node.client_in(&["room"]).await;
     let mut publisher = node.client().await;
     let answer = publisher
-        .request(json!({"action": "publish", "channel": "room", "data": 1}), 1)
+        .request(
+            json!({"action": "publish", "channel": "room", "data": 1}),
+            1,
+        )
         .await;
     assert_eq!(answer["type"], "reply");
     assert_eq!(member.recv().await["data"], 1);
@@ -938,5 +1073,9 @@ async fn a_healthy_start_and_a_healthy_run_log_no_warning() {
     node.wait_for_log("stopped").await;
     let log = node.log();
     let warnings: Vec<&str> = log.lines().filter(|line| line.contains("WARN")).collect();
-    assert!(warnings.is_empty(), "a healthy run warned:\n{}", warnings.join("\n"));
+    assert!(
+        warnings.is_empty(),
+        "a healthy run warned:\n{}",
+        warnings.join("\n")
+    );
 }

@@ -142,8 +142,9 @@ fn tls_trusting(path: &std::path::Path) -> Result<TlsConnector, String> {
     use rustls_pki_types::pem::PemObject;
     let problem = |what: String| format!("broker.tls_ca_file: {}: {what}", path.display());
     let mut roots = rustls::RootCertStore::empty();
-    let certificates =
-        CertificateDer::pem_file_iter(path).map_err(|err| problem(err.to_string()))?;
+    let pem =
+        crate::key_file::read(path).map_err(|message| format!("broker.tls_ca_file: {message}"))?;
+    let certificates = CertificateDer::pem_slice_iter(&pem);
     for certificate in certificates {
         let certificate = certificate.map_err(|err| problem(err.to_string()))?;
         roots
@@ -317,7 +318,10 @@ fn register_metrics() {
         register::counter(names::BROKER_RECONNECTS, &[("client", client)]);
     }
     register::histogram(names::BROKER_ROUND_TRIP, &[]);
-    register::counter(names::MESSAGES_DROPPED, &[("reason", names::dropped::BROKER_LAGGED)]);
+    register::counter(
+        names::MESSAGES_DROPPED,
+        &[("reason", names::dropped::BROKER_LAGGED)],
+    );
 }
 
 /// What a publish or subscribe hears while the connection is down.
