@@ -20,7 +20,7 @@ async fn publish(client: &mut Client, channel: &str, id: u64) -> serde_json::Val
 }
 
 #[tokio::test]
-async fn a_node_started_without_redis_waits_not_ready_and_connects_when_redis_comes_up() {
+async fn a_node_started_without_redis_refuses_handshakes_with_503_until_its_broker_is_ready() {
     let port = free_port();
     let node = TestServer::start(&node_config(&format!("redis://127.0.0.1:{port}"), "")).await;
     assert_eq!(node.get("/healthz").await.0, 200, "alive without redis");

@@ -453,7 +453,7 @@ mod tests {
         with_ca.url = "rediss://127.0.0.1:6380".into();
         let err = validate_url(&with_ca).expect_err("missing file");
         assert!(
-            err.starts_with("broker.tls_ca_file: /nonexistent/ca.pem"),
+            err.starts_with("broker.tls_ca_file: cannot read /nonexistent/ca.pem"),
             "{err}"
         );
     }
