@@ -63,7 +63,7 @@ fuzz-smoke: fuzz-deps
 		output=$$(cd fuzz && cargo +nightly fuzz run --dev --sanitizer none $$target corpus/$$target \
 			seeds/$$target -- -max_total_time=5 -rss_limit_mb=2048 2>&1) \
 			|| { echo "$$output" | tail -n 60; exit 1; }; \
-		echo "$$output" | grep -E '^#[0-9]+.*DONE' | tail -n 1; \
+		echo "$$output" | grep -aE '^#[0-9]+.*DONE' | tail -n 1; \
 	done
 
 fuzz-deps:
