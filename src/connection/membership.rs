@@ -17,9 +17,12 @@ use std::pin::Pin;
 
 use actix::prelude::*;
 
+use serde_json::json;
+
 use super::Connection;
-use crate::hub::{JoinError, Membership};
-use crate::protocol::{ChannelName, ErrorCode};
+use crate::broker::{BrokerFuture, Publication};
+use crate::hub::{JoinError, Membership, Outbound};
+use crate::protocol::{ChannelName, ErrorCode, ServerFrame};
 
 /// Why a join or leave was refused: the `error` frame's code and reason.
 pub(super) type Refusal = (ErrorCode, String);
@@ -58,6 +61,90 @@ pub(super) struct Joined(pub(super) ChannelName);
 pub(super) const SUPERSEDED_REASON: &str = "left the channel before the join completed";
 
 impl Connection {
+    /// Joins the channels named at the handshake (and waits for the user's topic subscription),
+    /// then sends `welcome` (the first frame), then an `error` for each refused channel, then
+    /// starts reading client frames.
+    pub(super) fn join_initial_channels(
+        &mut self,
+        ctx: &mut Context<Self>,
+        user_subscribed: BrokerFuture,
+    ) {
+        let (granted, hook_publications) = match self.connect_instructions.take() {
+            Some(instructions) => (instructions.join, instructions.publish),
+            None => (Vec::new(), Vec::new()),
+        };
+        let requested = std::mem::take(&mut self.initial_channels)
+            .into_iter()
+            .map(|name| (name, true))
+            .chain(granted.into_iter().map(|name| (name, false)))
+            .collect();
+        let (mut refused, joins) = self.join_all(requested);
+        let id = self.id.clone();
+        let user_subscribed = async move {
+            if let Err(err) = user_subscribed.await {
+                // The broker keeps the reference and subscribes once it can.
+                tracing::debug!(connection = %id, error = %err, "user topic not subscribed yet");
+            }
+        };
+        futures_util::future::join(joins, user_subscribed)
+            .into_actor(self)
+            .map(move |(answers, ()), connection, ctx| {
+                let mut joined = Vec::new();
+                for answer in answers {
+                    match connection.finish_join(answer) {
+                        Ok(channel) => joined.push(channel),
+                        Err(refusal) => refused.push(refusal),
+                    }
+                }
+                let names: Vec<&str> = joined.iter().map(|joined| joined.0.as_str()).collect();
+                let welcome = ServerFrame::Welcome {
+                    connection_id: &connection.id,
+                    user: connection.identity.user.as_deref(),
+                    channels: &names,
+                    expires_at: connection.identity.expires_at,
+                };
+                let welcome = connection.encoding.encode(&welcome);
+                match welcome {
+                    Ok(frame) => connection.enqueue(ctx, Outbound::Frame(frame)),
+                    Err(err) => tracing::error!(error = %err, "cannot encode welcome"),
+                }
+                for (code, reason) in refused {
+                    connection.error(ctx, None, code, &reason);
+                }
+                for channel in joined {
+                    connection.announce_join(channel);
+                }
+                connection.publish_for_backend(ctx, hook_publications);
+                if let Some(inbound) = connection.inbound.take() {
+                    ctx.add_stream(inbound);
+                }
+                connection.start_heartbeat(ctx);
+            })
+            .spawn(ctx);
+    }
+
+    /// Tells a presence channel's members that this connection joined or left it.
+    pub(super) fn announce(&self, channel: &ChannelName, joined: bool) {
+        let has_presence = self
+            .settings
+            .policy
+            .rule_for(channel.as_str())
+            .is_some_and(|rule| rule.presence);
+        if !has_presence {
+            return;
+        }
+        let who = json!({ "user": self.identity.user, "connection": &*self.id });
+        let publishing = self
+            .hub
+            .publish(Publication::presence(channel.clone(), joined, who));
+        let channel = channel.clone();
+        actix::spawn(async move {
+            if let Err(err) = publishing.await {
+                tracing::debug!(%channel, error = %err, "presence event not published");
+            }
+        });
+    }
+
     /// Starts joining `name`: `Ok(None)` when already a member, else the join in flight (settle
     /// its answer with [`finish_join`](Self::finish_join)). The channel rules are consulted only
     /// when `check_policy` (the back end's joins skip them; the channel limit always applies).
@@ -173,7 +260,7 @@ impl Connection {
     }
 
     /// Whether `name` is a channel whose members hear of joins and leaves.
-    fn has_presence(&self, name: &str) -> bool {
+    pub(super) fn has_presence(&self, name: &str) -> bool {
         self.settings
             .policy
             .rule_for(name)
