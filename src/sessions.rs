@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 use crate::auth::{AuthChain, Identity, Revalidation, unix_now};
 use crate::hub::{ConnectionKey, Disconnector};
 use crate::metrics as names;
-use crate::protocol::CloseCode;
+use crate::protocol::CloseReason;
 
 /// Re-validation calls in flight at once on a node.
 pub const MAX_CONCURRENT_CHECKS: usize = 32;
@@ -38,10 +38,6 @@ pub const MAX_CONCURRENT_CHECKS: usize = 32;
 const MAX_TICK: Duration = Duration::from_secs(1);
 /// The shortest pause between two walks of the table.
 const MIN_TICK: Duration = Duration::from_millis(10);
-
-pub const DEAD_REASON: &str = "the session has ended";
-pub const EXPIRED_REASON: &str = "the credential has expired";
-pub const UNVERIFIABLE_REASON: &str = "the session could not be re-validated";
 
 /// What a tracked connection holds: its session's key and current expiry.
 #[derive(Debug)]
@@ -195,7 +191,7 @@ impl Shared {
             .collect();
         for key in expired {
             if let Some(session) = table.remove(&key) {
-                close_all(&session, EXPIRED_REASON);
+                close_all(&session, CloseReason::EXPIRED);
             }
         }
         metrics::gauge!(names::SESSIONS).set(table.len() as f64);
@@ -236,14 +232,14 @@ impl Shared {
             }
             Revalidation::Dead => {
                 count("dead");
-                Some(DEAD_REASON)
+                Some(CloseReason::SESSION_ENDED)
             }
             Revalidation::Unknown(reason) => {
                 let since = *session.failing_since.get_or_insert(now);
                 if now.duration_since(since) >= self.grace {
                     count("failed_closed");
                     tracing::warn!(authenticator, %reason, grace = ?self.grace, sockets = session.members.len(), "session unverifiable for longer than the grace; closing its sockets");
-                    Some(UNVERIFIABLE_REASON)
+                    Some(CloseReason::UNVERIFIABLE)
                 } else {
                     count("unavailable");
                     tracing::debug!(authenticator, %reason, "session re-validation failed; keeping its sockets open");
@@ -261,9 +257,9 @@ impl Shared {
     }
 }
 
-fn close_all(session: &TrackedSession, reason: &str) {
+fn close_all(session: &TrackedSession, reason: CloseReason) {
     for disconnector in session.members.values() {
-        disconnector.close(CloseCode::SessionExpired, reason);
+        disconnector.close(reason);
     }
 }
 
@@ -271,6 +267,7 @@ fn close_all(session: &TrackedSession, reason: &str) {
 mod tests {
     use super::*;
     use crate::auth::{AuthError, AuthFuture, Authenticator, Credential, Handshake};
+    use crate::protocol::CloseCode;
     use std::sync::atomic::AtomicUsize;
 
     /// Answers re-validations from a script and counts them.
@@ -374,7 +371,7 @@ mod tests {
             .expect("closed in time")
             .expect("notice");
         assert_eq!(notice.code, CloseCode::SessionExpired);
-        assert_eq!(notice.reason, UNVERIFIABLE_REASON);
+        assert_eq!(notice.reason, CloseReason::UNVERIFIABLE.text);
         assert!(started.elapsed() >= grace);
         running.abort();
     }

@@ -6,14 +6,14 @@
 //! `{"error": "<code>", "reason": "<text>"}` with the status of PROTOCOL.md §1.
 
 mod health;
+mod refusal;
 pub mod server_api;
 mod ws;
 
 use std::sync::Arc;
 
-use actix_web::{HttpResponse, http::StatusCode, web};
+use actix_web::web;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::auth::AuthChain;
 use crate::backend::Backend;
@@ -21,6 +21,7 @@ use crate::connection::ConnectionSettings;
 use crate::connection::admission::Admission;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::protocol::RefusalCode;
 use crate::roster::Roster;
 use crate::sessions::SessionKeeper;
 
@@ -63,24 +64,26 @@ pub struct AppState {
     pub backend: Option<Arc<Backend>>,
 }
 
-/// `reason` labels of `switchboard_handshakes_refused_total` that are the edge's own (the
-/// authenticators' are `RefusalReason`'s).
-const REFUSAL_LABELS: [&str; 6] = [
-    "bad_request",
-    "forbidden_origin",
-    "too_many_connections",
-    "unavailable",
-    "connect_hook",
-    "backend_unavailable",
-];
-
 /// Registers the HTTP edge's series at zero (see `metrics`): handshakes accepted and refused by
 /// every reason, and, with the server API on, its calls by endpoint.
 pub fn register_metrics(api_on: bool) {
     use crate::metrics::{self as names, register};
     register::counter(names::CONNECTIONS_ACCEPTED, &[]);
-    let reasons = REFUSAL_LABELS
+    // The edge's own labels (the codes a handshake can be refused with, and the connect hook),
+    // then the authenticators' reasons.
+    let codes = [
+        RefusalCode::BadRequest,
+        RefusalCode::ForbiddenOrigin,
+        RefusalCode::TooManyConnections,
+        RefusalCode::Unavailable,
+    ];
+    let reasons = codes
+        .map(RefusalCode::as_str)
         .into_iter()
+        .chain([
+            ws::CONNECT_HOOK_LABEL,
+            crate::auth::AuthError::UNAVAILABLE_LABEL,
+        ])
         .chain(crate::auth::RefusalReason::ALL.map(crate::auth::RefusalReason::label));
     for reason in reasons {
         register::counter(names::HANDSHAKES_REFUSED, &[("reason", reason)]);
@@ -103,9 +106,4 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .configure(server_api::routes);
-}
-
-/// A JSON error response: `{"error": code, "reason": reason}`.
-pub(crate) fn error_response(status: StatusCode, code: &str, reason: &str) -> HttpResponse {
-    HttpResponse::build(status).json(json!({ "error": code, "reason": reason }))
 }

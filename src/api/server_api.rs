@@ -25,11 +25,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::{AppState, error_response};
+use super::AppState;
+use super::refusal::Refusal;
 use crate::broker::{BrokerError, Publication, Topic};
 use crate::metrics as names;
-use crate::protocol::{ChannelName, ControlOp, DecodeError};
-use crate::roster::{ConnectionFilter, RosterError};
+use crate::protocol::{ChannelName, ControlOp, DecodeError, RefusalCode};
+use crate::roster::ConnectionFilter;
 
 /// Records returned by `GET /api/connections` when no `limit` is given.
 pub const DEFAULT_LIMIT: usize = 1_000;
@@ -57,46 +58,8 @@ pub(super) fn routes(config: &mut web::ServiceConfig) {
         .route("/api/presence", web::get().to(presence));
 }
 
-/// Why a call failed: the response it gets.
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    reason: String,
-}
-
-impl ApiError {
-    fn bad_request(reason: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            code: "bad_request",
-            reason: reason.into(),
-        }
-    }
-
-    /// The broker could not do it: a neutral reason for the caller, the detail in the log.
-    fn broker_unavailable(err: &BrokerError) -> Self {
-        tracing::warn!(error = %err, "server API call failed: the broker is unavailable");
-        Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "backend_unavailable",
-            reason: err.client_reason(),
-        }
-    }
-}
-
-impl From<RosterError> for ApiError {
-    fn from(err: RosterError) -> Self {
-        tracing::warn!(error = %err, "server API query failed: the registry is unavailable");
-        Self {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "backend_unavailable",
-            reason: "the connection registry is unavailable; retry shortly".to_owned(),
-        }
-    }
-}
-
 /// A handled call's status (200, or 207 for a partial publish) and body.
-type ApiResult = Result<(StatusCode, Value), ApiError>;
+type ApiResult = Result<(StatusCode, Value), Refusal>;
 
 /// Checks the key, runs the handler, records the metric, renders the answer.
 async fn answer<F>(
@@ -114,20 +77,19 @@ where
     };
     let response = match result {
         Ok((status, body)) => HttpResponse::build(status).json(body),
-        Err(err) => error_response(err.status, err.code, &err.reason),
+        Err(refusal) => refusal.response(),
     };
     metrics::counter!(names::API_REQUESTS, "endpoint" => endpoint, "status" => response.status().as_str().to_owned())
         .increment(1);
     response
 }
 
-fn authorize(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+fn authorize(request: &HttpRequest, state: &AppState) -> Result<(), Refusal> {
     let Some(key) = state.api_key.as_deref() else {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
-            reason: "the server API is off; set [api] key to turn it on".to_owned(),
-        });
+        return Err(Refusal::new(
+            RefusalCode::NotFound,
+            "the server API is off; set [api] key to turn it on",
+        ));
     };
     let offered = request
         .headers()
@@ -138,11 +100,10 @@ fn authorize(request: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     if constant_time_equal(offered.trim().as_bytes(), key.as_bytes()) {
         Ok(())
     } else {
-        Err(ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            code: "unauthorized",
-            reason: "missing or wrong API key (Authorization: Bearer <[api] key>)".to_owned(),
-        })
+        Err(Refusal::new(
+            RefusalCode::Unauthorized,
+            "missing or wrong API key (Authorization: Bearer <[api] key>)",
+        ))
     }
 }
 
@@ -157,30 +118,33 @@ fn constant_time_equal(left: &[u8], right: &[u8]) -> bool {
 }
 
 /// Parses a JSON body into `T`, naming the offending field on error.
-fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Refusal> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if path == "." || path.is_empty() {
-            ApiError::bad_request(format!("body: {inner}"))
+            bad_request(format!("body: {inner}"))
         } else {
-            ApiError::bad_request(format!("{path}: {inner}"))
+            bad_request(format!("{path}: {inner}"))
         }
     })
 }
 
+fn bad_request(reason: impl Into<String>) -> Refusal {
+    Refusal::new(RefusalCode::BadRequest, reason)
+}
+
 /// The `data` of a publication: required, and within the nesting limit every way in shares.
-fn required_data(data: Option<Value>) -> Result<Value, ApiError> {
-    let data = data.ok_or_else(|| ApiError::bad_request("data: required"))?;
+fn required_data(data: Option<Value>) -> Result<Value, Refusal> {
+    let data = data.ok_or_else(|| bad_request("data: required"))?;
     crate::protocol::depth::check_field(&data, 2)
-        .map_err(|err| ApiError::bad_request(format!("data: {err}")))?;
+        .map_err(|err| bad_request(format!("data: {err}")))?;
     Ok(data)
 }
 
-fn channel(name: &str, field: &str) -> Result<ChannelName, ApiError> {
-    ChannelName::parse(name)
-        .map_err(|err| ApiError::bad_request(format!("{field}: {err}: {name:?}")))
+fn channel(name: &str, field: &str) -> Result<ChannelName, Refusal> {
+    ChannelName::parse(name).map_err(|err| bad_request(format!("{field}: {err}: {name:?}")))
 }
 
 #[derive(Deserialize)]
@@ -206,12 +170,10 @@ async fn publish(
         let targets = match (one, many) {
             (Some(name), None) => vec![channel(&name, "channel")?],
             (None, Some(names)) if names.is_empty() => {
-                return Err(ApiError::bad_request(
-                    "channels: must name at least one channel",
-                ));
+                return Err(bad_request("channels: must name at least one channel"));
             }
             (None, Some(names)) if names.len() > MAX_CHANNELS_PER_PUBLISH => {
-                return Err(ApiError::bad_request(format!(
+                return Err(bad_request(format!(
                     "channels: at most {MAX_CHANNELS_PER_PUBLISH} per call"
                 )));
             }
@@ -221,9 +183,7 @@ async fn publish(
                 .map(|(index, name)| channel(name, &format!("channels[{index}]")))
                 .collect::<Result<_, _>>()?,
             _ => {
-                return Err(ApiError::bad_request(
-                    "channel: give either channel or channels",
-                ));
+                return Err(bad_request("channel: give either channel or channels"));
             }
         };
         let results = futures_util::future::join_all(targets.iter().map(|target| {
@@ -245,7 +205,7 @@ fn publish_outcome(results: Vec<(ChannelName, Result<(), BrokerError>)>) -> ApiR
         results.into_iter().partition(|(_, result)| result.is_ok());
     match (published.len(), failed.first()) {
         (_, None) => Ok((StatusCode::OK, json!({ "published": total }))),
-        (0, Some((_, Err(err)))) => Err(ApiError::broker_unavailable(err)),
+        (0, Some((_, Err(err)))) => Err(Refusal::broker_unavailable(err)),
         (count, _) => {
             let failed: Vec<Value> = failed
                 .iter()
@@ -293,16 +253,14 @@ async fn send(request: HttpRequest, bytes: web::Bytes, state: web::Data<AppState
                 Topic::Connection(connection.into())
             }
             _ => {
-                return Err(ApiError::bad_request(
-                    "user: give exactly one of user, connection",
-                ));
+                return Err(bad_request("user: give exactly one of user, connection"));
             }
         };
         state
             .hub
             .publish(Publication::new(topic, data, None))
             .await
-            .map_err(|err| ApiError::broker_unavailable(&err))?;
+            .map_err(|err| Refusal::broker_unavailable(&err))?;
         Ok((StatusCode::OK, json!({ "ok": true })))
     })
     .await
@@ -347,8 +305,8 @@ async fn disconnect(
         let op =
             ControlOp::decode(Value::Object(wire).to_string().as_bytes()).map_err(
                 |err| match err {
-                    DecodeError::Invalid(reason) => ApiError::bad_request(reason),
-                    other => ApiError::bad_request(other.to_string()),
+                    DecodeError::Invalid(reason) => bad_request(reason),
+                    other => bad_request(other.to_string()),
                 },
             )?;
         state
@@ -356,7 +314,7 @@ async fn disconnect(
             .broker()
             .publish_control(op)
             .await
-            .map_err(|err| ApiError::broker_unavailable(&err))?;
+            .map_err(|err| Refusal::broker_unavailable(&err))?;
         Ok((StatusCode::OK, json!({ "ok": true })))
     })
     .await
@@ -385,9 +343,7 @@ async fn connections(request: HttpRequest, state: web::Data<AppState>) -> HttpRe
             (Some(user), None) => ConnectionFilter::User(user.clone()),
             (None, Some(name)) => ConnectionFilter::Channel(channel(name, "channel")?.to_string()),
             (Some(_), Some(_)) => {
-                return Err(ApiError::bad_request(
-                    "user: give user or channel, not both",
-                ));
+                return Err(bad_request("user: give user or channel, not both"));
             }
         };
         let limit = match query.get("limit") {
@@ -396,7 +352,7 @@ async fn connections(request: HttpRequest, state: web::Data<AppState>) -> HttpRe
                 .parse::<usize>()
                 .ok()
                 .filter(|limit| *limit > 0)
-                .ok_or_else(|| ApiError::bad_request("limit: must be a positive integer"))?,
+                .ok_or_else(|| bad_request("limit: must be a positive integer"))?,
         };
         let (records, truncated) = state.roster.connections(&filter, limit).await?;
         Ok((
@@ -425,7 +381,7 @@ async fn presence(request: HttpRequest, state: web::Data<AppState>) -> HttpRespo
         let query = query(&request);
         let name = query
             .get("channel")
-            .ok_or_else(|| ApiError::bad_request("channel: required"))?;
+            .ok_or_else(|| bad_request("channel: required"))?;
         let channel = channel(name, "channel")?;
         let has_presence = state
             .settings
@@ -433,7 +389,7 @@ async fn presence(request: HttpRequest, state: web::Data<AppState>) -> HttpRespo
             .rule_for(channel.as_str())
             .is_some_and(|rule| rule.presence);
         if !has_presence {
-            return Err(ApiError::bad_request(format!(
+            return Err(bad_request(format!(
                 "channel: presence is off for {channel} (set presence = true in its [[channels]] rule)"
             )));
         }

@@ -5,74 +5,19 @@ use actix::Actor;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::{AppState, HandshakeLimits, error_response};
+use super::refusal::Refusal;
+use super::{AppState, HandshakeLimits};
 use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::auth::{AuthError, Handshake, Identity};
+use crate::auth::{Handshake, Identity};
 use crate::backend::{Backend, BackendError, CONNECT_HOOK, Caller, Instructions};
 use crate::connection::outbound::OutboundBody;
 use crate::connection::{Connection, ConnectionParts};
 use crate::hub::outbound_queue;
 use crate::metrics as names;
-use crate::protocol::Encoding;
-
-/// Why a handshake was refused: the status and `error` code the client gets, and the metric's
-/// `reason` label (the code itself, or finer for authentication: `expired`, `wrong_issuer`…).
-struct Refusal {
-    status: StatusCode,
-    code: &'static str,
-    label: &'static str,
-    reason: String,
-    /// Seconds for `Retry-After`, when the node will take the handshake later.
-    retry_after: Option<u32>,
-}
-
-/// `Retry-After` of a node that cannot serve now: a load balancer tries another node, and a
-/// client reconnects a little later.
-const RETRY_AFTER_SECONDS: u32 = 1;
-
-impl Refusal {
-    fn new(status: StatusCode, code: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            label: code,
-            reason: reason.into(),
-            retry_after: None,
-        }
-    }
-
-    /// 503: this node cannot serve right now; retry here later or elsewhere. Counted as
-    /// `unavailable`, like every refusal of a node not serving (its own alerts say why).
-    fn not_serving(reason: &str) -> Self {
-        Self {
-            retry_after: Some(RETRY_AFTER_SECONDS),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason)
-        }
-    }
-
-    fn from_auth(err: AuthError) -> Self {
-        let (status, code) = match err {
-            AuthError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            AuthError::Refused { .. } | AuthError::RefreshUnsupported => {
-                (StatusCode::UNAUTHORIZED, "unauthorized")
-            }
-        };
-        if let AuthError::Unavailable(detail) = &err {
-            // The authenticator logged the outage itself, once per call; this is per handshake.
-            tracing::debug!(%detail, "handshake refused: the authentication back end is unavailable");
-        }
-        Self {
-            status,
-            code,
-            label: err.label(),
-            reason: err.client_reason(),
-            retry_after: None,
-        }
-    }
-}
+use crate::protocol::{Encoding, RefusalCode};
 
 pub(super) async fn upgrade(
     request: HttpRequest,
@@ -86,14 +31,8 @@ pub(super) async fn upgrade(
         }
         Err(refusal) => {
             metrics::counter!(names::HANDSHAKES_REFUSED, "reason" => refusal.label).increment(1);
-            tracing::debug!(code = refusal.code, reason = %refusal.reason, "handshake refused");
-            let mut response = error_response(refusal.status, refusal.code, &refusal.reason);
-            if let Some(seconds) = refusal.retry_after {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
-            }
-            response
+            tracing::debug!(code = refusal.code.as_str(), reason = %refusal.reason, "handshake refused");
+            refusal.response()
         }
     }
 }
@@ -117,8 +56,7 @@ async fn accept(
     }
     actix_http::ws::verify_handshake(request.head()).map_err(|err| {
         Refusal::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+            RefusalCode::BadRequest,
             format!("not a WebSocket upgrade: {err}"),
         )
     })?;
@@ -126,8 +64,7 @@ async fn accept(
     let encoding = negotiate_encoding(request)?;
     let ticket = state.admission.try_admit().ok_or_else(|| {
         Refusal::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_connections",
+            RefusalCode::TooManyConnections,
             format!(
                 "this node holds its maximum of {} connections",
                 state.admission.limit()
@@ -152,7 +89,7 @@ async fn accept(
 
     let (response, _session, inbound) =
         actix_ws::handle_with_protocols(request, body, &Encoding::PROTOCOLS)
-            .map_err(|err| Refusal::new(StatusCode::BAD_REQUEST, "bad_request", err.to_string()))?;
+            .map_err(|err| Refusal::new(RefusalCode::BadRequest, err.to_string()))?;
     let max_frame_bytes = state.limits.max_frame_bytes;
     let inbound = inbound
         .max_frame_size(max_frame_bytes)
@@ -201,6 +138,9 @@ async fn accept(
     Ok(response)
 }
 
+/// The refusal label of a socket the `connect` hook refused or could not be asked about.
+pub(super) const CONNECT_HOOK_LABEL: &str = "connect_hook";
+
 /// Asks the `connect` hook, if configured, whether this socket may open. A 4xx answer refuses
 /// the handshake with that status; a failed call refuses it with 502 `backend_error` (a hook
 /// that cannot be asked does not say yes).
@@ -234,25 +174,20 @@ async fn call_connect_hook(
         Err(BackendError::Status { status, reason }) if (400..500).contains(&status) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
             let code = if status == StatusCode::UNAUTHORIZED {
-                "unauthorized"
+                RefusalCode::Unauthorized
             } else {
-                "forbidden"
+                RefusalCode::Forbidden
             };
-            Err(Refusal {
-                status,
-                code,
-                label: "connect_hook",
-                reason: reason.unwrap_or_else(|| "refused by the connect hook".to_owned()),
-                retry_after: None,
-            })
+            let reason = reason.unwrap_or_else(|| "refused by the connect hook".to_owned());
+            Err(Refusal::new(code, reason)
+                .with_status(status)
+                .labelled(CONNECT_HOOK_LABEL))
         }
-        Err(err) => Err(Refusal {
-            status: StatusCode::BAD_GATEWAY,
-            code: "backend_error",
-            label: "connect_hook",
-            reason: format!("connect hook: {}", err.client_reason()),
-            retry_after: None,
-        }),
+        Err(err) => Err(Refusal::new(
+            RefusalCode::BackendError,
+            format!("connect hook: {}", err.client_reason()),
+        )
+        .labelled(CONNECT_HOOK_LABEL)),
     }
 }
 
@@ -287,8 +222,7 @@ fn check_origin(request: &HttpRequest, limits: &HandshakeLimits) -> Result<(), R
         Ok(())
     } else {
         Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            "forbidden_origin",
+            RefusalCode::ForbiddenOrigin,
             format!("origin {origin:?} is not allowed"),
         ))
     }
@@ -320,8 +254,7 @@ fn negotiate_encoding(request: &HttpRequest) -> Result<Encoding, Refusal> {
         .find_map(|protocol| Encoding::from_protocol(protocol))
         .ok_or_else(|| {
             Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
+                RefusalCode::BadRequest,
                 format!(
                     "unsupported subprotocol {offered:?}; offer {} or {}",
                     Encoding::JSON_PROTOCOL,

@@ -99,11 +99,14 @@ impl AuthError {
         }
     }
 
+    /// The `reason` label of a handshake refused because the back end did not answer.
+    pub const UNAVAILABLE_LABEL: &'static str = "backend_unavailable";
+
     /// The `reason` label of a refused handshake.
     pub fn label(&self) -> &'static str {
         match self {
             Self::Refused { reason, .. } => reason.label(),
-            Self::Unavailable(_) => "backend_unavailable",
+            Self::Unavailable(_) => Self::UNAVAILABLE_LABEL,
             Self::RefreshUnsupported => "refresh_unsupported",
         }
     }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::Connection;
 use crate::backend::{Caller, DISCONNECT_HOOK, Instructions};
 use crate::broker::{BrokerFuture, Publication};
-use crate::protocol::{ChannelName, CloseCode, ErrorCode};
+use crate::protocol::{ChannelName, CloseReason, ErrorCode};
 
 impl Connection {
     pub(super) fn caller(&self) -> Caller {
@@ -113,7 +113,7 @@ impl Connection {
                                 "the back end's instructions failed: {}",
                                 refused.join("; ")
                             );
-                            connection.error(ctx, id, ErrorCode::BackendUnavailable, &reason);
+                            connection.error(ctx, id, ErrorCode::BrokerUnavailable, &reason);
                         }
                     })
             })
@@ -160,7 +160,7 @@ impl Connection {
             .into_actor(self)
             .map(|failures, connection, ctx| {
                 for reason in failures {
-                    connection.error(ctx, None, ErrorCode::BackendUnavailable, &reason);
+                    connection.error(ctx, None, ErrorCode::BrokerUnavailable, &reason);
                 }
             })
             .spawn(ctx);
@@ -176,10 +176,10 @@ impl Connection {
             return;
         };
         // No close frame either way: the socket dropped (1006).
-        let (code, reason) = self
-            .closed_with
-            .clone()
-            .unwrap_or((CloseCode::Abnormal, "connection lost".to_owned()));
+        let (code, reason) = self.closed_with.clone().unwrap_or((
+            CloseReason::CONNECTION_LOST.code,
+            CloseReason::CONNECTION_LOST.text.to_owned(),
+        ));
         let body = json!({
             "code": code.code(),
             "reason": reason,

@@ -21,7 +21,7 @@ use crate::hub::Outbound;
 use crate::metrics as names;
 use crate::protocol::codec::{decode_binary, decode_text};
 use crate::protocol::frame::FrameError;
-use crate::protocol::{ClientFrame, ClientRequest, CloseCode, ErrorCode, ServerFrame};
+use crate::protocol::{ClientFrame, ClientRequest, CloseCode, CloseReason, ErrorCode, ServerFrame};
 
 /// `action` labels of `switchboard_frames_received_total` beyond the frames' own.
 pub(super) const REFUSED_FRAME_LABELS: [&str; 2] = ["rate_limited", "malformed"];
@@ -37,11 +37,7 @@ impl Connection {
             metrics::counter!(names::FRAMES_RECEIVED, "action" => REFUSED_FRAME_LABELS[0])
                 .increment(1);
             if self.rate_strikes.strike(now) {
-                self.close(
-                    ctx,
-                    CloseCode::RateLimited,
-                    "sustained inbound rate above the limit",
-                );
+                self.close(ctx, CloseReason::RATE_LIMITED);
             } else {
                 let id = decoded.as_ref().map_or_else(|err| err.id, |frame| frame.id);
                 self.error(
@@ -63,7 +59,7 @@ impl Connection {
                 metrics::counter!(names::FRAMES_RECEIVED, "action" => REFUSED_FRAME_LABELS[1])
                     .increment(1);
                 if self.malformed_strikes.strike(now) {
-                    self.close(ctx, CloseCode::Policy, "too many malformed frames");
+                    self.close(ctx, CloseReason::MALFORMED);
                 } else {
                     self.error(ctx, err.id, ErrorCode::BadRequest, &err.reason);
                 }
@@ -109,7 +105,7 @@ impl Connection {
                 Ok(()) => connection.reply(ctx, id, &Value::Null),
                 Err(err) => {
                     tracing::debug!(connection = %connection.id, error = %err, "publish failed");
-                    connection.error(ctx, id, ErrorCode::BackendUnavailable, &err.client_reason())
+                    connection.error(ctx, id, ErrorCode::BrokerUnavailable, &err.client_reason())
                 }
             })
             .spawn(ctx);
@@ -142,7 +138,7 @@ impl Connection {
                         let (result, code) = match err {
                             AuthError::Refused { .. } => ("refused", ErrorCode::Forbidden),
                             AuthError::Unavailable(_) => {
-                                ("unavailable", ErrorCode::BackendUnavailable)
+                                ("unavailable", ErrorCode::BrokerUnavailable)
                             }
                             AuthError::RefreshUnsupported => ("unsupported", ErrorCode::BadRequest),
                         };
@@ -241,7 +237,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
             }
             Err(err) => match classify(&err) {
                 StreamEnd::TooBig => {
-                    self.close(ctx, CloseCode::TooBig, "message exceeds max_frame_bytes");
+                    self.close(ctx, CloseReason::TOO_BIG);
                 }
                 StreamEnd::ConnectionLost => {
                     tracing::debug!(connection = %self.id, error = %err, "connection lost");
@@ -249,7 +245,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
                 }
                 StreamEnd::ProtocolError => {
                     tracing::debug!(connection = %self.id, error = %err, "websocket protocol error");
-                    self.close(ctx, CloseCode::ProtocolError, "websocket protocol error");
+                    self.close(ctx, CloseReason::PROTOCOL_ERROR);
                 }
             },
         }

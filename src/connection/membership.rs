@@ -204,7 +204,7 @@ impl Connection {
                 self.channels.remove(&channel);
                 tracing::debug!(connection = %self.id, %channel, %detail, "join failed");
                 Err((
-                    ErrorCode::BackendUnavailable,
+                    ErrorCode::BrokerUnavailable,
                     crate::protocol::BROKER_UNAVAILABLE_REASON.to_owned(),
                 ))
             }

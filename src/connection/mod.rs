@@ -42,8 +42,10 @@ use crate::hub::{
     Membership, Outbound, OutboundSender,
 };
 use crate::metrics as names;
-use crate::protocol::{ChannelName, ClientRequest, CloseCode, Encoding, ErrorCode, ServerFrame};
-use crate::sessions::{EXPIRED_REASON, SessionKeeper, SessionTicket};
+use crate::protocol::{
+    ChannelName, ClientRequest, CloseCode, CloseReason, Encoding, ErrorCode, ServerFrame,
+};
+use crate::sessions::{SessionKeeper, SessionTicket};
 use outbound::{CloseRequest, Lifeline};
 use rate_limit::{StrikeWindow, TokenBucket};
 
@@ -236,7 +238,7 @@ impl Connection {
             Err(TrySendError::Full(_)) => {
                 metrics::counter!(names::MESSAGES_DROPPED, "reason" => names::dropped::SLOW_CONSUMER)
                     .increment(1);
-                self.close(ctx, CloseCode::SlowConsumer, "outbound queue overflowed");
+                self.close(ctx, CloseReason::SLOW_CONSUMER);
             }
             // The body closed the queue behind its close frame, or the socket is gone.
             Err(TrySendError::Closed(_)) if self.closing => {}
@@ -257,18 +259,16 @@ impl Connection {
     /// Closes the socket with `code` (once): the close frame is sent, the connection leaves
     /// everything at once, and the actor stops when the client answers with its own close frame
     /// (or hangs up), or after [`CLOSE_HANDSHAKE_TIMEOUT`].
-    fn close(&mut self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
+    fn close(&mut self, ctx: &mut Context<Self>, notice: impl Into<Disconnect>) {
         let Some(closer) = self.closer.take() else {
             return;
         };
-        self.closed_with = Some((code, reason.to_owned()));
+        let Disconnect { code, reason } = notice.into();
+        self.closed_with = Some((code, reason.clone()));
         metrics::counter!(names::CLOSES, "code" => code.metric_label(), "reason" => code.name(), "initiator" => "server")
             .increment(1);
         tracing::debug!(connection = %self.id, %code, reason, "closing");
-        let _ = closer.send(CloseRequest {
-            code,
-            reason: reason.to_owned(),
-        });
+        let _ = closer.send(CloseRequest { code, reason });
         self.closing = true;
         self.tear_down();
         ctx.run_later(CLOSE_HANDSHAKE_TIMEOUT, |_, ctx| ctx.stop());
@@ -328,7 +328,7 @@ impl Connection {
             {
                 connection.schedule_expiry(ctx);
             } else {
-                connection.close(ctx, CloseCode::SessionExpired, EXPIRED_REASON);
+                connection.close(ctx, CloseReason::EXPIRED);
             }
         }));
     }
@@ -348,7 +348,7 @@ impl Connection {
             return;
         }
         if self.last_heard.elapsed() > self.settings.idle_timeout {
-            self.close(ctx, CloseCode::GoingAway, "idle timeout");
+            self.close(ctx, CloseReason::IDLE);
         } else {
             self.enqueue(ctx, Outbound::Ping(bytes::Bytes::new()));
         }
@@ -370,7 +370,7 @@ impl Actor for Connection {
                 .map(|notice, connection, ctx| {
                     // An error is every `Disconnector` copy dropped: nobody can ask any more.
                     if let Ok(Disconnect { code, reason }) = notice {
-                        connection.close(ctx, code, &reason);
+                        connection.close(ctx, Disconnect { code, reason });
                     }
                 })
                 .spawn(ctx);
@@ -388,7 +388,7 @@ impl Actor for Connection {
         self.schedule_expiry(ctx);
         match registered {
             Ok(user_subscribed) => self.join_initial_channels(ctx, user_subscribed),
-            Err(Draining) => self.close(ctx, CloseCode::Restart, crate::hub::DRAIN_REASON),
+            Err(Draining) => self.close(ctx, CloseReason::RESTART),
         }
     }
 

@@ -34,7 +34,7 @@ use super::registry::GroupRegistry;
 use crate::broker::{Broker, Publication, Topic};
 use crate::metrics as names;
 use crate::protocol::{
-    ChannelName, CloseCode, Encoding, OutboundFrame, PublicationKind, ServerFrame,
+    ChannelName, CloseReason, Encoding, OutboundFrame, PublicationKind, ServerFrame,
 };
 
 /// Messages a group's mailbox holds before publications to it are refused. A group fans out to
@@ -188,9 +188,6 @@ pub struct FanOut {
     pub gone: Vec<ConnectionKey>,
 }
 
-/// The close reason sent with 4010.
-pub const SLOW_CONSUMER_REASON: &str = "outbound queue overflowed";
-
 /// Queues `publication` to every member: encoded at most once per encoding, the same bytes
 /// shared by every member of that encoding, `try_send` only. A member whose queue is full is told
 /// to close with 4010 `slow_consumer`; the caller removes overflowed and gone members. Records the
@@ -231,7 +228,7 @@ pub fn fan_out(members: &[Member], publication: &Publication) -> FanOut {
         match member.queue.try_send(Outbound::Frame(encoded.clone())) {
             Ok(()) => result.delivered += 1,
             Err(TrySendError::Full(_)) => {
-                member.close(CloseCode::SlowConsumer, SLOW_CONSUMER_REASON);
+                member.close(CloseReason::SLOW_CONSUMER);
                 result.overflowed.push(member.connection);
             }
             Err(TrySendError::Closed(_)) => result.gone.push(member.connection),
@@ -354,6 +351,7 @@ mod tests {
     use super::*;
     use crate::hub::member::testing::member;
     use crate::hub::queue::OutboundReceiver;
+    use crate::protocol::CloseCode;
     use serde_json::json;
 
     fn members(encodings: &[Encoding], capacity: usize) -> (Vec<Member>, Vec<OutboundReceiver>) {

@@ -6,16 +6,26 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use super::queue::OutboundSender;
-use crate::protocol::{CloseCode, Encoding};
+use crate::protocol::{CloseCode, CloseReason, Encoding};
 
 /// Node-local key of a connection (the public id is a string derived from it).
 pub type ConnectionKey = u64;
 
-/// Why a connection is asked to close: the code and reason of its close frame.
+/// Why a connection is asked to close: the code and reason of its close frame (one of the
+/// server's own [`CloseReason`]s, or what a control op asked for).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disconnect {
     pub code: CloseCode,
     pub reason: String,
+}
+
+impl From<CloseReason> for Disconnect {
+    fn from(reason: CloseReason) -> Self {
+        Self {
+            code: reason.code,
+            reason: reason.text.to_owned(),
+        }
+    }
 }
 
 /// How to ask one connection to close: a one-shot slot shared by every copy of its [`Member`]
@@ -33,18 +43,15 @@ impl Disconnector {
         (Self(Arc::new(Mutex::new(Some(sender)))), receiver)
     }
 
-    /// Asks the connection to close with `code`, unless it has been asked already.
-    pub fn close(&self, code: CloseCode, reason: &str) {
+    /// Asks the connection to close, unless it has been asked already.
+    pub fn close(&self, notice: impl Into<Disconnect>) {
         let sender = match self.0.lock() {
             Ok(mut slot) => slot.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         };
         if let Some(sender) = sender {
             // A dropped receiver is a connection already gone.
-            let _ = sender.send(Disconnect {
-                code,
-                reason: reason.to_owned(),
-            });
+            let _ = sender.send(notice.into());
         }
     }
 }
@@ -62,8 +69,8 @@ pub struct Member {
 
 impl Member {
     /// Asks the connection to close (once; see [`Disconnector`]).
-    pub fn close(&self, code: CloseCode, reason: &str) {
-        self.disconnect.close(code, reason);
+    pub fn close(&self, notice: impl Into<Disconnect>) {
+        self.disconnect.close(notice);
     }
 }
 
@@ -110,9 +117,9 @@ mod tests {
     fn a_connection_is_told_to_close_once_and_the_first_reason_wins() {
         let (disconnector, mut notices) = Disconnector::new();
         let copy = disconnector.clone();
-        disconnector.close(CloseCode::SlowConsumer, "outbound queue overflowed");
-        copy.close(CloseCode::LoggedOut, "logged out");
-        copy.close(CloseCode::Restart, "server restarting");
+        disconnector.close(CloseReason::SLOW_CONSUMER);
+        copy.close(CloseReason::LOGGED_OUT);
+        copy.close(CloseReason::RESTART);
         assert_eq!(
             notices.try_recv(),
             Ok(Disconnect {
@@ -123,6 +130,6 @@ mod tests {
         // Closing a connection that is gone is harmless.
         let (gone, receiver) = Disconnector::new();
         drop(receiver);
-        gone.close(CloseCode::Normal, "");
+        gone.close(CloseReason::IDLE);
     }
 }

@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 
 use crate::broker::{Broker, BrokerFuture, Publication, Topic};
 use crate::metrics as names;
-use crate::protocol::{ChannelName, CloseCode};
+use crate::protocol::{ChannelName, CloseReason};
 
 pub use directory::{ConnectionDirectory, LocalConnection};
 pub use group::{FanOut, JoinError, fan_out};
@@ -63,9 +63,6 @@ pub fn register_metrics() {
 
 /// How often a join is retried when it raced with its group stopping.
 const JOIN_ATTEMPTS: usize = 3;
-
-/// The close reason sent with 1012 when the node drains.
-pub const DRAIN_REASON: &str = "server restarting";
 
 /// The node is draining: a connection that registers now must close with 1012.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,7 +257,7 @@ impl Hub {
     pub fn drain(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
         for member in self.inner.directory.all_members() {
-            member.close(CloseCode::Restart, DRAIN_REASON);
+            member.close(CloseReason::RESTART);
         }
     }
 }

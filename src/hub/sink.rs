@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::directory::ConnectionDirectory;
 use super::group::fan_out;
+use super::member::Disconnect;
 use super::registry::GroupRegistry;
 use crate::broker::{BrokerSink, Publication, SinkError, Topic};
 use crate::metrics as names;
@@ -66,7 +67,10 @@ impl BrokerSink for HubSink {
         metrics::counter!(names::CONTROL_DISCONNECTS).increment(members.len() as u64);
         tracing::info!(%target, %code, matched = members.len(), "control disconnect");
         for member in members {
-            member.close(code, &reason);
+            member.close(Disconnect {
+                code,
+                reason: reason.clone(),
+            });
         }
     }
 }

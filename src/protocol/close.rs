@@ -1,8 +1,58 @@
-//! Close codes: the one table of why the server closes a socket. Each code's `name` is also the
+//! Close codes and reasons: the one table of why a socket closes. Each code's `name` is also the
 //! `reason` label of the `switchboard_closes_total` metric, so dashboards and clients speak of the
-//! same thing.
+//! same thing, and every close the server decides on by itself is a [`CloseReason`] constant
+//! (its code and the text its close frame carries); `docs/protocol.md` §4 is the prose table.
 
 use std::fmt;
+
+/// The longest reason a close frame carries: its payload is at most 125 bytes, two of them the
+/// code.
+pub const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// A close the server decides on by itself: the code, and the reason its close frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: CloseCode,
+    pub text: &'static str,
+}
+
+impl CloseReason {
+    /// No frame and no pong for `server.idle_timeout`.
+    pub const IDLE: Self = Self::new(CloseCode::GoingAway, "idle timeout");
+    /// The client broke the WebSocket framing rules.
+    pub const PROTOCOL_ERROR: Self =
+        Self::new(CloseCode::ProtocolError, "websocket protocol error");
+    /// The TCP connection ended without a close frame (never sent; for the disconnect hook).
+    pub const CONNECTION_LOST: Self = Self::new(CloseCode::Abnormal, "connection lost");
+    /// Repeated malformed frames.
+    pub const MALFORMED: Self = Self::new(CloseCode::Policy, "too many malformed frames");
+    /// A frame or message over `server.max_frame_bytes`.
+    pub const TOO_BIG: Self = Self::new(CloseCode::TooBig, "message exceeds max_frame_bytes");
+    /// The node is draining for a restart.
+    pub const RESTART: Self = Self::new(CloseCode::Restart, "server restarting");
+    /// The credential's expiry passed.
+    pub const EXPIRED: Self = Self::new(CloseCode::SessionExpired, "the credential has expired");
+    /// Re-validation found the session dead.
+    pub const SESSION_ENDED: Self = Self::new(CloseCode::SessionExpired, "the session has ended");
+    /// Re-validation kept failing past `auth.revalidate_grace`.
+    pub const UNVERIFIABLE: Self = Self::new(
+        CloseCode::SessionExpired,
+        "the session could not be re-validated",
+    );
+    /// A control op's disconnect that gives no code or reason.
+    pub const LOGGED_OUT: Self = Self::new(CloseCode::LoggedOut, "logged out");
+    /// Sustained inbound rate-limit abuse.
+    pub const RATE_LIMITED: Self = Self::new(
+        CloseCode::RateLimited,
+        "sustained inbound rate above the limit",
+    );
+    /// The outbound queue overflowed.
+    pub const SLOW_CONSUMER: Self = Self::new(CloseCode::SlowConsumer, "outbound queue overflowed");
+
+    const fn new(code: CloseCode, text: &'static str) -> Self {
+        Self { code, text }
+    }
+}
 
 /// Why the server closed (or a client closed) a WebSocket. PROTOCOL.md §4, plus the standard
 /// codes the protocol leaves implicit (1001, 1002), documented in `docs/protocol.md`.
@@ -138,5 +188,8 @@ mod tests {
         assert!(CloseCode::SlowConsumer.is_sendable() && CloseCode::Normal.is_sendable());
         assert!(!CloseCode::Abnormal.is_sendable());
         assert!(!CloseCode::Other(1005).is_sendable() && !CloseCode::Other(2000).is_sendable());
+        for reason in [CloseReason::RATE_LIMITED, CloseReason::UNVERIFIABLE] {
+            assert!(reason.text.len() <= MAX_CLOSE_REASON_BYTES);
+        }
     }
 }

@@ -9,14 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::close::CloseCode;
+use super::close::{CloseCode, CloseReason, MAX_CLOSE_REASON_BYTES};
 use super::codec::DecodeError;
-
-/// The longest close reason a WebSocket close frame carries (125 bytes minus the code).
-pub const MAX_CLOSE_REASON_BYTES: usize = 123;
-
-/// The reason sent with a disconnect op that gives none.
-pub const DEFAULT_DISCONNECT_REASON: &str = "logged out";
 
 /// Which connections a control op acts on. Its `Debug` and `Display` never show a session id
 /// (a bearer credential at many back ends), so a target can be logged.
@@ -87,7 +81,7 @@ impl ControlOp {
         ControlOp::Disconnect {
             target,
             code: CloseCode::LoggedOut,
-            reason: DEFAULT_DISCONNECT_REASON.to_owned(),
+            reason: CloseReason::LOGGED_OUT.text.to_owned(),
         }
     }
 
@@ -136,7 +130,7 @@ impl ControlOp {
         };
         let reason = wire
             .reason
-            .unwrap_or_else(|| DEFAULT_DISCONNECT_REASON.to_owned());
+            .unwrap_or_else(|| CloseReason::LOGGED_OUT.text.to_owned());
         if reason.len() > MAX_CLOSE_REASON_BYTES {
             return Err(format!(
                 "reason: longer than {MAX_CLOSE_REASON_BYTES} bytes"

@@ -1,9 +1,9 @@
 //! The `code` of an `error` frame: short snake_case words from PROTOCOL.md §3.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// What an `error` frame's `code` says; [`ErrorCode::as_str`] is its word on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// The frame could not be decoded, or a field is missing or of the wrong type.
     BadRequest,
@@ -21,8 +21,9 @@ pub enum ErrorCode {
     InvalidChannel,
     /// A back-end route failed.
     BackendError,
-    /// The broker cannot publish or subscribe right now.
-    BackendUnavailable,
+    /// The broker cannot publish or subscribe right now. On the wire `backend_unavailable` (a
+    /// word of the protocol), not to be confused with the application's back end (`backend`).
+    BrokerUnavailable,
 }
 
 impl ErrorCode {
@@ -36,11 +37,34 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::InvalidChannel => "invalid_channel",
             ErrorCode::BackendError => "backend_error",
-            ErrorCode::BackendUnavailable => "backend_unavailable",
+            ErrorCode::BrokerUnavailable => "backend_unavailable",
         }
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
 /// The reason a client hears when the broker cannot publish or subscribe right now. Neutral on
 /// purpose: what went wrong (a Redis error, an address) is the operator's, and goes to the log.
 pub const BROKER_UNAVAILABLE_REASON: &str = "the message broker is unavailable; retry shortly";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_travel_as_their_protocol_words() {
+        assert_eq!(
+            serde_json::to_value(ErrorCode::BrokerUnavailable).expect("json"),
+            "backend_unavailable"
+        );
+        assert_eq!(
+            serde_json::to_value(ErrorCode::ChannelLimit).expect("json"),
+            "channel_limit"
+        );
+    }
+}

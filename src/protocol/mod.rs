@@ -1,6 +1,8 @@
 //! The wire contract, and nothing else: the frames clients and servers exchange, channel names,
-//! close codes, error codes, the broker envelope, control operations, the two encodings (JSON,
-//! MessagePack), and the WebSocket framing of what the server sends (`websocket`).
+//! close codes and reasons, error codes, refusal codes, the broker envelope, control operations,
+//! the two encodings (JSON, MessagePack) and their nesting limit, and the WebSocket framing of
+//! what the server sends (`websocket`). Everything a client or a back end can be told is named
+//! here once: [`CloseReason`], [`ErrorCode`], [`RefusalCode`].
 //!
 //! This module does no IO and knows nothing of actix, sockets or Redis. Everything here is pure
 //! data and pure functions, so it is tested by unit tests and benchmarked without a server.
@@ -14,12 +16,14 @@ pub mod depth;
 pub mod envelope;
 pub mod error_code;
 pub mod frame;
+pub mod refusal;
 pub mod websocket;
 
 pub use channel::{ChannelName, InvalidChannel};
-pub use close::CloseCode;
+pub use close::{CloseCode, CloseReason, MAX_CLOSE_REASON_BYTES};
 pub use codec::{DecodeError, EncodeError, Encoding, OutboundFrame};
 pub use control::{ControlOp, ControlTarget};
 pub use envelope::{Envelope, PublicationKind};
 pub use error_code::{BROKER_UNAVAILABLE_REASON, ErrorCode};
 pub use frame::{ClientFrame, ClientRequest, ServerFrame};
+pub use refusal::RefusalCode;

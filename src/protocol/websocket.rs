@@ -17,8 +17,6 @@ pub enum Opcode {
     Pong = 0xA,
 }
 
-/// A close frame's reason is at most 123 bytes (125 minus the code).
-const MAX_CLOSE_REASON: usize = 123;
 /// Ping and pong payloads are at most 125 bytes.
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
@@ -53,7 +51,7 @@ pub fn control(opcode: Opcode, payload: &[u8]) -> Bytes {
 
 /// A close frame with `code` and `reason` (cut at a character boundary to fit).
 pub fn close(code: u16, reason: &str) -> Bytes {
-    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    let mut end = reason.len().min(super::MAX_CLOSE_REASON_BYTES);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
