@@ -185,6 +185,9 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { config } => match Config::load(Some(&config)) {
             Ok(config) => {
+                for deprecation in &config.deprecations {
+                    eprintln!("warning: {deprecation}");
+                }
                 print!("{}", config.to_toml());
                 ExitCode::SUCCESS
             }
@@ -269,6 +272,9 @@ fn init_logging(format: LogFormat) {
 
 fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config_path.as_deref()).context("loading the configuration")?;
+    for deprecation in &config.deprecations {
+        tracing::warn!(key = %deprecation.key, "{}", deprecation.message);
+    }
     let wide_open = config
         .channels
         .iter()

@@ -16,18 +16,18 @@ use actix::Arbiter;
 use actix_web::{App, HttpServer, web};
 
 use crate::api::{self, AppState, HandshakeLimits};
-use crate::auth::{AuthBuildError, AuthChain, SessionStore};
+use crate::auth::{AuthChain, SessionStore};
 use crate::backend::Backend;
-use crate::broker::roster::RosterStore;
+use crate::broker::redis::session_store_config;
 use crate::broker::{
     Broker, BrokerError, BrokerSink, BrokerType, MemoryBroker, RedisBroker, RedisKeys, RedisRoster,
 };
-use crate::config::Config;
+use crate::config::{Config, KeyError};
 use crate::connection::ConnectionSettings;
 use crate::connection::admission::Admission;
 use crate::hub::{ChannelPolicy, ConnectionDirectory, GroupRegistry, Hub, HubSink};
 use crate::metrics::{Metrics, MetricsError};
-use crate::roster::Roster;
+use crate::roster::{ChangeLog, Roster};
 use crate::sessions::SessionKeeper;
 
 /// How often histogram buffers are drained.
@@ -46,10 +46,9 @@ pub enum ServerError {
     Listen(#[source] std::io::Error),
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    #[error("cannot set up authentication: {0}")]
-    Auth(#[from] AuthBuildError),
-    #[error("cannot set up back-end routes: {0}")]
-    Backend(String),
+    /// A component the validated config could not build (a key file that changed since, say).
+    #[error("invalid configuration: {0}")]
+    Config(#[from] KeyError),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
 }
@@ -89,24 +88,21 @@ pub async fn run(
         .map(|_| Arbiter::new())
         .collect();
     let registry = GroupRegistry::new();
-    let shared_registry = config.broker.broker_type == BrokerType::Redis;
-    let directory = Arc::new(if shared_registry {
-        ConnectionDirectory::tracking_changes()
+    // With Redis, the registry is shared: the directory's changes go to a change log the
+    // roster writes out; with the memory broker, the node is the whole registry.
+    let (directory, roster) = if config.broker.broker_type == BrokerType::Redis {
+        let changes = Arc::new(ChangeLog::default());
+        let directory = Arc::new(ConnectionDirectory::observed(changes.clone()));
+        let store =
+            RedisRoster::start(&config.broker, config.roster.node_ttl.0, &directory.node())?;
+        let roster = Roster::shared(directory.clone(), Arc::new(store), changes);
+        (directory, roster)
     } else {
-        ConnectionDirectory::new()
-    });
-    let roster_store: Option<Arc<dyn RosterStore>> = if shared_registry {
-        Some(Arc::new(RedisRoster::start(
-            &config.broker,
-            &directory.node(),
-        )?))
-    } else {
-        None
+        let directory = Arc::new(ConnectionDirectory::new());
+        (directory.clone(), Roster::local(directory))
     };
-    let roster = Roster::new(directory.clone(), roster_store);
     let writing_roster = actix_web::rt::spawn(roster.clone().run());
-    let backend = Backend::from_config(&config.routes, &config.backend, &config.api.key)
-        .map_err(ServerError::Backend)?;
+    let backend = Backend::from_config(&config.routes, &config.backend, &config.api.key)?;
     let sink: Arc<dyn BrokerSink> = Arc::new(HubSink::new(registry.clone(), directory.clone()));
     let broker: Arc<dyn Broker> = match config.broker.broker_type {
         BrokerType::Memory => Arc::new(MemoryBroker::new(sink)),
@@ -118,8 +114,11 @@ pub async fn run(
         broker,
         arbiters.iter().map(Arbiter::handle).collect(),
     );
-    let session_store: Option<Arc<dyn SessionStore>> = match config.session_store() {
-        Some(store_config) => Some(Arc::new(RedisKeys::start(&store_config)?)),
+    let session_store: Option<Arc<dyn SessionStore>> = match &config.auth.redis_session {
+        Some(redis_session) => {
+            let store_config = session_store_config(redis_session, &config.broker)?;
+            Some(Arc::new(RedisKeys::start(&store_config)?))
+        }
         None => None,
     };
     let auth = Arc::new(AuthChain::from_config(&config.auth, session_store)?);
@@ -230,6 +229,9 @@ pub async fn run(
     let graceful = app_state.admission.admitted() == 0;
     writing_roster.abort();
     app_state.roster.withdraw().await;
+    if let Err(err) = app_state.hub.broker().shutdown().await {
+        tracing::debug!(error = %err, "broker shutdown");
+    }
     handle.stop(graceful).await;
     upkeep.abort();
     revalidating.abort();

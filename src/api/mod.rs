@@ -33,6 +33,19 @@ pub struct ApiConfig {
     pub key: String,
 }
 
+impl ApiConfig {
+    /// The section with the API key replaced for printing.
+    pub fn redacted(&self) -> Self {
+        Self {
+            key: if self.key.is_empty() {
+                String::new()
+            } else {
+                crate::config::REDACTED.to_owned()
+            },
+        }
+    }
+}
+
 /// Limits applied at the handshake, before a connection exists.
 #[derive(Debug, Clone)]
 pub struct HandshakeLimits {

@@ -12,6 +12,7 @@
 //! proxy appending its value to a forged one) or two configured headers naming different users
 //! refuse the handshake.
 
+use crate::config::KeyError;
 use std::net::IpAddr;
 
 use base64::Engine;
@@ -125,16 +126,16 @@ pub struct GatewayAuthenticator {
 }
 
 impl GatewayAuthenticator {
-    pub fn from_config(config: &GatewayConfig) -> Result<Self, (String, String)> {
+    pub fn from_config(config: &GatewayConfig) -> Result<Self, KeyError> {
         let key = |name: &str| format!("auth.gateway.{name}");
         if config.trusted_proxies.is_empty() {
-            return Err((
+            return Err(KeyError::new(
                 key("trusted_proxies"),
                 "must list the proxies whose headers are believed".to_owned(),
             ));
         }
         if config.effective_userinfo_header().is_empty() && config.user_header.is_empty() {
-            return Err((
+            return Err(KeyError::new(
                 key("userinfo_header"),
                 "set userinfo_header and/or user_header".to_owned(),
             ));
@@ -144,7 +145,7 @@ impl GatewayAuthenticator {
             .iter()
             .map(|text| AddressBlock::parse(text))
             .collect::<Result<_, _>>()
-            .map_err(|message| (key("trusted_proxies"), message))?;
+            .map_err(|message| KeyError::new(key("trusted_proxies"), message))?;
         Ok(Self {
             trusted,
             userinfo_header: config.effective_userinfo_header().to_ascii_lowercase(),

@@ -19,6 +19,7 @@
 //! Re-validation repeats the call (bypassing the cache, refreshing it): 200 keeps the session
 //! alive, 401/403 ends it, anything else is `Unknown` and the caller's grace applies.
 
+use crate::config::KeyError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -99,28 +100,32 @@ pub struct IntrospectAuthenticator {
 }
 
 impl IntrospectAuthenticator {
-    pub fn from_config(config: &IntrospectConfig) -> Result<Self, (String, String)> {
+    pub fn from_config(config: &IntrospectConfig) -> Result<Self, KeyError> {
         let key = |name: &str| format!("auth.introspect.{name}");
         let url = reqwest::Url::parse(&config.url)
             .ok()
             .filter(|url| matches!(url.scheme(), "http" | "https"))
             .ok_or_else(|| {
-                (
+                KeyError::new(
                     key("url"),
                     format!("{:?} is not an http:// or https:// URL", config.url),
                 )
             })?;
         if config.forward_headers.is_empty() {
-            return Err((
+            return Err(KeyError::new(
                 key("forward_headers"),
                 "must name at least one header (cookie, authorization)".to_owned(),
             ));
         }
         if config.timeout.0.is_zero() {
-            return Err((key("timeout"), "must be longer than 0s".to_owned()));
+            return Err(KeyError::new(
+                key("timeout"),
+                "must be longer than 0s".to_owned(),
+            ));
         }
-        let client = crate::outbound_http::client(Some(config.timeout.0))
-            .map_err(|err| (key("url"), format!("cannot build an HTTP client: {err}")))?;
+        let client = crate::outbound_http::client(Some(config.timeout.0)).map_err(|err| {
+            KeyError::new(key("url"), format!("cannot build an HTTP client: {err}"))
+        })?;
         Ok(Self {
             outage: Arc::new(Outage::default()),
             client,

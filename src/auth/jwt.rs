@@ -13,6 +13,7 @@
 //! The token is self-contained, so the identity is never re-validated: it lives until `exp`
 //! (then the socket closes with 4001) or until a `refresh` replaces it.
 
+use crate::config::KeyError;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
@@ -105,8 +106,9 @@ pub struct JwtAuthenticator {
 impl JwtAuthenticator {
     /// Reads the key files and checks the section. Errors are `(key, message)` for the config
     /// report, e.g. `("auth.jwt.public_key_file", "cannot read …")`.
-    pub fn from_config(config: &JwtConfig) -> Result<Self, (String, String)> {
-        let problem = |key: &str, message: String| (format!("auth.jwt.{key}"), message);
+    pub fn from_config(config: &JwtConfig) -> Result<Self, KeyError> {
+        let problem =
+            |key: &str, message: String| KeyError::new(format!("auth.jwt.{key}"), message);
         if !super::rsa_verify::install() {
             tracing::warn!(
                 "another JWT crypto provider is installed; RSA signatures are checked by it"
@@ -588,20 +590,20 @@ mod tests {
         let missing = JwtAuthenticator::from_config(&JwtConfig::default())
             .err()
             .expect("no key");
-        assert_eq!(missing.0, "auth.jwt.secret");
+        assert_eq!(missing.key, "auth.jwt.secret");
         let unreadable = JwtAuthenticator::from_config(&JwtConfig {
             public_key_file: Some("/nonexistent/key.pem".into()),
             ..JwtConfig::default()
         })
         .err()
         .expect("unreadable");
-        assert_eq!(unreadable.0, "auth.jwt.public_key_file");
+        assert_eq!(unreadable.key, "auth.jwt.public_key_file");
         let unkeyed = JwtAuthenticator::from_config(&JwtConfig {
             algorithms: vec![Algorithm::RS256],
             ..hs_config()
         })
         .err()
         .expect("no RSA key");
-        assert_eq!(unkeyed.0, "auth.jwt.algorithms");
+        assert_eq!(unkeyed.key, "auth.jwt.algorithms");
     }
 }

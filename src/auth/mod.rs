@@ -25,6 +25,7 @@ pub mod jwt;
 pub mod redis_session;
 mod rsa_verify;
 
+use crate::config::KeyError;
 use std::sync::Arc;
 
 pub use chain::{AuthChain, AuthError, AuthFuture, Authenticator, RefusalReason, Revalidation};
@@ -101,22 +102,22 @@ impl AuthConfig {
         }
     }
 
-    /// Problems with the section, as `(key, message)`; reads the key files to check them.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    /// Problems with the section, by key; reads the key files to check them.
+    pub fn problems(&self) -> Vec<KeyError> {
         let mut problems = Vec::new();
         for (index, name) in self.order.iter().enumerate() {
             if !AUTHENTICATORS.contains(&name.as_str()) {
-                problems.push((
+                problems.push(KeyError::new(
                     format!("auth.order[{index}]"),
                     format!("unknown authenticator {name:?} (expected one of {AUTHENTICATORS:?})"),
                 ));
             } else if !self.is_configured(name) {
-                problems.push((
+                problems.push(KeyError::new(
                     format!("auth.order[{index}]"),
                     format!("{name:?} is listed but [auth.{name}] is not configured"),
                 ));
             } else if self.order[..index].contains(name) {
-                problems.push((
+                problems.push(KeyError::new(
                     format!("auth.order[{index}]"),
                     format!("{name:?} is listed twice"),
                 ));
@@ -125,7 +126,7 @@ impl AuthConfig {
         if !self.order.is_empty() {
             for name in AUTHENTICATORS {
                 if self.is_configured(name) && !self.order.iter().any(|listed| listed == name) {
-                    problems.push((
+                    problems.push(KeyError::new(
                         "auth.order".to_owned(),
                         format!("[auth.{name}] is configured but not listed"),
                     ));
@@ -133,7 +134,7 @@ impl AuthConfig {
             }
         }
         if self.revalidate_interval.0.is_zero() {
-            problems.push((
+            problems.push(KeyError::new(
                 "auth.revalidate_interval".to_owned(),
                 "must be longer than 0s".to_owned(),
             ));
@@ -156,30 +157,29 @@ impl AuthConfig {
         }
         problems
     }
-}
 
-/// Why the chain could not be built (the config was validated first, so this is a file that
-/// changed in between, or a missing session store).
-#[derive(Debug, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct AuthBuildError {
-    pub key: String,
-    pub message: String,
-}
-
-impl From<(String, String)> for AuthBuildError {
-    fn from((key, message): (String, String)) -> Self {
-        Self { key, message }
+    /// The section with its secrets (the JWT secret, a password in the session Redis's URL)
+    /// replaced for printing.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        if let Some(jwt) = shown.jwt.as_mut().filter(|jwt| !jwt.secret.is_empty()) {
+            jwt.secret = crate::config::REDACTED.to_owned();
+        }
+        if let Some(sessions) = shown.redis_session.as_mut() {
+            sessions.url = crate::broker::redis::redacted(&sessions.url);
+        }
+        shown
     }
 }
 
 impl AuthChain {
     /// Builds the configured chain. `sessions` is the store `redis_session` reads; it must be
-    /// given when that authenticator is configured.
+    /// given when that authenticator is configured. An error (the config was validated first)
+    /// is a key file that changed in between, or a missing session store.
     pub fn from_config(
         config: &AuthConfig,
         sessions: Option<Arc<dyn SessionStore>>,
-    ) -> Result<Self, AuthBuildError> {
+    ) -> Result<Self, KeyError> {
         let mut authenticators: Vec<Box<dyn Authenticator>> = Vec::new();
         for name in config.ordered() {
             match name {
@@ -201,9 +201,11 @@ impl AuthChain {
                 }
                 "redis_session" => {
                     if let Some(redis_session) = &config.redis_session {
-                        let store = sessions.clone().ok_or_else(|| AuthBuildError {
-                            key: "auth.redis_session.url".to_owned(),
-                            message: "no Redis to read sessions from".to_owned(),
+                        let store = sessions.clone().ok_or_else(|| {
+                            KeyError::new(
+                                "auth.redis_session.url",
+                                "no Redis to read sessions from",
+                            )
                         })?;
                         authenticators.push(Box::new(RedisSessionAuthenticator::new(
                             redis_session,
@@ -212,10 +214,10 @@ impl AuthChain {
                     }
                 }
                 other => {
-                    return Err(AuthBuildError {
-                        key: "auth.order".to_owned(),
-                        message: format!("unknown authenticator {other:?}"),
-                    });
+                    return Err(KeyError::new(
+                        "auth.order",
+                        format!("unknown authenticator {other:?}"),
+                    ));
                 }
             }
         }

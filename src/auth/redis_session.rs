@@ -9,6 +9,7 @@
 //! unreachable refuses the handshake with 503. Re-validation reads the key again: gone, or now
 //! another user, ends the session.
 
+use crate::config::KeyError;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -56,24 +57,24 @@ impl Default for RedisSessionConfig {
 
 impl RedisSessionConfig {
     /// Problems with the section, as `(key, message)`.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    pub fn problems(&self) -> Vec<KeyError> {
         let mut problems = Vec::new();
         if self.cookie.is_empty() {
-            problems.push((
-                "auth.redis_session.cookie".into(),
-                "must not be empty".into(),
+            problems.push(KeyError::new(
+                "auth.redis_session.cookie",
+                "must not be empty",
             ));
         }
         if !self.key.contains(ID_PLACEHOLDER) {
-            problems.push((
-                "auth.redis_session.key".into(),
+            problems.push(KeyError::new(
+                "auth.redis_session.key",
                 format!("must contain {ID_PLACEHOLDER}"),
             ));
         }
         if self.user_field.is_empty() {
-            problems.push((
-                "auth.redis_session.user_field".into(),
-                "must not be empty".into(),
+            problems.push(KeyError::new(
+                "auth.redis_session.user_field",
+                "must not be empty",
             ));
         }
         problems

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
+use crate::config::KeyError;
 use crate::human_duration::HumanDuration;
 use crate::metrics as names;
 pub use instructions::Instructions;
@@ -71,34 +72,34 @@ impl Default for BackendConfig {
     }
 }
 
-/// Problems with `[routes]` and `[backend]`, as `(key, message)`.
-pub fn problems(routes: &RoutesConfig, backend: &BackendConfig) -> Vec<(String, String)> {
+/// Problems with `[routes]` and `[backend]`, by key.
+pub fn problems(routes: &RoutesConfig, backend: &BackendConfig) -> Vec<KeyError> {
     let mut problems = Vec::new();
     for (action, url) in routes {
         let key = format!("routes.{action}");
         if BUILT_IN_ACTIONS.contains(&action.as_str()) {
-            problems.push((
+            problems.push(KeyError::new(
                 key,
                 format!("{action:?} is handled by the server itself and cannot be routed"),
             ));
         } else if let Err(message) = parse_url(url) {
-            problems.push((key, message));
+            problems.push(KeyError::new(key, message));
         }
     }
     if backend.timeout.0.is_zero() {
-        problems.push((
+        problems.push(KeyError::new(
             "backend.timeout".to_owned(),
             "must be longer than 0s".to_owned(),
         ));
     }
     if backend.concurrency == 0 {
-        problems.push((
+        problems.push(KeyError::new(
             "backend.concurrency".to_owned(),
             "must be at least 1".to_owned(),
         ));
     }
     if backend.max_calls_per_connection == 0 {
-        problems.push((
+        problems.push(KeyError::new(
             "backend.max_calls_per_connection".to_owned(),
             "must be at least 1".to_owned(),
         ));
@@ -189,13 +190,14 @@ impl Backend {
         routes: &RoutesConfig,
         config: &BackendConfig,
         api_key: &str,
-    ) -> Result<Option<Arc<Self>>, String> {
+    ) -> Result<Option<Arc<Self>>, KeyError> {
         if routes.is_empty() {
             return Ok(None);
         }
         let mut parsed = BTreeMap::new();
         for (name, url) in routes {
-            let url = parse_url(url).map_err(|message| format!("routes.{name}: {message}"))?;
+            let url = parse_url(url)
+                .map_err(|message| KeyError::new(format!("routes.{name}"), message))?;
             parsed.insert(
                 name.clone(),
                 Route {
@@ -204,8 +206,9 @@ impl Backend {
                 },
             );
         }
-        let client = crate::outbound_http::client(None)
-            .map_err(|err| format!("backend: cannot build the HTTP client: {err}"))?;
+        let client = crate::outbound_http::client(None).map_err(|err| {
+            KeyError::new("backend", format!("cannot build the HTTP client: {err}"))
+        })?;
         Ok(Some(Arc::new(Self {
             client,
             routes: parsed,
@@ -423,7 +426,10 @@ mod tests {
     fn bad_routes_are_named_by_key() {
         let config = routes(&[("join", "http://x/"), ("chat", "ftp://x/"), ("ok", "nope")]);
         let problems = problems(&config, &BackendConfig::default());
-        let keys: Vec<&str> = problems.iter().map(|(key, _)| key.as_str()).collect();
+        let keys: Vec<&str> = problems
+            .iter()
+            .map(|problem| problem.key.as_str())
+            .collect();
         assert_eq!(keys, ["routes.chat", "routes.join", "routes.ok"]);
     }
 

@@ -23,7 +23,6 @@
 
 pub mod memory;
 pub mod redis;
-pub mod roster;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -148,7 +147,7 @@ pub enum BrokerError {
     Overloaded(#[from] SinkError),
     /// The broker could not be built from its configuration (names the key).
     #[error("invalid broker configuration: {0}")]
-    Config(String),
+    Config(crate::config::KeyError),
 }
 
 impl BrokerError {
@@ -195,6 +194,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker can publish and receive right now (`/readyz`).
     fn is_ready(&self) -> bool;
+
+    /// Lets go of the transport at the end of the node's life (after the drain): nothing is
+    /// published or received afterwards. Nothing to do by default.
+    fn shutdown(&self) -> BrokerFuture {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// Which broker a node uses.
@@ -217,9 +222,37 @@ pub struct BrokerConfig {
     /// With a `rediss://` URL: trust only the CA certificates in this PEM file (a private CA)
     /// instead of the system's.
     pub tls_ca_file: Option<std::path::PathBuf>,
-    /// How long a node's entries in the connection registry outlive its last heartbeat (it
-    /// heartbeats every third of this).
-    pub node_ttl: HumanDuration,
+    /// Deprecated: `roster.node_ttl` (read from here, with a warning, when given here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_ttl: Option<HumanDuration>,
+}
+
+impl BrokerConfig {
+    /// Problems with the section, by key (the Redis URL is parsed, not connected to).
+    pub fn problems(&self) -> Vec<crate::config::KeyError> {
+        let mut problems = Vec::new();
+        if self.broker_type == BrokerType::Redis {
+            if let Err(problem) = redis::validate_url(self) {
+                problems.push(problem);
+            }
+        }
+        let bad_character = |character: char| character.is_whitespace() || character.is_control();
+        if self.prefix.is_empty() || self.prefix.chars().any(bad_character) {
+            problems.push(crate::config::KeyError::new(
+                "broker.prefix",
+                "must be non-empty, without whitespace or control characters",
+            ));
+        }
+        problems
+    }
+
+    /// The section with the password in its URL replaced by `***`.
+    pub fn redacted(&self) -> Self {
+        Self {
+            url: redis::redacted(&self.url),
+            ..self.clone()
+        }
+    }
 }
 
 impl Default for BrokerConfig {
@@ -230,7 +263,7 @@ impl Default for BrokerConfig {
             prefix: "sb".to_owned(),
             cluster: false,
             tls_ca_file: None,
-            node_ttl: HumanDuration::from_secs(15),
+            node_ttl: None,
         }
     }
 }

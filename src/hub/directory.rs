@@ -1,29 +1,23 @@
 //! The connections living on this node: who each one is (public id, user, session, when it
 //! connected, which channels it joined) and how to reach it (its [`Member`] handle: bounded queue
-//! and one-shot `Disconnector`), indexed by user, by session and by channel.
+//! and one-shot `Disconnector`), indexed by user, by session and by channel. Connection keys and
+//! public ids are allocated here: an id (`c_<node><key>`) carries this node's random prefix and
+//! the key in hex, so finding a connection by id is a parse, not a search, and ids from other
+//! nodes are recognised as not ours without a lookup.
 //!
-//! It is also this node's part of the connection registry: it answers registry queries for
-//! this node ([`ConnectionRecord`]s, channel counts) and, when the node shares a registry with
-//! others (`roster`), records what changed since the roster last wrote it out ([`Changes`]).
-//! Every mutation marks its change *after* mutating, so a flush that takes the mark reads the
-//! state that caused it.
-//!
-//! It also allocates connection keys and public ids. An id (`c_<node><key>`) carries this node's
-//! random prefix and the key in hex, so finding a connection by id is a parse, not a search, and
-//! ids from other nodes are recognised as not ours without a lookup.
+//! Whoever needs to follow it (the connection registry, `roster`) is told of every change through
+//! a [`DirectoryObserver`], after the change is made, and reads [`ConnectionView`]s.
 //!
 //! What it is not: it does not deliver channel publications (groups do, from their own member
-//! lists) and sends nothing itself beyond the fan-out helper it shares with groups.
+//! lists), and it knows nothing of how the registry stores what it reports.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use dashmap::DashMap;
-use tokio::sync::Notify;
 
 use super::member::{ConnectionKey, Member};
-use crate::broker::roster::{ConnectionFilter, ConnectionRecord};
 use crate::protocol::{ChannelName, ControlTarget};
 
 /// What the directory records of one connection.
@@ -38,29 +32,42 @@ pub struct LocalConnection {
     pub connected_at: u64,
 }
 
-/// What changed on this node since the roster last took the changes.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Changes {
-    /// Connection ids whose record changed (or that are gone).
-    pub connections: HashSet<Arc<str>>,
-    /// Users whose set of connections on this node changed.
-    pub users: HashSet<Arc<str>>,
-    /// Channels whose members on this node changed.
-    pub channels: HashSet<ChannelName>,
+/// One change to the directory, as its observer hears of it.
+#[derive(Debug, Clone, Copy)]
+pub enum DirectoryChange<'a> {
+    /// A connection was recorded (or its entry replaced).
+    Connection {
+        id: &'a Arc<str>,
+        user: Option<&'a Arc<str>>,
+    },
+    /// A connection joined or left `channel`.
+    Membership {
+        id: &'a Arc<str>,
+        channel: &'a ChannelName,
+    },
+    /// A connection is gone, with the channels it was in.
+    Gone {
+        id: &'a Arc<str>,
+        user: Option<&'a Arc<str>>,
+        channels: &'a BTreeSet<ChannelName>,
+    },
 }
 
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.connections.is_empty() && self.users.is_empty() && self.channels.is_empty()
-    }
+/// Follows the directory's changes (the connection registry's change log).
+pub trait DirectoryObserver: Send + Sync + 'static {
+    fn changed(&self, change: DirectoryChange<'_>);
 }
 
-/// Change tracking, on when a roster writes this node's part of a shared registry.
-#[derive(Default)]
-struct ChangeLog {
-    pending: Mutex<Changes>,
-    /// Woken at each change.
-    changed: Notify,
+/// What the directory knows of one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionView {
+    pub id: Arc<str>,
+    pub user: Option<Arc<str>>,
+    pub session: Option<Arc<str>>,
+    /// Sorted.
+    pub channels: Vec<ChannelName>,
+    /// Unix seconds.
+    pub connected_at: u64,
 }
 
 /// The connections on this node and their indexes.
@@ -75,7 +82,7 @@ pub struct ConnectionDirectory {
     /// A set, not a list: a channel may have many thousands of members, and each leave must
     /// not scan them.
     by_channel: DashMap<ChannelName, HashSet<ConnectionKey>>,
-    change_log: Option<ChangeLog>,
+    observer: Option<Arc<dyn DirectoryObserver>>,
 }
 
 impl Default for ConnectionDirectory {
@@ -94,15 +101,21 @@ impl ConnectionDirectory {
             by_user: DashMap::new(),
             by_session: DashMap::new(),
             by_channel: DashMap::new(),
-            change_log: None,
+            observer: None,
         }
     }
 
-    /// A directory that records its changes for a roster ([`take_changes`](Self::take_changes)).
-    pub fn tracking_changes() -> Self {
+    /// A directory that tells `observer` of every change.
+    pub fn observed(observer: Arc<dyn DirectoryObserver>) -> Self {
         Self {
-            change_log: Some(ChangeLog::default()),
+            observer: Some(observer),
             ..Self::new()
+        }
+    }
+
+    fn tell(&self, change: DirectoryChange<'_>) {
+        if let Some(observer) = &self.observer {
+            observer.changed(change);
         }
     }
 
@@ -144,9 +157,9 @@ impl ConnectionDirectory {
         if let Some(previous) = &previous {
             self.unindex(previous);
         }
-        self.mark(|changes| {
-            changes.connections.insert(id);
-            changes.users.extend(user);
+        self.tell(DirectoryChange::Connection {
+            id: &id,
+            user: user.as_ref(),
         });
         previous.is_none()
     }
@@ -166,10 +179,10 @@ impl ConnectionDirectory {
                 keys.is_empty()
             });
         }
-        self.mark(|changes| {
-            changes.connections.insert(removed.id.clone());
-            changes.users.extend(removed.user.clone());
-            changes.channels.extend(channels);
+        self.tell(DirectoryChange::Gone {
+            id: &removed.id,
+            user: removed.user.as_ref(),
+            channels: &channels,
         });
         Some(removed)
     }
@@ -202,10 +215,7 @@ impl ConnectionDirectory {
                 .entry(channel.clone())
                 .or_default()
                 .insert(key);
-            self.mark(|changes| {
-                changes.connections.insert(id);
-                changes.channels.insert(channel.clone());
-            });
+            self.tell(DirectoryChange::Membership { id: &id, channel });
         }
     }
 
@@ -220,36 +230,9 @@ impl ConnectionDirectory {
                 keys.remove(&key);
                 keys.is_empty()
             });
-            let id = self.connections.get(&key).map(|entry| entry.id.clone());
-            self.mark(|changes| {
-                changes.connections.extend(id);
-                changes.channels.insert(channel.clone());
-            });
-        }
-    }
-
-    fn mark(&self, change: impl FnOnce(&mut Changes)) {
-        if let Some(log) = &self.change_log {
-            change(&mut log.pending.lock().unwrap_or_else(PoisonError::into_inner));
-            log.changed.notify_one();
-        }
-    }
-
-    /// The changes since the last call (empty without change tracking).
-    pub fn take_changes(&self) -> Changes {
-        match &self.change_log {
-            Some(log) => {
-                std::mem::take(&mut *log.pending.lock().unwrap_or_else(PoisonError::into_inner))
+            if let Some(id) = self.connections.get(&key).map(|entry| entry.id.clone()) {
+                self.tell(DirectoryChange::Membership { id: &id, channel });
             }
-            None => Changes::default(),
-        }
-    }
-
-    /// Resolves at the next change (never, without change tracking).
-    pub async fn changed(&self) {
-        match &self.change_log {
-            Some(log) => log.changed.notified().await,
-            None => std::future::pending().await,
         }
     }
 
@@ -294,26 +277,47 @@ impl ConnectionDirectory {
             .collect()
     }
 
-    /// The record of the connection with public id `id`, if it is on this node.
-    pub fn record_of(&self, id: &str) -> Option<ConnectionRecord> {
-        self.record(self.key_of(id)?)
+    /// What the directory knows of the connection with public id `id`, if it is on this node.
+    pub fn view_of(&self, id: &str) -> Option<ConnectionView> {
+        self.view(self.key_of(id)?)
     }
 
-    fn record(&self, key: ConnectionKey) -> Option<ConnectionRecord> {
+    /// What the directory knows of one connection.
+    pub fn view(&self, key: ConnectionKey) -> Option<ConnectionView> {
         let connection = self.connections.get(&key)?;
         let channels = self
             .channels_of
             .get(&key)
-            .map(|channels| channels.iter().map(|channel| channel.to_string()).collect())
+            .map(|channels| channels.iter().cloned().collect())
             .unwrap_or_default();
-        Some(ConnectionRecord {
-            id: connection.id.to_string(),
-            user: connection.user.as_deref().map(str::to_owned),
-            session: connection.session.as_deref().map(str::to_owned),
+        Some(ConnectionView {
+            id: connection.id.clone(),
+            user: connection.user.clone(),
+            session: connection.session.clone(),
             channels,
             connected_at: connection.connected_at,
-            node: self.node(),
         })
+    }
+
+    /// Every connection's key.
+    pub fn keys(&self) -> Vec<ConnectionKey> {
+        self.connections.iter().map(|entry| *entry.key()).collect()
+    }
+
+    /// The keys of `user`'s connections.
+    pub fn keys_of_user(&self, user: &str) -> Vec<ConnectionKey> {
+        self.by_user
+            .get(user)
+            .map(|keys| keys.clone())
+            .unwrap_or_default()
+    }
+
+    /// The keys of `channel`'s members.
+    pub fn keys_in_channel(&self, channel: &str) -> Vec<ConnectionKey> {
+        self.by_channel
+            .get(channel)
+            .map(|keys| keys.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// The public ids of `user`'s connections on this node.
@@ -338,29 +342,6 @@ impl ConnectionDirectory {
             .collect();
         ids.sort_unstable();
         ids
-    }
-
-    /// The records a filter selects on this node, sorted by id.
-    pub fn records(&self, filter: &ConnectionFilter) -> Vec<ConnectionRecord> {
-        let keys: Vec<ConnectionKey> = match filter {
-            ConnectionFilter::All => self.connections.iter().map(|entry| *entry.key()).collect(),
-            ConnectionFilter::User(user) => self
-                .by_user
-                .get(user.as_str())
-                .map(|keys| keys.clone())
-                .unwrap_or_default(),
-            ConnectionFilter::Channel(channel) => self
-                .by_channel
-                .get(channel.as_str())
-                .map(|keys| keys.iter().copied().collect())
-                .unwrap_or_default(),
-        };
-        let mut records: Vec<ConnectionRecord> = keys
-            .into_iter()
-            .filter_map(|key| self.record(key))
-            .collect();
-        records.sort_unstable_by(|left, right| left.id.cmp(&right.id));
-        records
     }
 
     /// Every channel with members on this node, with how many.
@@ -476,38 +457,53 @@ mod tests {
         });
     }
 
+    /// Remembers what it was told.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+
+    impl DirectoryObserver for Recorder {
+        fn changed(&self, change: DirectoryChange<'_>) {
+            let told = match change {
+                DirectoryChange::Connection { user, .. } => format!("connection {user:?}"),
+                DirectoryChange::Membership { channel, .. } => format!("membership {channel}"),
+                DirectoryChange::Gone { channels, .. } => format!("gone from {}", channels.len()),
+            };
+            self.0.lock().expect("recorder").push(told);
+        }
+    }
+
     #[test]
-    fn channel_memberships_make_records_and_changes_until_the_connection_goes() {
+    fn channel_memberships_show_in_views_and_every_change_is_told_until_the_connection_goes() {
         System::new().block_on(async {
-            let directory = ConnectionDirectory::tracking_changes();
+            let recorder = Arc::new(Recorder::default());
+            let directory = ConnectionDirectory::observed(recorder.clone());
             let alice = connection(&directory, Some("alice"), Some("s1"));
             let (key, id) = (alice.member.connection, alice.id.clone());
             directory.insert(alice);
             let room = ChannelName::parse("room:1").expect("channel");
             directory.joined(key, &room);
-            let record = directory.record_of(&id).expect("record");
-            assert_eq!(record.channels, vec!["room:1".to_owned()]);
-            assert_eq!(record.node, directory.node());
-            assert_eq!(
-                directory.records(&ConnectionFilter::Channel("room:1".into())),
-                vec![record.clone()]
-            );
+            let view = directory.view_of(&id).expect("view");
+            assert_eq!(view.channels, vec![room.clone()]);
+            assert_eq!(view.user.as_deref(), Some("alice"));
+            assert_eq!(directory.keys_in_channel("room:1"), vec![key]);
             assert_eq!(directory.channel_counts(), vec![(room.clone(), 1)]);
-            let changes = directory.take_changes();
-            assert!(changes.connections.contains(&id));
-            assert!(changes.users.contains("alice"));
-            assert!(changes.channels.contains(&room));
-            assert!(directory.take_changes().is_empty(), "taken once");
 
             directory.remove(key);
-            assert!(directory.records(&ConnectionFilter::All).is_empty());
+            assert!(directory.keys().is_empty());
             assert!(directory.channel_counts().is_empty(), "memberships go too");
-            let changes = directory.take_changes();
-            assert!(changes.channels.contains(&room) && changes.connections.contains(&id));
             directory.joined(key, &room);
             assert!(
                 directory.channel_counts().is_empty(),
                 "a gone connection joins nothing"
+            );
+            let told = recorder.0.lock().expect("recorder").clone();
+            assert_eq!(
+                told,
+                [
+                    "connection Some(\"alice\")",
+                    "membership room:1",
+                    "gone from 1"
+                ]
             );
         });
     }

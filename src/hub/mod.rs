@@ -7,7 +7,8 @@
 //! - [`queue`]: a connection's outbound queue, bounded in frames and in bytes.
 //! - [`membership`]: the token one join shares with its leave, so a leave that overtakes its
 //!   join cancels it wherever it is.
-//! - [`directory`]: the connections on this node, by key, user and session; connection ids.
+//! - [`directory`]: the connections on this node, by key, user, session and channel; connection
+//!   ids; what it reports to whoever follows it (the registry).
 //! - [`sink`]: what the broker delivers to this node (publications, control operations).
 //! - [`policy`]: the `[[channels]]` rules.
 //!
@@ -38,7 +39,9 @@ use crate::broker::{Broker, BrokerFuture, Publication, Topic};
 use crate::metrics as names;
 use crate::protocol::{ChannelName, CloseReason};
 
-pub use directory::{ConnectionDirectory, LocalConnection};
+pub use directory::{
+    ConnectionDirectory, ConnectionView, DirectoryChange, DirectoryObserver, LocalConnection,
+};
 pub use group::{FanOut, JoinError, fan_out};
 use group::{Group, Join, Leave};
 pub use member::{ConnectionKey, Disconnect, Disconnector, Member};

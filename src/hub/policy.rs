@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Identity;
+use crate::config::KeyError;
 use crate::protocol::channel::glob_matches;
 
 /// Who may do something on the channels a rule covers.
@@ -69,16 +70,17 @@ impl ChannelRule {
         }
     }
 
-    /// Problems with this rule, as messages (for config validation).
-    pub fn problems(&self) -> Vec<String> {
+    /// Problems with this rule, by key; `key` is the rule's own (`channels[2]`).
+    pub fn problems(&self, key: &str) -> Vec<KeyError> {
         let mut problems = Vec::new();
         if self.pattern.is_empty() {
-            problems.push("pattern: must not be empty".to_owned());
+            problems.push(KeyError::new(format!("{key}.pattern"), "must not be empty"));
         }
         for (field, access) in [("join", self.join), ("publish", self.publish)] {
             if access == Access::Owner && !self.pattern.contains(USER_PLACEHOLDER) {
-                problems.push(format!(
-                    "{field}: \"owner\" needs {USER_PLACEHOLDER} in the pattern"
+                problems.push(KeyError::new(
+                    format!("{key}.{field}"),
+                    format!("\"owner\" needs {USER_PLACEHOLDER} in the pattern"),
                 ));
             }
         }
@@ -192,9 +194,12 @@ mod tests {
     #[test]
     fn owner_without_placeholder_is_a_problem() {
         assert_eq!(
-            rule("user:*", Access::Owner, Access::Nobody).problems(),
-            ["join: \"owner\" needs {user} in the pattern"]
+            rule("user:*", Access::Owner, Access::Nobody).problems("channels[0]"),
+            [KeyError::new(
+                "channels[0].join",
+                "\"owner\" needs {user} in the pattern"
+            )]
         );
-        assert!(ChannelRule::permissive().problems().is_empty());
+        assert!(ChannelRule::permissive().problems("channels[0]").is_empty());
     }
 }

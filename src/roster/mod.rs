@@ -1,20 +1,31 @@
-//! The connection registry (the roster): which connections exist on every node, who they are,
-//! which channels they joined, and who is present in a channel, answered for the whole cluster.
+//! The connection registry (the roster), whole: which connections exist on every node, who they
+//! are, which channels they joined, and who is present in a channel, answered for the whole
+//! cluster.
 //!
-//! Each node is the only writer of its own part. The node's [`ConnectionDirectory`] is the
-//! truth (it records changes as they happen); [`Roster::run`] writes what changed out to a
-//! [`RosterStore`] at most every [`FLUSH_INTERVAL`], in one batch, and renews the node's
-//! heartbeat. Every entry the store holds belongs to a node and expires with that node's
-//! heartbeat, so a node that dies takes its entries with it within `broker.node_ttl`, with no
-//! cleanup job anywhere. After a failed write, or when the store lost the node's entries (Redis
-//! restarted), the next write is a full one: the node's whole part, replaced at once.
+//! - [`store`]: the contract of where every node's part lives ([`RosterStore`], the records);
+//!   `broker::redis::RedisRoster` implements it;
+//! - [`changes`]: what changed on this node since its part was last written ([`ChangeLog`], told
+//!   by the hub's directory);
+//! - [`config`]: the `[roster]` section (`node_ttl`);
+//! - here, [`Roster`]: the writer and the queries.
+//!
+//! Each node is the only writer of its own part. The node's `ConnectionDirectory` is the truth;
+//! [`Roster::run`] writes what changed out to the store at most every [`FLUSH_INTERVAL`], in one
+//! batch, and renews the node's heartbeat. Every entry the store holds belongs to a node and
+//! expires with that node's heartbeat, so a node that dies takes its entries with it within
+//! `roster.node_ttl`, with no cleanup job anywhere. After a failed write, or when the store lost
+//! the node's entries (Redis restarted), the next write is a full one: the node's whole part,
+//! replaced at once.
 //!
 //! Queries ([`Roster::connections`], [`Roster::channels`], [`Roster::presence`]) read the store
 //! when there is one (every live node's part), else this node's directory (the memory broker:
 //! one node is the cluster).
 //!
 //! What it is not: it carries no messages (the broker does) and decides nothing about access.
-//! The store that talks to Redis is `broker::redis::RedisRoster`.
+
+pub mod changes;
+pub mod config;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,10 +33,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use crate::broker::roster::{
+pub use changes::{ChangeLog, Changes};
+pub use config::RosterConfig;
+pub use store::{
     ChannelCount, ConnectionFilter, ConnectionRecord, RosterBatch, RosterError, RosterStore,
 };
-use crate::hub::ConnectionDirectory;
+
+use crate::hub::{ConnectionDirectory, ConnectionKey, ConnectionView};
 use crate::metrics as names;
 
 /// The shortest time between two writes: changes arriving meanwhile go out together.
@@ -51,27 +65,74 @@ pub struct UserPresence {
     pub connections: u64,
 }
 
+/// A store shared with the other nodes, and this node's changes not yet written to it.
+struct Shared {
+    store: Arc<dyn RosterStore>,
+    changes: Arc<ChangeLog>,
+}
+
 /// The registry as the API and the CLI see it.
 #[derive(Clone)]
 pub struct Roster {
     directory: Arc<ConnectionDirectory>,
-    store: Option<Arc<dyn RosterStore>>,
+    shared: Option<Arc<Shared>>,
 }
 
 impl Roster {
-    /// Without a store, queries answer from `directory` alone. With one, `directory` must track
-    /// changes ([`ConnectionDirectory::tracking_changes`]) and [`run`](Self::run) must be spawned.
-    pub fn new(directory: Arc<ConnectionDirectory>, store: Option<Arc<dyn RosterStore>>) -> Self {
-        if store.is_some() {
-            names::register::gauge(names::REGISTRY_CONNECTIONS);
-            names::register::counter(names::REGISTRY_WRITE_FAILURES, &[]);
+    /// A registry of this node alone (the memory broker): queries answer from `directory`.
+    pub fn local(directory: Arc<ConnectionDirectory>) -> Self {
+        Self {
+            directory,
+            shared: None,
         }
-        Self { directory, store }
+    }
+
+    /// A registry shared through `store`: `directory` must be observed by `changes`
+    /// ([`ConnectionDirectory::observed`]), and [`run`](Self::run) must be spawned.
+    pub fn shared(
+        directory: Arc<ConnectionDirectory>,
+        store: Arc<dyn RosterStore>,
+        changes: Arc<ChangeLog>,
+    ) -> Self {
+        names::register::gauge(names::REGISTRY_CONNECTIONS);
+        names::register::counter(names::REGISTRY_WRITE_FAILURES, &[]);
+        Self {
+            directory,
+            shared: Some(Arc::new(Shared { store, changes })),
+        }
     }
 
     /// Whether answers cover the cluster (a store) or this node only.
     pub fn is_cluster_wide(&self) -> bool {
-        self.store.is_some()
+        self.shared.is_some()
+    }
+
+    /// The record of one of this node's connections.
+    fn record(&self, view: ConnectionView) -> ConnectionRecord {
+        ConnectionRecord {
+            id: view.id.to_string(),
+            user: view.user.as_deref().map(str::to_owned),
+            session: view.session.as_deref().map(str::to_owned),
+            channels: view.channels.iter().map(ToString::to_string).collect(),
+            connected_at: view.connected_at,
+            node: self.directory.node(),
+        }
+    }
+
+    /// This node's records for `filter`, sorted by id.
+    fn local_records(&self, filter: &ConnectionFilter) -> Vec<ConnectionRecord> {
+        let keys: Vec<ConnectionKey> = match filter {
+            ConnectionFilter::All => self.directory.keys(),
+            ConnectionFilter::User(user) => self.directory.keys_of_user(user),
+            ConnectionFilter::Channel(channel) => self.directory.keys_in_channel(channel),
+        };
+        let mut records: Vec<ConnectionRecord> = keys
+            .into_iter()
+            .filter_map(|key| self.directory.view(key))
+            .map(|view| self.record(view))
+            .collect();
+        records.sort_unstable_by(|left, right| left.id.cmp(&right.id));
+        records
     }
 
     /// The records `filter` selects, sorted by id, at most `limit` of them; and whether there
@@ -81,9 +142,9 @@ impl Roster {
         filter: &ConnectionFilter,
         limit: usize,
     ) -> Result<(Vec<ConnectionRecord>, bool), RosterError> {
-        let mut records = match &self.store {
-            Some(store) => store.connections(filter).await?,
-            None => self.directory.records(filter),
+        let mut records = match &self.shared {
+            Some(shared) => shared.store.connections(filter).await?,
+            None => self.local_records(filter),
         };
         records.sort_unstable_by(|left, right| left.id.cmp(&right.id));
         let truncated = records.len() > limit;
@@ -93,8 +154,8 @@ impl Roster {
 
     /// Channels whose name starts with `prefix`, with their connection counts, sorted by name.
     pub async fn channels(&self, prefix: &str) -> Result<Vec<ChannelCount>, RosterError> {
-        let counts = match &self.store {
-            Some(store) => store.channel_counts().await?,
+        let counts = match &self.shared {
+            Some(shared) => shared.store.channel_counts().await?,
             None => self
                 .directory
                 .channel_counts()
@@ -131,9 +192,10 @@ impl Roster {
     /// Writes this node's changes out and keeps its heartbeat, forever. Nothing to do without
     /// a store.
     pub async fn run(self) {
-        let Some(store) = self.store.clone() else {
+        let Some(shared) = self.shared.clone() else {
             return;
         };
+        let store = &shared.store;
         let mut heartbeat = tokio::time::interval(store.heartbeat_interval());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A fresh node has nothing to write until its first connection.
@@ -145,7 +207,7 @@ impl Roster {
         let mut failing = false;
         loop {
             tokio::select! {
-                () = self.directory.changed() => {}
+                () = shared.changes.changed() => {}
                 _ = heartbeat.tick(), if wrote || !self.directory.is_empty() => {
                     match store.heartbeat(!self.directory.is_empty()).await {
                         Ok(true) => {}
@@ -157,7 +219,7 @@ impl Roster {
                     }
                 }
             }
-            let batch = self.batch(full);
+            let batch = self.batch(&shared.changes, full);
             if !batch.is_empty() {
                 match store.write(batch).await {
                     Ok(()) => {
@@ -192,10 +254,11 @@ impl Roster {
     /// its closed connections leave the registry at once rather than at the heartbeat's expiry.
     /// Bounded by [`WITHDRAW_TIMEOUT`].
     pub async fn withdraw(&self) {
-        let Some(store) = &self.store else {
+        let Some(shared) = &self.shared else {
             return;
         };
-        let written = tokio::time::timeout(WITHDRAW_TIMEOUT, store.write(self.full_batch())).await;
+        let written =
+            tokio::time::timeout(WITHDRAW_TIMEOUT, shared.store.write(self.full_batch())).await;
         if !matches!(written, Ok(Ok(()))) {
             tracing::warn!(
                 "could not withdraw this node from the registry; its entries expire with its heartbeat"
@@ -204,8 +267,8 @@ impl Roster {
     }
 
     /// What to write now: the changes since the last batch, or (`full`) the node's whole part.
-    fn batch(&self, full: bool) -> RosterBatch {
-        let changes = self.directory.take_changes();
+    fn batch(&self, changes: &ChangeLog, full: bool) -> RosterBatch {
+        let changes = changes.take();
         if full {
             return self.full_batch();
         }
@@ -216,7 +279,10 @@ impl Roster {
             connections: changes
                 .connections
                 .iter()
-                .map(|id| (id.to_string(), directory.record_of(id)))
+                .map(|id| {
+                    let record = directory.view_of(id).map(|view| self.record(view));
+                    (id.to_string(), record)
+                })
                 .collect(),
             users: changes
                 .users
@@ -238,8 +304,8 @@ impl Roster {
         let directory = &self.directory;
         RosterBatch {
             full: true,
-            connections: directory
-                .records(&ConnectionFilter::All)
+            connections: self
+                .local_records(&ConnectionFilter::All)
                 .into_iter()
                 .map(|record| (record.id.clone(), Some(record)))
                 .collect(),

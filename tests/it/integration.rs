@@ -26,7 +26,7 @@ fn identity_and_channels() -> String {
 
 /// A node config for the Redis nodes: a 1 s registry heartbeat lifetime, then `rest`.
 fn redis_extra(rest: &str) -> String {
-    format!("node_ttl = \"1s\"\n{rest}")
+    format!("[roster]\nnode_ttl = \"1s\"\n{rest}")
 }
 
 /// `user`'s client on `node`, joined to `channels`, past its welcome; and its connection id.

@@ -9,9 +9,39 @@ use fred::clients::Client;
 use fred::interfaces::KeysInterface;
 
 use super::link::Link;
-use super::{not_connected, start_client};
+use super::{fred_config, not_connected, start_client};
+use crate::auth::redis_session::RedisSessionConfig;
 use crate::auth::{AuthError, AuthFuture, SessionStore};
-use crate::broker::{BrokerConfig, BrokerError};
+use crate::broker::{BrokerConfig, BrokerError, BrokerType};
+use crate::config::KeyError;
+
+/// Where `redis_session` reads sessions: its own `url` (with the broker's prefix), else the
+/// broker's Redis with its TLS and Cluster settings; the problem, if any, names
+/// `auth.redis_session.url`.
+pub fn session_store_config(
+    redis_session: &RedisSessionConfig,
+    broker: &BrokerConfig,
+) -> Result<BrokerConfig, KeyError> {
+    const KEY: &str = "auth.redis_session.url";
+    let store = if !redis_session.url.is_empty() {
+        BrokerConfig {
+            broker_type: BrokerType::Redis,
+            url: redis_session.url.clone(),
+            cluster: false,
+            tls_ca_file: None,
+            ..broker.clone()
+        }
+    } else if broker.broker_type == BrokerType::Redis {
+        broker.clone()
+    } else {
+        return Err(KeyError::new(
+            KEY,
+            "required unless broker.type is \"redis\" (then broker.url is used)",
+        ));
+    };
+    fred_config(&store).map_err(|problem| KeyError::new(KEY, problem.message))?;
+    Ok(store)
+}
 
 /// How long a `GET` may take before the handshake is answered 503.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);

@@ -45,8 +45,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{Broker, BrokerConfig, BrokerError, BrokerFuture, BrokerSink, Publication, Topic};
+use crate::config::KeyError;
 use crate::protocol::{ControlOp, Envelope};
-pub use keys::RedisKeys;
+pub use keys::{RedisKeys, session_store_config};
 use link::Link;
 use names::{Names, RedisChannel};
 use probe::{PROBE_INTERVAL, Probe};
@@ -96,23 +97,30 @@ pub struct RedisBroker {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Checks `broker.url` (and `broker.cluster`) without connecting: the message names the key.
-pub fn validate_url(config: &BrokerConfig) -> Result<(), String> {
+/// Checks `broker.url` (and `broker.cluster`, `broker.tls_ca_file`) without connecting.
+pub fn validate_url(config: &BrokerConfig) -> Result<(), KeyError> {
     fred_config(config).map(drop)
 }
 
-fn fred_config(config: &BrokerConfig) -> Result<FredConfig, String> {
+fn fred_config(config: &BrokerConfig) -> Result<FredConfig, KeyError> {
     // With a CA file the TLS setup is ours: parse the URL as plain (so fred does not load the
     // system's certificates, which may be absent), then add TLS trusting that CA.
     let url = match (&config.tls_ca_file, config.url.strip_prefix("rediss")) {
         (Some(_), Some(rest)) => format!("redis{rest}"),
         (Some(_), None) => {
-            return Err("broker.tls_ca_file: only applies to a rediss:// broker.url".into());
+            return Err(KeyError::new(
+                "broker.tls_ca_file",
+                "only applies to a rediss:// broker.url",
+            ));
         }
         (None, _) => config.url.clone(),
     };
-    let mut fred = FredConfig::from_url(&url)
-        .map_err(|err| format!("broker.url: {:?} is not a Redis URL: {err}", config.url))?;
+    let mut fred = FredConfig::from_url(&url).map_err(|err| {
+        KeyError::new(
+            "broker.url",
+            format!("{:?} is not a Redis URL: {err}", redacted(&config.url)),
+        )
+    })?;
     if config.cluster {
         fred.server = match fred.server {
             ServerConfig::Centralized { server } => ServerConfig::Clustered {
@@ -121,10 +129,10 @@ fn fred_config(config: &BrokerConfig) -> Result<FredConfig, String> {
             },
             clustered @ ServerConfig::Clustered { .. } => clustered,
             _ => {
-                return Err(
-                    "broker.cluster: true needs a redis:// or redis-cluster:// URL in broker.url"
-                        .into(),
-                );
+                return Err(KeyError::new(
+                    "broker.cluster",
+                    "true needs a redis:// or redis-cluster:// URL in broker.url",
+                ));
             }
         };
     }
@@ -137,13 +145,13 @@ fn fred_config(config: &BrokerConfig) -> Result<FredConfig, String> {
 }
 
 /// A TLS connector that trusts exactly the CA certificates in the PEM file at `path`.
-fn tls_trusting(path: &std::path::Path) -> Result<TlsConnector, String> {
+fn tls_trusting(path: &std::path::Path) -> Result<TlsConnector, KeyError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    let problem = |what: String| format!("broker.tls_ca_file: {}: {what}", path.display());
+    const KEY: &str = "broker.tls_ca_file";
+    let problem = |what: String| KeyError::new(KEY, format!("{}: {what}", path.display()));
     let mut roots = rustls::RootCertStore::empty();
-    let pem =
-        crate::key_file::read(path).map_err(|message| format!("broker.tls_ca_file: {message}"))?;
+    let pem = crate::key_file::read(path).map_err(|message| KeyError::new(KEY, message))?;
     let certificates = CertificateDer::pem_slice_iter(&pem);
     for certificate in certificates {
         let certificate = certificate.map_err(|err| problem(err.to_string()))?;
@@ -194,7 +202,7 @@ fn start_client(
 ) -> Result<(Client, Arc<Link>), BrokerError> {
     let client = client_builder(config)?
         .build()
-        .map_err(|err| BrokerError::Config(format!("broker.url: {err}")))?;
+        .map_err(|err| BrokerError::Config(KeyError::new("broker.url", err.to_string())))?;
     let link = Arc::new(Link::new(name));
     let watched = (link.clone(), client.clone());
     tokio::spawn(async move { watched.0.watch(watched.1).await });
@@ -218,13 +226,13 @@ impl RedisBroker {
         let mut builder = client_builder(config)?;
         let publisher = builder
             .build()
-            .map_err(|err| BrokerError::Config(format!("broker.url: {err}")))?;
+            .map_err(|err| BrokerError::Config(KeyError::new("broker.url", err.to_string())))?;
         builder.with_performance_config(|performance| {
             performance.broadcast_channel_capacity = RECEIVE_BUFFER;
         });
         let subscriber = builder
             .build_subscriber_client()
-            .map_err(|err| BrokerError::Config(format!("broker.url: {err}")))?;
+            .map_err(|err| BrokerError::Config(KeyError::new("broker.url", err.to_string())))?;
 
         let (outgoing, queue) = mpsc::channel(publisher::QUEUE_CAPACITY);
         let shared = Arc::new(Shared {
@@ -259,12 +267,14 @@ impl RedisBroker {
                 .watch(watched.subscriber.clone())
                 .await;
         }));
+        // The clients' own connection tasks are not ours to abort: they end when the clients
+        // quit (see `Drop`).
         for connection in [publisher.connect(), subscriber.connect()] {
-            tasks.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 if let Ok(Err(err)) = connection.await {
                     tracing::error!(error = %err, "redis connection task ended");
                 }
-            }));
+            });
         }
         register_metrics();
         tracing::info!(url = %redacted(&config.url), cluster = config.cluster, node = %node_id, "redis broker starting");
@@ -359,19 +369,10 @@ async fn probe_loop(shared: Arc<Shared>) {
 }
 
 impl Drop for RedisBroker {
+    /// Stops the broker's own tasks (the clients go with the runtime; `shutdown` quits them).
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (publisher, subscriber) = (
-                self.shared.publisher.clone(),
-                self.shared.subscriber.clone(),
-            );
-            runtime.spawn(async move {
-                let _ = publisher.quit().await;
-                let _ = subscriber.quit().await;
-            });
         }
     }
 }
@@ -379,6 +380,27 @@ impl Drop for RedisBroker {
 impl Broker for RedisBroker {
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    /// Stops the broker's tasks and quits both clients, whose connection tasks then end.
+    fn shutdown(&self) -> BrokerFuture {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let (publisher, subscriber) = (
+            self.shared.publisher.clone(),
+            self.shared.subscriber.clone(),
+        );
+        Box::pin(async move {
+            let quit = Duration::from_secs(1);
+            if publisher.is_connected() {
+                let _ = tokio::time::timeout(quit, publisher.quit()).await;
+            }
+            if subscriber.is_connected() {
+                let _ = tokio::time::timeout(quit, subscriber.quit()).await;
+            }
+            Ok(())
+        })
     }
 
     fn publish(&self, publication: Publication) -> BrokerFuture {
@@ -441,7 +463,7 @@ mod tests {
         assert!(validate_url(&config("redis://127.0.0.1:6379", false)).is_ok());
         assert!(validate_url(&config("redis://127.0.0.1:7000", true)).is_ok());
         let err = validate_url(&config("http//nope", false)).expect_err("invalid");
-        assert!(err.starts_with("broker.url:"), "{err}");
+        assert_eq!(err.key, "broker.url", "{err}");
     }
 
     #[test]
@@ -449,11 +471,12 @@ mod tests {
         let mut with_ca = config("redis://127.0.0.1:6379", false);
         with_ca.tls_ca_file = Some("/nonexistent/ca.pem".into());
         let err = validate_url(&with_ca).expect_err("plain url");
-        assert!(err.contains("rediss://"), "{err}");
+        assert!(err.message.contains("rediss://"), "{err}");
         with_ca.url = "rediss://127.0.0.1:6380".into();
         let err = validate_url(&with_ca).expect_err("missing file");
         assert!(
-            err.starts_with("broker.tls_ca_file: cannot read /nonexistent/ca.pem"),
+            err.to_string()
+                .starts_with("broker.tls_ca_file: cannot read /nonexistent/ca.pem"),
             "{err}"
         );
     }

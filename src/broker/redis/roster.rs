@@ -1,7 +1,7 @@
 //! [`RedisRoster`]: the connection registry's store in Redis ([`RosterStore`]).
 //!
 //! Each node owns four hashes, all in one hash slot (the node id is their hash tag), written
-//! only by that node and expiring `broker.node_ttl` after its last heartbeat:
+//! only by that node and expiring `roster.node_ttl` after its last heartbeat:
 //!
 //! | key | field | value |
 //! |---|---|---|
@@ -24,11 +24,11 @@ use futures_util::future::try_join_all;
 
 use super::link::Link;
 use super::start_client;
-use crate::broker::roster::{
+use crate::broker::{BrokerConfig, BrokerError};
+use crate::roster::store::{
     ChannelCount, ConnectionFilter, ConnectionRecord, RosterBatch, RosterError, RosterFuture,
     RosterStore,
 };
-use crate::broker::{BrokerConfig, BrokerError};
 
 /// How long one registry command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -69,8 +69,9 @@ pub struct RedisRoster {
 
 impl RedisRoster {
     /// Starts connecting in the background (Redis need not be up); must run inside a tokio
-    /// runtime. `node` is this node's id (the prefix of its connection ids).
-    pub fn start(config: &BrokerConfig, node: &str) -> Result<Self, BrokerError> {
+    /// runtime. `node` is this node's id (the prefix of its connection ids); its entries live
+    /// `ttl` past its last heartbeat (`roster.node_ttl`).
+    pub fn start(config: &BrokerConfig, ttl: Duration, node: &str) -> Result<Self, BrokerError> {
         let (client, link) = start_client(config, "registry")?;
         Ok(Self {
             client,
@@ -79,7 +80,7 @@ impl RedisRoster {
             node: node.to_owned(),
             keys: NodeKeys::new(&config.prefix, node),
             nodes_key: format!("{}:reg:nodes", config.prefix),
-            ttl: config.node_ttl.0,
+            ttl,
         })
     }
 

@@ -1,27 +1,33 @@
 //! The operator's configuration: one TOML file plus environment overrides, loaded once.
 //!
-//! Each module owns its section's type (`auth::AuthConfig`, `broker::BrokerConfig`,
-//! `hub::ChannelRule`); this module owns `[server]`, puts the sections together, and reports
-//! problems by key. Every key is optional and has a named default. Any key can be overridden as
-//! `SWITCHBOARD_<SECTION>__<KEY>` (e.g. `SWITCHBOARD_BROKER__URL`; nested tables add more
-//! `__<KEY>` parts); the value is read as a TOML value when it parses as one (`true`, `100`,
-//! `["a"]`), else as a string. Unknown keys and bad values are errors that name the key, and
-//! loading reports every section's errors at once, not just the first.
+//! Each module owns its section: its type, its defaults, its validation (problems named by
+//! key, as [`KeyError`]s) and the redaction of its secrets (`auth::AuthConfig`,
+//! `broker::BrokerConfig`, `hub::ChannelRule`, `backend::BackendConfig`, `api::ApiConfig`,
+//! `roster::RosterConfig`, and [`server::ServerConfig`] here). This module only assembles them:
+//! it parses the text, applies the environment, hands each section its table, and gathers every
+//! section's problems at once, not just the first. Every key is optional and has a named
+//! default. Any key can be overridden as `SWITCHBOARD_<SECTION>__<KEY>` (e.g.
+//! `SWITCHBOARD_BROKER__URL`; nested tables add more `__<KEY>` parts); the value is read as a
+//! TOML value when it parses as one (`true`, `100`, `["a"]`), else as a string. Unknown keys and
+//! bad values are errors that name the key.
 
-use std::fmt;
-use std::net::SocketAddr;
+mod key_error;
+pub mod server;
+
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
 use crate::api::ApiConfig;
 use crate::auth::AuthConfig;
 use crate::backend::{BackendConfig, RoutesConfig};
-use crate::broker::{BrokerConfig, BrokerType};
+use crate::broker::BrokerConfig;
 use crate::hub::ChannelRule;
-use crate::human_duration::HumanDuration;
+use crate::roster::RosterConfig;
+pub use key_error::KeyError;
+pub use server::ServerConfig;
 
 /// What `check-config` prints in place of a secret.
 pub const REDACTED: &str = "REDACTED";
@@ -30,68 +36,6 @@ pub const REDACTED: &str = "REDACTED";
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 /// Separates the parts of an environment override's key.
 pub const ENV_SEPARATOR: &str = "__";
-
-/// The `[server]` section: the listener, limits and timings of connections.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    pub bind: SocketAddr,
-    /// Origins allowed to open sockets from a browser; empty: any.
-    pub allowed_origins: Vec<String>,
-    pub max_frame_bytes: usize,
-    pub max_channels_per_connection: usize,
-    /// Frames per connection waiting to be written; overflow closes with 4010.
-    pub outbound_queue: usize,
-    /// Bytes per connection waiting to be written (one larger frame still fits alone); overflow
-    /// closes with 4010.
-    pub outbound_queue_bytes: usize,
-    pub heartbeat_interval: HumanDuration,
-    /// How long what the server writes may stay unacknowledged (a peer that stopped reading)
-    /// before the kernel drops the connection.
-    pub write_timeout: HumanDuration,
-    /// A socket silent for this long (no frame, no pong) is closed with 1001.
-    pub idle_timeout: HumanDuration,
-    pub shutdown_grace: HumanDuration,
-    /// Open connections on this node above which handshakes get 429; 0: no limit.
-    pub max_connections: usize,
-    /// Client frames per second per connection (token bucket refill).
-    pub rate_limit: u32,
-    /// Client frames a connection may send in a burst.
-    pub rate_limit_burst: u32,
-    /// A client's joins and leaves of `presence = true` channels per second (each one makes
-    /// every member of the channel hear an event); joins beyond it get `rate_limited`.
-    pub presence_rate: u32,
-    /// Such joins and leaves a connection may make in a burst.
-    pub presence_burst: u32,
-    /// HTTP worker threads; 0: one per core.
-    pub workers: usize,
-    /// Threads running channel-group actors; 0: one per core.
-    pub group_arbiters: usize,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            allowed_origins: Vec::new(),
-            max_frame_bytes: 65_536,
-            max_channels_per_connection: 128,
-            outbound_queue: 1024,
-            outbound_queue_bytes: 1024 * 1024,
-            heartbeat_interval: HumanDuration::from_secs(15),
-            write_timeout: HumanDuration::from_secs(30),
-            idle_timeout: HumanDuration::from_secs(45),
-            shutdown_grace: HumanDuration::from_secs(10),
-            max_connections: 0,
-            rate_limit: 100,
-            rate_limit_burst: 200,
-            presence_rate: 1,
-            presence_burst: 20,
-            workers: 0,
-            group_arbiters: 0,
-        }
-    }
-}
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -105,6 +49,11 @@ pub struct Config {
     /// Action → back-end URL (`default`, `connect`, `disconnect` are special).
     pub routes: RoutesConfig,
     pub backend: BackendConfig,
+    pub roster: RosterConfig,
+    /// Deprecated keys the configuration used (each with what replaces it), for the node to
+    /// warn about at start.
+    #[serde(skip)]
+    pub deprecations: Vec<KeyError>,
 }
 
 impl Default for Config {
@@ -117,20 +66,9 @@ impl Default for Config {
             api: ApiConfig::default(),
             routes: RoutesConfig::new(),
             backend: BackendConfig::default(),
+            roster: RosterConfig::default(),
+            deprecations: Vec::new(),
         }
-    }
-}
-
-/// One problem, located by its key (`server.bind`, `channels[2].join`) or environment variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyError {
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for KeyError {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "{}: {}", self.key, self.message)
     }
 }
 
@@ -178,6 +116,10 @@ impl Config {
         let mut errors = Vec::new();
         apply_environment(&mut table, environment, &mut errors);
 
+        let roster_ttl_given = table
+            .get("roster")
+            .and_then(Value::as_table)
+            .is_some_and(|roster| roster.contains_key("node_ttl"));
         let mut config = Config::default();
         for (key, value) in table {
             match key.as_str() {
@@ -188,12 +130,23 @@ impl Config {
                 "api" => section(&key, value, &mut errors, |parsed| config.api = parsed),
                 "routes" => section(&key, value, &mut errors, |parsed| config.routes = parsed),
                 "backend" => section(&key, value, &mut errors, |parsed| config.backend = parsed),
+                "roster" => section(&key, value, &mut errors, |parsed| config.roster = parsed),
                 _ => errors.push(KeyError {
                     key,
-                    message: "unknown key (expected one of `server`, `broker`, `auth`, `channels`, `api`, `routes`, `backend`)"
+                    message: "unknown key (expected one of `server`, `broker`, `auth`, `channels`, `api`, `routes`, `backend`, `roster`)"
                         .to_owned(),
                 }),
             }
+        }
+        // The deprecated `broker.node_ttl`, where `roster.node_ttl` is not given.
+        if let Some(ttl) = config.broker.node_ttl.take() {
+            if !roster_ttl_given {
+                config.roster.node_ttl = ttl;
+            }
+            config.deprecations.push(KeyError::new(
+                "broker.node_ttl",
+                "deprecated: use roster.node_ttl",
+            ));
         }
         if errors.is_empty() {
             errors.extend(config.problems());
@@ -205,145 +158,36 @@ impl Config {
         }
     }
 
-    /// Problems with values that are well-typed but unusable.
+    /// Problems with values that are well-typed but unusable: each section's own, and the
+    /// session store's (which may borrow the broker's Redis).
     fn problems(&self) -> Vec<KeyError> {
-        let mut problems = Vec::new();
-        let mut problem = |key: &str, message: &str| {
-            problems.push(KeyError {
-                key: key.to_owned(),
-                message: message.to_owned(),
-            });
-        };
-        let server = &self.server;
-        if !(128..=16 * 1024 * 1024).contains(&server.max_frame_bytes) {
-            problem("server.max_frame_bytes", "must be between 128 and 16777216");
-        }
-        if server.max_channels_per_connection == 0 {
-            problem("server.max_channels_per_connection", "must be at least 1");
-        }
-        if server.outbound_queue == 0 {
-            problem("server.outbound_queue", "must be at least 1");
-        }
-        if server.outbound_queue_bytes < 1024 {
-            problem("server.outbound_queue_bytes", "must be at least 1024");
-        }
-        if server.write_timeout < HumanDuration::from_millis(100) {
-            problem("server.write_timeout", "must be at least 100ms");
-        }
-        if server.heartbeat_interval.0.is_zero() {
-            problem("server.heartbeat_interval", "must be longer than 0s");
-        }
-        if server.idle_timeout <= server.heartbeat_interval {
-            problem(
-                "server.idle_timeout",
-                "must be longer than server.heartbeat_interval",
-            );
-        }
-        if server.rate_limit == 0 {
-            problem("server.rate_limit", "must be at least 1");
-        }
-        if server.rate_limit_burst == 0 {
-            problem("server.rate_limit_burst", "must be at least 1");
-        }
-        if server.presence_rate == 0 {
-            problem("server.presence_rate", "must be at least 1");
-        }
-        if server.presence_burst == 0 {
-            problem("server.presence_burst", "must be at least 1");
-        }
-        if server
-            .allowed_origins
-            .iter()
-            .any(|origin| origin.trim().is_empty())
-        {
-            problem("server.allowed_origins", "must not contain empty origins");
-        }
-        if self.broker.broker_type == BrokerType::Redis {
-            if let Err(message) = crate::broker::redis::validate_url(&self.broker) {
-                let (key, message) = message.split_once(": ").unwrap_or(("broker.url", &message));
-                problem(key, message);
+        let mut problems = self.server.problems();
+        problems.extend(self.broker.problems());
+        problems.extend(self.auth.problems());
+        if let Some(redis_session) = &self.auth.redis_session {
+            if let Err(problem) =
+                crate::broker::redis::session_store_config(redis_session, &self.broker)
+            {
+                problems.push(problem);
             }
         }
-        if self.broker.node_ttl < HumanDuration::from_millis(300) {
-            problem("broker.node_ttl", "must be at least 300ms");
-        }
-        if self.broker.prefix.is_empty()
-            || self
-                .broker
-                .prefix
-                .chars()
-                .any(|character| character.is_whitespace() || character.is_control())
-        {
-            problem(
-                "broker.prefix",
-                "must be non-empty, without whitespace or control characters",
-            );
-        }
-        for (key, message) in self.auth.problems() {
-            problem(&key, &message);
-        }
-        if let Some(store) = self.session_store() {
-            if store.url.is_empty() {
-                problem(
-                    "auth.redis_session.url",
-                    "required unless broker.type is \"redis\" (then broker.url is used)",
-                );
-            } else if let Err(message) = crate::broker::redis::validate_url(&store) {
-                let message = message
-                    .split_once(": ")
-                    .map_or(message.as_str(), |(_, message)| message);
-                problem("auth.redis_session.url", message);
-            }
-        }
-        for (key, message) in crate::backend::problems(&self.routes, &self.backend) {
-            problem(&key, &message);
-        }
+        problems.extend(crate::backend::problems(&self.routes, &self.backend));
         for (index, rule) in self.channels.iter().enumerate() {
-            for message in rule.problems() {
-                let (field, message) = message.split_once(": ").unwrap_or(("pattern", &message));
-                problem(&format!("channels[{index}].{field}"), message);
-            }
+            problems.extend(rule.problems(&format!("channels[{index}]")));
         }
+        problems.extend(self.roster.problems());
         problems
     }
 
-    /// Where `redis_session` reads sessions: its own `url`, else the broker's Redis (with the
-    /// broker's TLS and cluster settings). `None` when that authenticator is off; an empty
-    /// `url` when there is no Redis to fall back on.
-    pub fn session_store(&self) -> Option<BrokerConfig> {
-        let redis_session = self.auth.redis_session.as_ref()?;
-        Some(if !redis_session.url.is_empty() {
-            BrokerConfig {
-                broker_type: BrokerType::Redis,
-                url: redis_session.url.clone(),
-                cluster: false,
-                tls_ca_file: None,
-                ..self.broker.clone()
-            }
-        } else if self.broker.broker_type == BrokerType::Redis {
-            self.broker.clone()
-        } else {
-            BrokerConfig {
-                url: String::new(),
-                ..self.broker.clone()
-            }
-        })
-    }
-
-    /// The effective configuration as TOML (what `check-config` prints), with secrets (the JWT
-    /// secret, the API key, the password in Redis URLs) replaced by `REDACTED`.
+    /// The effective configuration as TOML (what `check-config` prints), each section's secrets
+    /// redacted by the section itself (the JWT secret, the API key, the passwords in Redis URLs).
     pub fn to_toml(&self) -> String {
-        let mut shown = self.clone();
-        if let Some(jwt) = shown.auth.jwt.as_mut().filter(|jwt| !jwt.secret.is_empty()) {
-            jwt.secret = REDACTED.to_owned();
-        }
-        shown.broker.url = crate::broker::redis::redacted(&shown.broker.url);
-        if !shown.api.key.is_empty() {
-            shown.api.key = REDACTED.to_owned();
-        }
-        if let Some(sessions) = shown.auth.redis_session.as_mut() {
-            sessions.url = crate::broker::redis::redacted(&sessions.url);
-        }
+        let shown = Config {
+            broker: self.broker.redacted(),
+            auth: self.auth.redacted(),
+            api: self.api.redacted(),
+            ..self.clone()
+        };
         toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
 }
@@ -434,6 +278,7 @@ fn set_path(table: &mut Table, path: &[String], value: Value) -> Result<(), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::human_duration::HumanDuration;
     use std::time::Duration;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -577,6 +422,33 @@ mod tests {
         // The memory broker does not look at the URL.
         let memory = "[broker]\nurl = \"10.0.0.1\"\n";
         assert!(Config::from_sources(Some(memory), env(&[])).is_ok());
+    }
+
+    #[test]
+    fn broker_node_ttl_is_a_deprecated_alias_of_roster_node_ttl() {
+        let old = Config::from_sources(Some("[broker]\nnode_ttl = \"2s\"\n"), env(&[]))
+            .expect("still accepted");
+        assert_eq!(old.roster.node_ttl, HumanDuration::from_secs(2));
+        assert_eq!(old.deprecations[0].key, "broker.node_ttl");
+        let both = Config::from_sources(
+            Some("[broker]\nnode_ttl = \"2s\"\n[roster]\nnode_ttl = \"3s\"\n"),
+            env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(
+            both.roster.node_ttl,
+            HumanDuration::from_secs(3),
+            "the new key wins"
+        );
+        let errors = errors_of(Config::from_sources(
+            Some("[broker]\nnode_ttl = \"1ms\"\n"),
+            env(&[]),
+        ));
+        assert_eq!(errors[0].key, "roster.node_ttl");
+        let new =
+            Config::from_sources(Some("[roster]\nnode_ttl = \"4s\"\n"), env(&[])).expect("valid");
+        assert!(new.deprecations.is_empty());
+        assert!(!new.to_toml().contains("[broker]\nnode_ttl"));
     }
 
     #[test]

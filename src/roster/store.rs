@@ -1,8 +1,8 @@
-//! The connection registry's store: what every node's part of the registry looks like
+//! The connection registry's store contract: what every node's part of the registry looks like
 //! ([`ConnectionRecord`]), what a node writes ([`RosterBatch`]), and the [`RosterStore`] trait
-//! the `roster` module writes to and queries. It lives beside the [`Broker`](super::Broker)
-//! because, like it, it is what the nodes share; `redis::RedisRoster` implements it. A node on
-//! the memory broker has no store: it is the whole cluster.
+//! the roster writes to and queries. `broker::redis::RedisRoster` implements it, the way
+//! `broker::redis::RedisKeys` implements `auth::SessionStore`; a node on the memory broker has no
+//! store: it is the whole cluster. A leaf: it depends on nothing else in the crate.
 
 use std::future::Future;
 use std::pin::Pin;
