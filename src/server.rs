@@ -25,7 +25,7 @@ use crate::broker::{
 use crate::config::{Config, KeyError};
 use crate::connection::ConnectionSettings;
 use crate::connection::admission::Admission;
-use crate::hub::{ChannelPolicy, ConnectionDirectory, GroupRegistry, Hub, HubSink};
+use crate::hub::{ChannelPolicy, ConnectionDirectory, GroupTable, Hub, HubSink};
 use crate::metrics::{Metrics, MetricsError};
 use crate::roster::{ChangeLog, Roster};
 use crate::sessions::SessionKeeper;
@@ -87,7 +87,7 @@ pub async fn run(
     let arbiters: Vec<Arbiter> = (0..thread_count(config.server.group_arbiters))
         .map(|_| Arbiter::new())
         .collect();
-    let registry = GroupRegistry::new();
+    let groups = GroupTable::new();
     // With Redis, the registry is shared: the directory's changes go to a change log the
     // roster writes out; with the memory broker, the node is the whole registry.
     let (directory, roster) = if config.broker.broker_type == BrokerType::Redis {
@@ -103,13 +103,13 @@ pub async fn run(
     };
     let writing_roster = actix_web::rt::spawn(roster.clone().run());
     let backend = Backend::from_config(&config.routes, &config.backend, &config.api.key)?;
-    let sink: Arc<dyn BrokerSink> = Arc::new(HubSink::new(registry.clone(), directory.clone()));
+    let sink: Arc<dyn BrokerSink> = Arc::new(HubSink::new(groups.clone(), directory.clone()));
     let broker: Arc<dyn Broker> = match config.broker.broker_type {
         BrokerType::Memory => Arc::new(MemoryBroker::new(sink)),
         BrokerType::Redis => Arc::new(RedisBroker::start(&config.broker, sink)?),
     };
     let hub = Hub::new(
-        registry,
+        groups,
         directory,
         broker,
         arbiters.iter().map(Arbiter::handle).collect(),

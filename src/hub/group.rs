@@ -5,7 +5,7 @@
 //! channel on the broker when it starts and unsubscribes when it stops (also after a failed
 //! subscribe, which holds a reference too); joins that arrive before
 //! the subscription is confirmed wait for it. Once subscribed, it retires (removes itself from
-//! the registry and stops) when its last member leaves; a join that raced with that, still in
+//! its table and stops) when its last member leaves; a join that raced with that, still in
 //! its mailbox, finds its reply channel dropped and is retried by the hub against a fresh group.
 //!
 //! Every join and leave carries the connection's [`Membership`] token: a join whose membership
@@ -30,7 +30,6 @@ use tokio::sync::oneshot;
 use super::member::{ConnectionKey, Member};
 use super::membership::Membership;
 use super::queue::Outbound;
-use super::registry::GroupRegistry;
 use crate::broker::{Broker, Publication, Topic};
 use crate::metrics as names;
 use crate::protocol::{
@@ -41,6 +40,12 @@ use crate::protocol::{
 /// 5,000 members in about half a millisecond, so this is roughly half a second of backlog for a
 /// big room, and far more for a small one.
 pub const GROUP_MAILBOX_CAPACITY: usize = 1024;
+
+/// What a group tells the table it lives in when it retires: take me out, if I am still the
+/// group under my name. The one thing a group knows of its table.
+pub(crate) trait Retire: Send + Sync + 'static {
+    fn retire(&self, name: &ChannelName, group: &Addr<Group>);
+}
 
 /// Why a join did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,10 +93,10 @@ pub(crate) struct Group {
     /// Each member's position in `members`, and the membership that added it.
     index: HashMap<ConnectionKey, (usize, Membership)>,
     subscription: Subscription,
-    /// Set once the group has left the registry to stop: joins still in its mailbox are not
+    /// Set once the group has left its table to stop: joins still in its mailbox are not
     /// taken (their replies are dropped, so the hub retries them on a fresh group).
     retired: bool,
-    registry: GroupRegistry,
+    table: Arc<dyn Retire>,
     broker: Arc<dyn Broker>,
 }
 
@@ -103,12 +108,12 @@ impl Group {
         arbiter: &ArbiterHandle,
         name: ChannelName,
         first: Join,
-        registry: GroupRegistry,
+        table: Arc<dyn Retire>,
         broker: Arc<dyn Broker>,
     ) -> Addr<Group> {
         let (sender, receiver) = actix::dev::channel::channel(GROUP_MAILBOX_CAPACITY);
         arbiter.spawn_fn(move || {
-            Context::with_receiver(receiver).run(Group::new(name, first, registry, broker));
+            Context::with_receiver(receiver).run(Group::new(name, first, table, broker));
         });
         Addr::new(sender)
     }
@@ -116,7 +121,7 @@ impl Group {
     fn new(
         name: ChannelName,
         first: Join,
-        registry: GroupRegistry,
+        table: Arc<dyn Retire>,
         broker: Arc<dyn Broker>,
     ) -> Self {
         Self {
@@ -124,7 +129,7 @@ impl Group {
             members: Vec::new(),
             index: HashMap::new(),
             subscription: Subscription::Pending(vec![first]),
-            registry,
+            table,
             broker,
             retired: false,
         }
@@ -171,7 +176,7 @@ impl Group {
     fn retire_if_empty(&mut self, ctx: &mut Context<Self>) {
         if self.members.is_empty() && matches!(self.subscription, Subscription::Active) {
             self.retired = true;
-            self.registry.remove_if_same(&self.name, &ctx.address());
+            self.table.retire(&self.name, &ctx.address());
             ctx.stop();
         }
     }
@@ -273,7 +278,7 @@ impl Actor for Group {
                                 .reply
                                 .send(Err(JoinError::BackendUnavailable(err.to_string())));
                         }
-                        group.registry.remove_if_same(&group.name, &ctx.address());
+                        group.table.retire(&group.name, &ctx.address());
                         ctx.stop();
                     }
                 }

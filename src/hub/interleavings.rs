@@ -118,15 +118,15 @@ fn heard(connection: &mut Connection, marker: u64) -> BTreeSet<usize> {
 
 fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
     System::new().block_on(async move {
-        let registry = GroupRegistry::new();
+        let groups = GroupTable::new();
         let directory = Arc::new(ConnectionDirectory::new());
-        let sink: Arc<dyn BrokerSink> = Arc::new(HubSink::new(registry.clone(), directory.clone()));
+        let sink: Arc<dyn BrokerSink> = Arc::new(HubSink::new(groups.clone(), directory.clone()));
         let broker = Arc::new(LateBroker {
             inner: MemoryBroker::new(sink),
             delays: Mutex::new(fastrand::Rng::with_seed(seed)),
         });
         let hub = Hub::new(
-            registry.clone(),
+            groups.clone(),
             directory.clone(),
             broker.clone(),
             vec![Arbiter::current()],
@@ -240,7 +240,7 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
             }
         }
         settle().await;
-        prop_assert_eq!(registry.len(), 0, "every group retired");
+        prop_assert_eq!(groups.len(), 0, "every group retired");
         prop_assert_eq!(broker.subscriptions(), 0);
         prop_assert!(directory.is_empty());
         Ok::<(), TestCaseError>(())

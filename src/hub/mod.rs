@@ -1,7 +1,8 @@
 //! The hub: channel groups, and which connections live on this node.
 //!
 //! - [`group`]: the channel-group actor (one per channel with local members) and its fan-out.
-//! - [`registry`]: channel name → group, and the broker's sink.
+//! - [`group_table`]: channel name → the live group, and delivery to it (what the broker's sink
+//!   hands publications to).
 //! - [`member`]: what a group knows of a member (its bounded outbound queue, its one-shot
 //!   `Disconnector`).
 //! - [`queue`]: a connection's outbound queue, bounded in frames and in bytes.
@@ -18,13 +19,13 @@
 
 pub mod directory;
 pub mod group;
+pub mod group_table;
 #[cfg(test)]
 mod interleavings;
 pub mod member;
 pub mod membership;
 pub mod policy;
 pub mod queue;
-pub mod registry;
 pub mod sink;
 
 use std::future::Future;
@@ -44,11 +45,11 @@ pub use directory::{
 };
 pub use group::{FanOut, JoinError, fan_out};
 use group::{Group, Join, Leave};
+pub use group_table::GroupTable;
 pub use member::{ConnectionKey, Disconnect, Disconnector, Member};
 pub use membership::Membership;
 pub use policy::{Access, ChannelPolicy, ChannelRule};
 pub use queue::{Outbound, OutboundReceiver, OutboundSender, outbound_queue};
-pub use registry::GroupRegistry;
 pub use sink::HubSink;
 
 /// Registers the hub's series at zero (see `metrics`).
@@ -77,7 +78,7 @@ pub struct Hub {
 }
 
 struct HubInner {
-    registry: GroupRegistry,
+    groups: GroupTable,
     broker: Arc<dyn Broker>,
     arbiters: Vec<ArbiterHandle>,
     /// Every connection on this node.
@@ -87,18 +88,18 @@ struct HubInner {
 }
 
 impl Hub {
-    /// `registry` and `directory` are the ones the broker's [`HubSink`] delivers to. `arbiters`
+    /// `groups` and `directory` are the ones the broker's [`HubSink`] delivers to. `arbiters`
     /// run the group actors (a channel's arbiter is chosen by hash of its name); at least one is
     /// required.
     pub fn new(
-        registry: GroupRegistry,
+        groups: GroupTable,
         directory: Arc<ConnectionDirectory>,
         broker: Arc<dyn Broker>,
         arbiters: Vec<ArbiterHandle>,
     ) -> Self {
         Self {
             inner: Arc::new(HubInner {
-                registry,
+                groups,
                 broker,
                 arbiters,
                 directory,
@@ -173,7 +174,7 @@ impl Hub {
             reply,
         };
         self.inner
-            .registry
+            .groups
             .join_or_start(channel, join, |first| self.start_group(channel, first));
         receiver
     }
@@ -188,7 +189,7 @@ impl Hub {
             arbiter,
             channel.clone(),
             first,
-            self.inner.registry.clone(),
+            Arc::new(self.inner.groups.clone()),
             self.inner.broker.clone(),
         )
     }
@@ -202,7 +203,7 @@ impl Hub {
             return;
         }
         self.inner.directory.left(connection, channel);
-        if let Some(group) = self.inner.registry.get(channel.as_str()) {
+        if let Some(group) = self.inner.groups.get(channel.as_str()) {
             group.do_send(Leave {
                 connection,
                 membership: membership.clone(),

@@ -10,19 +10,19 @@ use std::sync::Arc;
 
 use super::directory::ConnectionDirectory;
 use super::group::fan_out;
+use super::group_table::GroupTable;
 use super::member::Disconnect;
-use super::registry::GroupRegistry;
 use crate::broker::{BrokerSink, Publication, SinkError, Topic};
 use crate::metrics as names;
 use crate::protocol::{ControlOp, ControlTarget};
 
 pub struct HubSink {
-    groups: GroupRegistry,
+    groups: GroupTable,
     directory: Arc<ConnectionDirectory>,
 }
 
 impl HubSink {
-    pub fn new(groups: GroupRegistry, directory: Arc<ConnectionDirectory>) -> Self {
+    pub fn new(groups: GroupTable, directory: Arc<ConnectionDirectory>) -> Self {
         Self { groups, directory }
     }
 }
@@ -105,16 +105,11 @@ mod tests {
     }
 
     fn node() -> Node {
-        let registry = GroupRegistry::new();
+        let groups = GroupTable::new();
         let directory = Arc::new(ConnectionDirectory::new());
-        let sink = Arc::new(HubSink::new(registry.clone(), directory.clone()));
+        let sink = Arc::new(HubSink::new(groups.clone(), directory.clone()));
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(sink));
-        let hub = Hub::new(
-            registry,
-            directory,
-            broker.clone(),
-            vec![Arbiter::current()],
-        );
+        let hub = Hub::new(groups, directory, broker.clone(), vec![Arbiter::current()]);
         Node { hub, broker }
     }
 

@@ -1,4 +1,6 @@
-//! The registry of live channel groups on this node: channel name → group actor address.
+//! The table of live channel groups on this node: channel name → group actor address. Groups are
+//! started into it by the hub and retire from it by themselves (through [`Retire`], the one
+//! thing a group knows of it).
 //!
 //! It also delivers channel publications from the broker (through the hub's sink) to the
 //! channel's group, if this node has one, with a bounded `try_send`.
@@ -14,17 +16,17 @@ use actix::prelude::{Addr, SendError};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use super::group::{Deliver, Group, Join};
+use super::group::{Deliver, Group, Join, Retire};
 use crate::broker::{Publication, SinkError};
 use crate::metrics as names;
 use crate::protocol::ChannelName;
 
 #[derive(Clone, Default)]
-pub struct GroupRegistry {
+pub struct GroupTable {
     groups: Arc<DashMap<ChannelName, Addr<Group>>>,
 }
 
-impl GroupRegistry {
+impl GroupTable {
     pub fn new() -> Self {
         Self::default()
     }
@@ -56,14 +58,16 @@ impl GroupRegistry {
     pub(crate) fn len(&self) -> usize {
         self.groups.len()
     }
+}
 
-    /// Removes `name` only if it still maps to `address` (a newer group may have replaced it).
-    pub(crate) fn remove_if_same(&self, name: &ChannelName, address: &Addr<Group>) {
-        self.groups.remove_if(name, |_, current| current == address);
+impl Retire for GroupTable {
+    /// Removes `name` only if it still maps to `group` (a newer group may have replaced it).
+    fn retire(&self, name: &ChannelName, group: &Addr<Group>) {
+        self.groups.remove_if(name, |_, current| current == group);
     }
 }
 
-impl GroupRegistry {
+impl GroupTable {
     /// Hands a publication on `channel` to its group, if this node has one.
     pub(crate) fn deliver(
         &self,
@@ -100,8 +104,8 @@ mod tests {
     #[test]
     fn a_group_that_falls_behind_refuses_publications_and_recovers_once_it_catches_up() {
         System::new().block_on(async {
-            let registry = GroupRegistry::new();
-            let sink = HubSink::new(registry.clone(), Arc::new(ConnectionDirectory::new()));
+            let groups = GroupTable::new();
+            let sink = HubSink::new(groups.clone(), Arc::new(ConnectionDirectory::new()));
             let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(Arc::new(sink)));
             let channel = ChannelName::parse("busy").expect("channel");
             let (member, _receiver) = member(1, Encoding::Json, 1);
@@ -113,18 +117,18 @@ mod tests {
                 membership: crate::hub::Membership::new(),
                 reply,
             };
-            registry.join_or_start(&channel, join, |first| {
+            groups.join_or_start(&channel, join, |first| {
                 Group::start(
                     &Arbiter::current(),
                     channel.clone(),
                     first,
-                    registry.clone(),
+                    Arc::new(groups.clone()),
                     broker,
                 )
             });
             let outcomes: Vec<Result<(), SinkError>> = (0..GROUP_MAILBOX_CAPACITY + 8)
                 .map(|n| {
-                    registry.deliver(
+                    groups.deliver(
                         &channel,
                         Arc::new(Publication::new(channel.clone(), json!(n), None)),
                     )
@@ -143,7 +147,7 @@ mod tests {
 
             // Let the group run: it drains its mailbox and takes publications again.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            let after = registry.deliver(
+            let after = groups.deliver(
                 &channel,
                 Arc::new(Publication::new(channel.clone(), json!("after"), None)),
             );
