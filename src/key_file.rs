@@ -6,11 +6,11 @@ use std::io::Read;
 use std::path::Path;
 
 /// The largest key, JWKS or certificate file read.
-pub const MAX_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_BYTES: u64 = 1024 * 1024;
 
 /// The contents of `path`, refused past [`MAX_BYTES`]; the error says why, for the config
 /// report.
-pub fn read(path: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, String> {
     let file = std::fs::File::open(path)
         .map_err(|err| format!("cannot read {}: {err}", path.display()))?;
     let mut contents = Vec::new();

@@ -43,19 +43,19 @@
 //! - Nothing on the fan-out path serialises per member: a group encodes a publication once per
 //!   encoding and shares the bytes.
 
-pub mod api;
+pub(crate) mod api;
 pub mod api_client;
 pub mod auth;
 pub mod backend;
 pub mod broker;
 pub mod config;
-pub mod connection;
+pub(crate) mod connection;
 pub mod hub;
 pub mod human_duration;
-pub mod key_file;
+pub(crate) mod key_file;
 pub mod metrics;
-pub mod outbound_http;
+pub(crate) mod outbound_http;
 pub mod protocol;
-pub mod roster;
+pub(crate) mod roster;
 pub mod server;
-pub mod sessions;
+pub(crate) mod sessions;

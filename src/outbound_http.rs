@@ -12,13 +12,13 @@
 use std::time::Duration;
 
 /// Idle keep-alive connections kept per back-end host.
-pub const MAX_IDLE_PER_HOST: usize = 16;
+pub(crate) const MAX_IDLE_PER_HOST: usize = 16;
 /// How long an idle keep-alive connection is kept.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why an answer's body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("the answer is larger than {0} bytes")]
     TooLarge(usize),
     #[error("the answer could not be read: {0}")]
@@ -27,7 +27,7 @@ pub enum BodyError {
 
 /// Reads an answer's body, refusing one longer than `limit` bytes (by its `Content-Length`, or
 /// as it arrives).
-pub async fn body_within(
+pub(crate) async fn body_within(
     mut response: reqwest::Response,
     limit: usize,
 ) -> Result<Vec<u8>, BodyError> {
@@ -52,7 +52,7 @@ pub async fn body_within(
 }
 
 /// A client for back-end calls; `timeout` bounds each whole request when given.
-pub fn client(timeout: Option<Duration>) -> Result<reqwest::Client, reqwest::Error> {
+pub(crate) fn client(timeout: Option<Duration>) -> Result<reqwest::Client, reqwest::Error> {
     let builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(MAX_IDLE_PER_HOST)

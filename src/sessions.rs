@@ -33,7 +33,7 @@ use crate::metrics as names;
 use crate::protocol::CloseReason;
 
 /// Re-validation calls in flight at once on a node.
-pub const MAX_CONCURRENT_CHECKS: usize = 32;
+pub(crate) const MAX_CONCURRENT_CHECKS: usize = 32;
 /// The longest pause between two walks of the table.
 const MAX_TICK: Duration = Duration::from_secs(1);
 /// The shortest pause between two walks of the table.
@@ -41,14 +41,14 @@ const MIN_TICK: Duration = Duration::from_millis(10);
 
 /// What a tracked connection holds: its session's key and current expiry.
 #[derive(Debug)]
-pub struct SessionTicket {
+pub(crate) struct SessionTicket {
     key: String,
     expires_at: Arc<AtomicU64>,
 }
 
 impl SessionTicket {
     /// The session's expiry as last reported by its back end (seconds since the epoch).
-    pub fn expires_at(&self) -> Option<u64> {
+    pub(crate) fn expires_at(&self) -> Option<u64> {
         match self.expires_at.load(Ordering::Relaxed) {
             0 => None,
             at => Some(at),
@@ -76,12 +76,12 @@ struct Shared {
 
 /// The node's session table; cheap to clone.
 #[derive(Clone)]
-pub struct SessionKeeper {
+pub(crate) struct SessionKeeper {
     shared: Arc<Shared>,
 }
 
 impl SessionKeeper {
-    pub fn new(chain: Arc<AuthChain>, interval: Duration, grace: Duration) -> Self {
+    pub(crate) fn new(chain: Arc<AuthChain>, interval: Duration, grace: Duration) -> Self {
         names::register::gauge(names::SESSIONS);
         Self {
             shared: Arc::new(Shared {
@@ -94,7 +94,7 @@ impl SessionKeeper {
     }
 
     /// Tracks a connection when its identity is one that is re-validated; `None` otherwise.
-    pub fn track(
+    pub(crate) fn track(
         &self,
         connection: ConnectionKey,
         identity: &Identity,
@@ -124,7 +124,7 @@ impl SessionKeeper {
     }
 
     /// Forgets a closed connection; the session goes when its last socket does.
-    pub fn untrack(&self, connection: ConnectionKey, ticket: &SessionTicket) {
+    pub(crate) fn untrack(&self, connection: ConnectionKey, ticket: &SessionTicket) {
         let mut table = self.shared.lock();
         if let Some(session) = table.get_mut(&ticket.key) {
             session.members.remove(&connection);
@@ -136,16 +136,18 @@ impl SessionKeeper {
     }
 
     /// How many sessions are tracked.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.shared.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Walks the table forever: closes expired sessions and starts due checks. Spawn it once.
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let tick = (self.shared.interval / 10).clamp(MIN_TICK, MAX_TICK);
         let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_CHECKS));
         loop {

@@ -3,11 +3,11 @@
 //!
 //! Handlers here translate HTTP to the domain and back; they hold no state of their own beyond
 //! [`AppState`], which `server` builds. A refused request gets a JSON body
-//! `{"error": "<code>", "reason": "<text>"}` with the status of PROTOCOL.md §1.
+//! `{"error": "<code>", "reason": "<text>"}` with the status of docs/protocol.md §1.
 
 mod health;
 mod refusal;
-pub mod server_api;
+pub(crate) mod server_api;
 mod ws;
 
 use std::sync::Arc;
@@ -48,7 +48,7 @@ impl ApiConfig {
 
 /// Limits applied at the handshake, before a connection exists.
 #[derive(Debug, Clone)]
-pub struct HandshakeLimits {
+pub(crate) struct HandshakeLimits {
     pub allowed_origins: Vec<String>,
     /// Identity can rest on ambient browser credentials (a cookie-reading authenticator, a
     /// gateway, a connect hook given the cookie): with no `allowed_origins`, only same-origin
@@ -60,7 +60,7 @@ pub struct HandshakeLimits {
 }
 
 /// What every handler can reach.
-pub struct AppState {
+pub(crate) struct AppState {
     pub hub: Hub,
     pub auth: Arc<AuthChain>,
     pub sessions: SessionKeeper,
@@ -79,7 +79,7 @@ pub struct AppState {
 
 /// Registers the HTTP edge's series at zero (see `metrics`): handshakes accepted and refused by
 /// every reason, and, with the server API on, its calls by endpoint.
-pub fn register_metrics(api_on: bool) {
+pub(crate) fn register_metrics(api_on: bool) {
     use crate::metrics::{self as names, register};
     register::counter(names::CONNECTIONS_ACCEPTED, &[]);
     // The edge's own labels (the codes a handshake can be refused with, and the connect hook),
@@ -112,7 +112,7 @@ pub fn register_metrics(api_on: bool) {
 }
 
 /// Registers every route.
-pub fn routes(config: &mut web::ServiceConfig) {
+pub(crate) fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/ws", web::get().to(ws::upgrade))
         .route("/metrics", web::get().to(health::metrics))

@@ -33,12 +33,12 @@ use crate::protocol::{ChannelName, ControlOp, DecodeError, RefusalCode};
 use crate::roster::ConnectionFilter;
 
 /// Records returned by `GET /api/connections` when no `limit` is given.
-pub const DEFAULT_LIMIT: usize = 1_000;
+pub(crate) const DEFAULT_LIMIT: usize = 1_000;
 /// Channels one `POST /api/publish` may name.
-pub const MAX_CHANNELS_PER_PUBLISH: usize = 1_000;
+pub(crate) const MAX_CHANNELS_PER_PUBLISH: usize = 1_000;
 
 /// Every endpoint, the `endpoint` label of `switchboard_api_requests_total`.
-pub const ENDPOINTS: [&str; 6] = [
+pub(crate) const ENDPOINTS: [&str; 6] = [
     "publish",
     "send",
     "disconnect",

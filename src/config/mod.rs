@@ -20,12 +20,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
-use crate::api::ApiConfig;
+pub use crate::api::ApiConfig;
 use crate::auth::AuthConfig;
 use crate::backend::{BackendConfig, RoutesConfig};
 use crate::broker::BrokerConfig;
 use crate::hub::ChannelRule;
-use crate::roster::RosterConfig;
+pub use crate::roster::RosterConfig;
 pub use key_error::KeyError;
 pub use server::ServerConfig;
 

@@ -12,31 +12,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Counts admitted connections against a limit (0: no limit).
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     limit: usize,
     admitted: Arc<AtomicUsize>,
 }
 
 /// One admitted connection's slot; released on drop.
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     admitted: Arc<AtomicUsize>,
 }
 
 impl Admission {
-    pub fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         Self {
             limit,
             admitted: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 
     /// A ticket, or `None` when the node is full.
-    pub fn try_admit(&self) -> Option<Ticket> {
+    pub(crate) fn try_admit(&self) -> Option<Ticket> {
         let limit = if self.limit == 0 {
             usize::MAX
         } else {
@@ -52,7 +52,7 @@ impl Admission {
             })
     }
 
-    pub fn admitted(&self) -> usize {
+    pub(crate) fn admitted(&self) -> usize {
         self.admitted.load(Ordering::Acquire)
     }
 }

@@ -18,12 +18,12 @@
 //! What it is not: it does not encode publications (groups do, once) and it never writes to the
 //! socket directly (the HTTP dispatcher polls [`outbound::OutboundBody`]).
 
-pub mod admission;
+pub(crate) mod admission;
 mod backend;
 mod inbound;
 mod membership;
-pub mod outbound;
-pub mod rate_limit;
+pub(crate) mod outbound;
+pub(crate) mod rate_limit;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,14 +58,14 @@ const MALFORMED_FRAME_LIMIT: u32 = 10;
 const MAX_EXPIRY_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long a server-initiated close waits for the client's close frame before the socket is
 /// closed anyway.
-pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The close initiators, the `initiator` label of `switchboard_closes_total`.
 const INITIATORS: [&str; 2] = ["server", "client"];
 
 /// Registers the connections' series at zero (see `metrics`): closes by every named code and
 /// initiator, frames by action, refreshes by result.
-pub fn register_metrics() {
+pub(crate) fn register_metrics() {
     use names::register;
     let codes = CloseCode::NAMED.into_iter().chain([CloseCode::Other(0)]);
     for code in codes {
@@ -93,7 +93,7 @@ pub fn register_metrics() {
 
 /// Per-connection limits and timings, from `[server]` and `[[channels]]`.
 #[derive(Debug, Clone)]
-pub struct ConnectionSettings {
+pub(crate) struct ConnectionSettings {
     pub max_channels: usize,
     pub heartbeat_interval: Duration,
     pub idle_timeout: Duration,
@@ -108,7 +108,7 @@ pub struct ConnectionSettings {
 }
 
 /// Everything a new connection is started with.
-pub struct ConnectionParts {
+pub(crate) struct ConnectionParts {
     pub key: ConnectionKey,
     pub id: Arc<str>,
     pub identity: Identity,
@@ -124,7 +124,7 @@ pub struct ConnectionParts {
     pub lifeline: Lifeline,
 }
 
-pub struct Connection {
+pub(crate) struct Connection {
     key: ConnectionKey,
     id: Arc<str>,
     identity: Identity,
@@ -166,7 +166,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(
+    pub(crate) fn new(
         parts: ConnectionParts,
         hub: Hub,
         auth: Arc<AuthChain>,

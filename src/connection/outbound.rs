@@ -46,7 +46,7 @@ const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// The close frame the connection actor asks for.
 #[derive(Debug, Clone)]
-pub struct CloseRequest {
+pub(crate) struct CloseRequest {
     pub code: CloseCode,
     pub reason: String,
 }
@@ -54,12 +54,12 @@ pub struct CloseRequest {
 /// Held by the connection actor while it runs; the body ends once it is dropped (after its close
 /// frame, if one was asked for).
 #[derive(Debug)]
-pub struct Lifeline {
+pub(crate) struct Lifeline {
     _held: oneshot::Sender<()>,
 }
 
 /// A lifeline, and the end the body watches.
-pub fn lifeline() -> (Lifeline, oneshot::Receiver<()>) {
+pub(crate) fn lifeline() -> (Lifeline, oneshot::Receiver<()>) {
     let (sender, receiver) = oneshot::channel();
     (Lifeline { _held: sender }, receiver)
 }
@@ -75,7 +75,7 @@ enum Stage {
 }
 
 /// A connection's response body: its outbound queue, drained into the socket.
-pub struct OutboundBody {
+pub(crate) struct OutboundBody {
     queue: OutboundReceiver,
     close: oneshot::Receiver<CloseRequest>,
     actor: oneshot::Receiver<()>,
@@ -87,7 +87,7 @@ pub struct OutboundBody {
 
 impl OutboundBody {
     /// `actor` is the watched end of the connection actor's [`Lifeline`].
-    pub fn new(
+    pub(crate) fn new(
         queue: OutboundReceiver,
         close: oneshot::Receiver<CloseRequest>,
         actor: oneshot::Receiver<()>,

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 /// Frames per second with a burst allowance.
 #[derive(Debug)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     capacity: f64,
     per_second: f64,
     tokens: f64,
@@ -13,7 +13,7 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub fn new(per_second: u32, burst: u32, now: Instant) -> Self {
+    pub(crate) fn new(per_second: u32, burst: u32, now: Instant) -> Self {
         let capacity = f64::from(burst.max(1));
         Self {
             capacity,
@@ -24,7 +24,7 @@ impl TokenBucket {
     }
 
     /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    pub(crate) fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now
             .saturating_duration_since(self.refilled_at)
             .as_secs_f64();
@@ -41,7 +41,7 @@ impl TokenBucket {
 
 /// Counts strikes within a fixed window; `strike` says when the limit is passed.
 #[derive(Debug)]
-pub struct StrikeWindow {
+pub(crate) struct StrikeWindow {
     window: Duration,
     limit: u32,
     started_at: Instant,
@@ -49,7 +49,7 @@ pub struct StrikeWindow {
 }
 
 impl StrikeWindow {
-    pub fn new(window: Duration, limit: u32, now: Instant) -> Self {
+    pub(crate) fn new(window: Duration, limit: u32, now: Instant) -> Self {
         Self {
             window,
             limit,
@@ -59,7 +59,7 @@ impl StrikeWindow {
     }
 
     /// Records one strike; `true` when more than `limit` strikes fell within the window.
-    pub fn strike(&mut self, now: Instant) -> bool {
+    pub(crate) fn strike(&mut self, now: Instant) -> bool {
         if now.saturating_duration_since(self.started_at) > self.window {
             self.started_at = now;
             self.strikes = 0;

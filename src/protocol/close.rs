@@ -54,7 +54,7 @@ impl CloseReason {
     }
 }
 
-/// Why the server closed (or a client closed) a WebSocket. PROTOCOL.md §4, plus the standard
+/// Why the server closed (or a client closed) a WebSocket. docs/protocol.md §4, plus the standard
 /// codes the protocol leaves implicit (1001, 1002), documented in `docs/protocol.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloseCode {

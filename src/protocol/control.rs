@@ -1,4 +1,4 @@
-//! Control operations (PROTOCOL.md §6): what back-ends and nodes publish on `PREFIX:control` to
+//! Control operations (docs/protocol.md §6): what back-ends and nodes publish on `PREFIX:control` to
 //! act on connections wherever they are.
 //!
 //! `{"op": "disconnect", "user": "42"}`, or with `"session"` or `"connection"` instead of

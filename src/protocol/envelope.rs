@@ -1,4 +1,4 @@
-//! The broker envelope (PROTOCOL.md §6): what travels on `PREFIX:ch:CHANNEL` and
+//! The broker envelope (docs/protocol.md §6): what travels on `PREFIX:ch:CHANNEL` and
 //! `PREFIX:user:USER`, as JSON or MessagePack: `{"data": <any>, "from": "<user id>"?}`, plus
 //! `"kind": "presence"` on the presence events nodes publish (absent: a message).
 

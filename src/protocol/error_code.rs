@@ -1,4 +1,4 @@
-//! The `code` of an `error` frame: short snake_case words from PROTOCOL.md §3.
+//! The `code` of an `error` frame: short snake_case words from docs/protocol.md §3.
 
 use serde::{Serialize, Serializer};
 

@@ -1,4 +1,4 @@
-//! Client → server frames (PROTOCOL.md §2) and server → client frames (§3).
+//! Client → server frames (docs/protocol.md §2) and server → client frames (§3).
 //!
 //! Client frames are decoded in two steps: the bytes become a generic value (JSON or
 //! MessagePack, see `codec`), then [`ClientFrame::from_value`] reads the `action`, the optional

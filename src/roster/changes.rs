@@ -13,7 +13,7 @@ use crate::protocol::ChannelName;
 
 /// The entries to rewrite.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Changes {
+pub(crate) struct Changes {
     /// Connection ids whose record changed (or that are gone).
     pub connections: HashSet<Arc<str>>,
     /// Users whose set of connections on this node changed.
@@ -22,27 +22,21 @@ pub struct Changes {
     pub channels: HashSet<ChannelName>,
 }
 
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.connections.is_empty() && self.users.is_empty() && self.channels.is_empty()
-    }
-}
-
 /// The changes not yet written, and a wake-up at each.
 #[derive(Default)]
-pub struct ChangeLog {
+pub(crate) struct ChangeLog {
     pending: Mutex<Changes>,
     changed: Notify,
 }
 
 impl ChangeLog {
     /// The changes since the last call.
-    pub fn take(&self) -> Changes {
+    pub(crate) fn take(&self) -> Changes {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Resolves at the next change.
-    pub async fn changed(&self) {
+    pub(crate) async fn changed(&self) {
         self.changed.notified().await;
     }
 }

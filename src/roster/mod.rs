@@ -23,9 +23,9 @@
 //!
 //! What it is not: it carries no messages (the broker does) and decides nothing about access.
 
-pub mod changes;
-pub mod config;
-pub mod store;
+pub(crate) mod changes;
+pub(crate) mod config;
+pub(crate) mod store;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,9 +33,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use changes::{ChangeLog, Changes};
+pub(crate) use changes::ChangeLog;
 pub use config::RosterConfig;
-pub use store::{
+pub(crate) use store::{
     ChannelCount, ConnectionFilter, ConnectionRecord, RosterBatch, RosterError, RosterStore,
 };
 
@@ -43,15 +43,15 @@ use crate::hub::{ConnectionDirectory, ConnectionKey, ConnectionView};
 use crate::metrics as names;
 
 /// The shortest time between two writes: changes arriving meanwhile go out together.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// After a failed write, the next attempt waits this long (the write is then a full one).
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 /// The longest the shutdown waits to withdraw the node from the registry.
-pub const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const WITHDRAW_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Who is in a channel, cluster-wide (`GET /api/presence`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Presence {
+pub(crate) struct Presence {
     pub channel: String,
     /// Every connection, anonymous ones included.
     pub connections: u64,
@@ -60,7 +60,7 @@ pub struct Presence {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UserPresence {
+pub(crate) struct UserPresence {
     pub user: String,
     pub connections: u64,
 }
@@ -73,14 +73,14 @@ struct Shared {
 
 /// The registry as the API and the CLI see it.
 #[derive(Clone)]
-pub struct Roster {
+pub(crate) struct Roster {
     directory: Arc<ConnectionDirectory>,
     shared: Option<Arc<Shared>>,
 }
 
 impl Roster {
     /// A registry of this node alone (the memory broker): queries answer from `directory`.
-    pub fn local(directory: Arc<ConnectionDirectory>) -> Self {
+    pub(crate) fn local(directory: Arc<ConnectionDirectory>) -> Self {
         Self {
             directory,
             shared: None,
@@ -89,7 +89,7 @@ impl Roster {
 
     /// A registry shared through `store`: `directory` must be observed by `changes`
     /// ([`ConnectionDirectory::observed`]), and [`run`](Self::run) must be spawned.
-    pub fn shared(
+    pub(crate) fn shared(
         directory: Arc<ConnectionDirectory>,
         store: Arc<dyn RosterStore>,
         changes: Arc<ChangeLog>,
@@ -103,7 +103,7 @@ impl Roster {
     }
 
     /// Whether answers cover the cluster (a store) or this node only.
-    pub fn is_cluster_wide(&self) -> bool {
+    pub(crate) fn is_cluster_wide(&self) -> bool {
         self.shared.is_some()
     }
 
@@ -137,7 +137,7 @@ impl Roster {
 
     /// The records `filter` selects, sorted by id, at most `limit` of them; and whether there
     /// were more.
-    pub async fn connections(
+    pub(crate) async fn connections(
         &self,
         filter: &ConnectionFilter,
         limit: usize,
@@ -153,7 +153,7 @@ impl Roster {
     }
 
     /// Channels whose name starts with `prefix`, with their connection counts, sorted by name.
-    pub async fn channels(&self, prefix: &str) -> Result<Vec<ChannelCount>, RosterError> {
+    pub(crate) async fn channels(&self, prefix: &str) -> Result<Vec<ChannelCount>, RosterError> {
         let counts = match &self.shared {
             Some(shared) => shared.store.channel_counts().await?,
             None => self
@@ -182,7 +182,7 @@ impl Roster {
     }
 
     /// Who is in `channel`.
-    pub async fn presence(&self, channel: &str) -> Result<Presence, RosterError> {
+    pub(crate) async fn presence(&self, channel: &str) -> Result<Presence, RosterError> {
         let (records, _) = self
             .connections(&ConnectionFilter::Channel(channel.to_owned()), usize::MAX)
             .await?;
@@ -191,7 +191,7 @@ impl Roster {
 
     /// Writes this node's changes out and keeps its heartbeat, forever. Nothing to do without
     /// a store.
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
@@ -253,7 +253,7 @@ impl Roster {
     /// On shutdown, after the drain: writes this node's part as it is now (normally empty), so
     /// its closed connections leave the registry at once rather than at the heartbeat's expiry.
     /// Bounded by [`WITHDRAW_TIMEOUT`].
-    pub async fn withdraw(&self) {
+    pub(crate) async fn withdraw(&self) {
         let Some(shared) = &self.shared else {
             return;
         };
@@ -327,7 +327,7 @@ impl Roster {
 }
 
 /// The users (with their connection counts) among `records`.
-pub fn presence_of(channel: &str, records: &[ConnectionRecord]) -> Presence {
+pub(crate) fn presence_of(channel: &str, records: &[ConnectionRecord]) -> Presence {
     let mut users: BTreeMap<&str, u64> = BTreeMap::new();
     for user in records.iter().filter_map(|record| record.user.as_deref()) {
         *users.entry(user).or_default() += 1;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 /// One connection as the registry reports it (`GET /api/connections`), on any node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConnectionRecord {
+pub(crate) struct ConnectionRecord {
     pub id: String,
     pub user: Option<String>,
     pub session: Option<String>,
@@ -26,7 +26,7 @@ pub struct ConnectionRecord {
 
 /// Which connections a registry query asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnectionFilter {
+pub(crate) enum ConnectionFilter {
     All,
     User(String),
     Channel(String),
@@ -34,7 +34,7 @@ pub enum ConnectionFilter {
 
 /// Why the registry could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RosterError {
+pub(crate) enum RosterError {
     /// The store's connection is down (or not up yet): whoever watches the connection says so;
     /// the caller answers 503.
     #[error("connection registry unavailable: its Redis is not connected")]
@@ -45,18 +45,19 @@ pub enum RosterError {
 }
 
 /// The future a store returns.
-pub type RosterFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RosterError>> + Send + 'a>>;
+pub(crate) type RosterFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, RosterError>> + Send + 'a>>;
 
 /// One channel and how many connections joined it, cluster-wide.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ChannelCount {
+pub(crate) struct ChannelCount {
     pub channel: String,
     pub connections: u64,
 }
 
 /// What one write changes in the node's part of the store. `None` removes the entry.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct RosterBatch {
+pub(crate) struct RosterBatch {
     /// Replace the node's whole part (everything not listed is removed).
     pub full: bool,
     pub connections: Vec<(String, Option<ConnectionRecord>)>,
@@ -67,7 +68,7 @@ pub struct RosterBatch {
 }
 
 impl RosterBatch {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         !self.full
             && self.connections.is_empty()
             && self.users.is_empty()
@@ -77,7 +78,7 @@ impl RosterBatch {
 
 /// Where every node's part of the registry lives (Redis). Implementations answer queries for
 /// the live nodes only: a node whose heartbeat lapsed is not there.
-pub trait RosterStore: Send + Sync + 'static {
+pub(crate) trait RosterStore: Send + Sync + 'static {
     /// Applies a batch to this node's part, and renews its heartbeat.
     fn write(&self, batch: RosterBatch) -> RosterFuture<'_, ()>;
     /// Renews this node's heartbeat; `Ok(false)` when the store no longer holds the node's part

@@ -1,5 +1,5 @@
 //! The Redis broker: any number of nodes act as one server, and back-ends reach clients with a
-//! plain `PUBLISH` (PROTOCOL.md §6). Nothing outside this module knows Redis exists, and it is
+//! plain `PUBLISH` (docs/protocol.md §6). Nothing outside this module knows Redis exists, and it is
 //! the only module that imports `fred`.
 //!
 //! Two connections per node (a subscriber connection cannot publish under RESP2):

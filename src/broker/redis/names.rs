@@ -1,4 +1,4 @@
-//! Redis channel names (PROTOCOL.md §6): what each [`Topic`] and each internal channel is called
+//! Redis channel names (docs/protocol.md §6): what each [`Topic`] and each internal channel is called
 //! in Redis, and what an incoming Redis channel name means. The one place that knows the layout:
 //!
 //! - `PREFIX:ch:CHANNEL`: a channel's publications (sharded pub/sub under Redis Cluster);
