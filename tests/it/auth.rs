@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 
-use crate::credentials::{
+use crate::support::credentials::{
     AUDIENCE, ISSUER, KeyPair, claims, hs256, jwt_section, now, unsigned, userinfo,
 };
 use crate::support::{Client, Refused, TestServer, temp_file};

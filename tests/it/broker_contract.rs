@@ -12,8 +12,8 @@ use switchboard::broker::{
 };
 use switchboard::protocol::{ChannelName, CloseCode, ControlOp, ControlTarget};
 
-use crate::redis::RedisServer;
 use crate::support::WAIT;
+use crate::support::redis::RedisServer;
 
 /// A sink that records what it receives.
 #[derive(Default)]

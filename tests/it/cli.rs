@@ -208,7 +208,10 @@ async fn health_exits_0_when_the_node_answers_and_1_when_it_does_not() {
         stderr.contains("unhealthy") && stderr.contains("404"),
         "{stderr}"
     );
-    let closed = format!("http://127.0.0.1:{}/healthz", crate::redis::free_port());
+    let closed = format!(
+        "http://127.0.0.1:{}/healthz",
+        crate::support::redis::free_port()
+    );
     let (code, _, stderr) = run(&["health", "--url", &closed], &[]);
     assert_eq!(code, 1);
     assert!(stderr.contains("cannot reach"), "{stderr}");

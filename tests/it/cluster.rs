@@ -5,8 +5,8 @@
 use serde_json::json;
 
 use crate::multinode::members_in;
-use crate::redis::{Backend, RedisCluster, node_config};
 use crate::support::TestServer;
+use crate::support::redis::{RedisClient, RedisCluster, node_config};
 
 #[tokio::test]
 async fn with_redis_cluster_channel_traffic_uses_sharded_pub_sub_across_nodes() {
@@ -51,7 +51,7 @@ async fn with_redis_cluster_channel_traffic_uses_sharded_pub_sub_across_nodes() 
     }
 
     // A back-end publishes with SPUBLISH.
-    let backend = Backend::connect(&cluster.url(), true).await;
+    let backend = RedisClient::connect(&cluster.url(), true).await;
     assert_eq!(
         backend
             .spublish("sb:ch:room:a", json!({"data": "sharded"}).to_string())

@@ -13,8 +13,8 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 
-use crate::credentials::{KeyPair, now};
-use crate::redis::{RedisServer, free_port, node_config};
+use crate::support::credentials::{KeyPair, now};
+use crate::support::redis::{RedisServer, free_port, node_config};
 use crate::support::{Client, SilentSocket, TestServer, binary, temp_file};
 
 /// How long one external checker (promtool, kubernetes-validate) may run.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::multinode::{nodes, nodes_at};
-use crate::redis::{RedisSentinel, RedisServer, free_port, node_config};
+use crate::support::redis::{RedisSentinel, RedisServer, free_port, node_config};
 use crate::support::{Client, TestServer};
 
 /// Asks `client` to publish to `channel` and returns the answer frame.

@@ -1,9 +1,10 @@
-//! Every client and server frame of PROTOCOL.md §1–§3, in both encodings, and every error code
+//! Every client and server frame of docs/protocol.md §1–§3, in both encodings, and every error code
 //! a single node can produce.
 
 use serde_json::{Value, json};
 
-use crate::support::{Client, TestServer};
+use crate::support::Client;
+use crate::support::in_process::InProcessServer;
 
 const POLICY: &str = r#"
 [[channels]]
@@ -24,7 +25,7 @@ publish = "authenticated"
 
 #[tokio::test]
 async fn welcome_lists_auto_joined_channels_then_refusals_follow_as_errors() {
-    let server = TestServer::start(POLICY).await;
+    let server = InProcessServer::start(POLICY);
     let url =
         server.ws_url("/ws?channel=public:a&channel=members:x&channel=public:b&channel=bad%20name");
     let mut client = Client::connect(&url, &[]).await.expect("connect");
@@ -69,7 +70,7 @@ async fn welcome_lists_auto_joined_channels_then_refusals_follow_as_errors() {
 
 #[tokio::test]
 async fn a_publication_reaches_json_and_msgpack_members_alike() {
-    let server = TestServer::start("").await;
+    let server = InProcessServer::start("");
     let mut json_member = server.client().await;
     let mut msgpack_member = Client::connect(
         &server.ws_url("/ws"),
@@ -100,7 +101,7 @@ async fn a_publication_reaches_json_and_msgpack_members_alike() {
 
 #[tokio::test]
 async fn msgpack_clients_get_every_frame_type_in_binary() {
-    let server = TestServer::start("").await;
+    let server = InProcessServer::start("");
     let mut client = Client::connect(
         &server.ws_url("/ws"),
         &[("Sec-WebSocket-Protocol", "switchboard.v1.msgpack")],
@@ -128,7 +129,7 @@ async fn msgpack_clients_get_every_frame_type_in_binary() {
 
 #[tokio::test]
 async fn join_leave_and_ping_answer_by_id() {
-    let server = TestServer::start("").await;
+    let server = InProcessServer::start("");
     let mut client = server.client().await;
     assert_eq!(
         client
@@ -164,7 +165,7 @@ async fn join_leave_and_ping_answer_by_id() {
 
 #[tokio::test]
 async fn a_left_channel_no_longer_delivers() {
-    let server = TestServer::start("").await;
+    let server = InProcessServer::start("");
     let mut member = server.client().await;
     let mut publisher = server.client().await;
     member
@@ -195,7 +196,7 @@ async fn a_left_channel_no_longer_delivers() {
 
 #[tokio::test]
 async fn malformed_frames_get_bad_request_and_the_socket_stays_open() {
-    let server = TestServer::start("").await;
+    let server = InProcessServer::start("");
     let mut client = server.client().await;
     for (frame, reason_part) in [
         ("not json", "invalid JSON"),
@@ -231,7 +232,7 @@ async fn malformed_frames_get_bad_request_and_the_socket_stays_open() {
 
 #[tokio::test]
 async fn unknown_actions_and_refresh_without_a_token_authenticator_are_errors() {
-    let server = TestServer::start("").await;
+    let server = InProcessServer::start("");
     let mut client = server.client().await;
     let error = client
         .request(json!({"action": "sendMessage", "text": "x"}), 1)
@@ -255,7 +256,7 @@ async fn unknown_actions_and_refresh_without_a_token_authenticator_are_errors() 
 
 #[tokio::test]
 async fn invalid_channel_names_are_refused() {
-    let server = TestServer::start("").await;
+    let server = InProcessServer::start("");
     let mut client = server.client().await;
     let long = "x".repeat(256);
     for name in ["", "has space", "tab\tname", "nul\u{0}", long.as_str()] {
@@ -277,7 +278,7 @@ async fn invalid_channel_names_are_refused() {
 
 #[tokio::test]
 async fn the_channel_limit_is_enforced_per_connection() {
-    let server = TestServer::start("[server]\nmax_channels_per_connection = 2\n").await;
+    let server = InProcessServer::start("[server]\nmax_channels_per_connection = 2\n");
     let mut client = server.client().await;
     assert_eq!(
         client
@@ -315,7 +316,7 @@ async fn the_channel_limit_is_enforced_per_connection() {
 
 #[tokio::test]
 async fn channel_policy_refuses_with_forbidden_and_unmatched_channels_are_denied() {
-    let server = TestServer::start(POLICY).await;
+    let server = InProcessServer::start(POLICY);
     let mut client = server.client().await;
     assert_eq!(
         client
@@ -353,8 +354,7 @@ async fn channel_policy_refuses_with_forbidden_and_unmatched_channels_are_denied
 
 #[tokio::test]
 async fn one_publisher_reaches_members_in_order() {
-    let server =
-        TestServer::start("[server]\nrate_limit = 10000\nrate_limit_burst = 10000\n").await;
+    let server = InProcessServer::start("[server]\nrate_limit = 10000\nrate_limit_burst = 10000\n");
     let mut members = Vec::new();
     for _ in 0..3 {
         let mut member = server.client().await;

@@ -1,12 +1,13 @@
-//! Handshake refusals (PROTOCOL.md §1): each status with its JSON body, before any upgrade.
+//! Handshake refusals (docs/protocol.md §1): each status with its JSON body, before any upgrade.
 
 use serde_json::json;
 
+use crate::support::in_process::InProcessServer;
 use crate::support::{Client, TestServer};
 
 #[tokio::test]
 async fn a_plain_get_is_a_bad_request_with_a_json_body() {
-    let server = TestServer::start("").await;
+    let server = InProcessServer::start("");
     let response = reqwest::get(server.url("/ws")).await.expect("GET");
     assert_eq!(response.status().as_u16(), 400);
     let body: serde_json::Value = response.json().await.expect("json body");
@@ -20,7 +21,7 @@ async fn a_plain_get_is_a_bad_request_with_a_json_body() {
 
 #[tokio::test]
 async fn an_unsupported_subprotocol_is_a_bad_request() {
-    let server = TestServer::start("").await;
+    let server = InProcessServer::start("");
     let refused = Client::connect(
         &server.ws_url("/ws"),
         &[("Sec-WebSocket-Protocol", "graphql-ws")],
@@ -34,7 +35,7 @@ async fn an_unsupported_subprotocol_is_a_bad_request() {
 
 #[tokio::test]
 async fn the_chosen_subprotocol_is_echoed_and_json_is_the_default() {
-    let server = TestServer::start("").await;
+    let server = InProcessServer::start("");
     let request = {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut request = server.ws_url("/ws").into_client_request().expect("request");
@@ -95,7 +96,7 @@ async fn browsers_from_origins_not_allowed_are_refused_with_403() {
 
 #[tokio::test]
 async fn connections_over_the_limit_get_429() {
-    let server = TestServer::start("[server]\nmax_connections = 2\n").await;
+    let server = InProcessServer::start("[server]\nmax_connections = 2\n");
     let _first = server.client().await;
     let _second = server.client().await;
     let refused = Client::connect(&server.ws_url("/ws"), &[])

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::backend::{DjangoRoutes, DjangoView, Mode};
 use crate::multinode::nodes;
-use crate::redis::RedisServer;
+use crate::support::backend::{DjangoRoutes, DjangoView, Mode};
+use crate::support::redis::RedisServer;
 use crate::support::{Client, TestServer, WAIT};
 
 /// Sends every frame at once (numbered from `first_id`) and returns the answer to each id.
@@ -54,7 +54,7 @@ fn expected_channels(frames: &[Value], limit: usize) -> BTreeSet<String> {
 /// `client` heard it on.
 async fn channels_heard(
     client: &mut Client,
-    backend: &crate::redis::Backend,
+    backend: &crate::support::redis::RedisClient,
     all: &[&str],
     marker: u64,
 ) -> BTreeSet<String> {
@@ -278,7 +278,7 @@ async fn introspection_calls_finish_on_their_own_when_the_client_hangs_up_and_ne
 
 #[tokio::test]
 async fn gateway_and_connect_hook_identities_are_protected_from_cross_site_hijacking() {
-    let info = crate::credentials::userinfo(&json!({"sub": "victim"}));
+    let info = crate::support::credentials::userinfo(&json!({"sub": "victim"}));
     let gateway = TestServer::start(
         "[auth]\nanonymous = false\n[auth.gateway]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
     )
@@ -333,7 +333,7 @@ async fn gateway_and_connect_hook_identities_are_protected_from_cross_site_hijac
 
 #[tokio::test]
 async fn jwt_configs_mixing_key_families_verify_each_token_with_its_own_algorithm() {
-    use crate::credentials::{AUDIENCE, ISSUER, KeyPair, claims, hs256};
+    use crate::support::credentials::{AUDIENCE, ISSUER, KeyPair, claims, hs256};
     use jsonwebtoken::Algorithm;
     let (rsa, ec, ed) = (
         KeyPair::generate(Algorithm::RS256),
@@ -394,7 +394,7 @@ async fn a_config_error_names_its_key_once() {
 #[tokio::test]
 async fn only_the_configured_gateway_header_is_believed_and_a_credential_header_sent_twice_is_refused()
  {
-    use crate::credentials::userinfo;
+    use crate::support::credentials::userinfo;
     let server = TestServer::start(
         "[auth]\nanonymous = false\n[auth.gateway]\ntrusted_proxies = [\"127.0.0.0/8\"]\nuser_header = \"x-forwarded-user\"\n[auth.jwt]\nsecret = \"s3cret\"\nrequire_exp = false\n",
     )
@@ -436,7 +436,7 @@ async fn only_the_configured_gateway_header_is_believed_and_a_credential_header_
         "{}",
         appended.body
     );
-    let token = crate::credentials::hs256(&json!({"sub": "x"}), b"s3cret");
+    let token = crate::support::credentials::hs256(&json!({"sub": "x"}), b"s3cret");
     let bearer = format!("Bearer {token}");
     let twice = Client::connect(
         &server.ws_url("/ws"),
@@ -700,7 +700,8 @@ async fn an_absurd_expiry_is_clamped_and_the_connection_lives_and_leaves_normall
         view.url
     );
     let server = TestServer::start(&config).await;
-    let token = crate::credentials::hs256(&json!({"sub": "bob", "exp": 1u64 << 63}), b"s3cret");
+    let token =
+        crate::support::credentials::hs256(&json!({"sub": "bob", "exp": 1u64 << 63}), b"s3cret");
     let bearer = format!("Bearer {token}");
     let mut by_token = Client::connect(
         &server.ws_url("/ws?channel=x"),
@@ -846,7 +847,11 @@ async fn a_partial_api_publish_says_what_was_published_and_what_failed() {
         )
         .await;
     let url = format!("redis://node:pw@127.0.0.1:{}", redis.port);
-    let node = TestServer::start(&crate::redis::node_config(&url, "[api]\nkey = \"k\"\n")).await;
+    let node = TestServer::start(&crate::support::redis::node_config(
+        &url,
+        "[api]\nkey = \"k\"\n",
+    ))
+    .await;
     node.wait_for_readiness(200).await;
     let mut member = node.client_in(&["ok:1"]).await;
     let publish = |body: Value| {
@@ -940,7 +945,7 @@ async fn every_metric_exists_from_the_start_at_zero() {
 
     // A node with every part configured exports every metric before anything happens.
     let redis = RedisServer::start().await;
-    let config = crate::redis::node_config(
+    let config = crate::support::redis::node_config(
         &redis.url(),
         "[api]\nkey = \"k\"\n[routes]\ndefault = \"http://127.0.0.1:1/route\"\n\
          [auth.jwt]\nsecret = \"s\"\n[auth.gateway]\ntrusted_proxies = [\"127.0.0.1\"]\n\
@@ -974,7 +979,7 @@ async fn clients_get_neutral_error_texts_and_session_ids_never_reach_the_log() {
         "ada",
         json!({"session": "SECRET-DJANGO-SESSION"}),
     );
-    let config = crate::redis::node_config(
+    let config = crate::support::redis::node_config(
         &redis.url(),
         &format!(
             "[auth]\norder = [\"redis_session\", \"introspect\"]\n[auth.introspect]\nurl = \"{}\"\n[auth.redis_session]\n[api]\nkey = \"k\"\n",
@@ -1054,7 +1059,7 @@ async fn clients_get_neutral_error_texts_and_session_ids_never_reach_the_log() {
 async fn a_healthy_start_and_a_healthy_run_log_no_warning() {
     let redis = RedisServer::start().await;
     // Nodes start before Redis has answered anyone, as they do in every deployment.
-    let config = crate::redis::node_config(&redis.url(), "[api]\nkey = \"k\"\n");
+    let config = crate::support::redis::node_config(&redis.url(), "[api]\nkey = \"k\"\n");
     let node = TestServer::start_logged(&config).await;
     node.wait_for_readiness(200).await;
     let mut member = node.client_in(&["room"]).await;

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::backend::DjangoRoutes;
 use crate::multinode::nodes;
-use crate::redis::RedisServer;
+use crate::support::backend::DjangoRoutes;
+use crate::support::redis::RedisServer;
 use crate::support::{Client, TestServer, WAIT, binary};
 
 const KEY: &str = "test-api-key";
@@ -492,7 +492,7 @@ async fn routes_call_the_back_end_and_carry_out_its_answer_without_blocking_the_
 
 #[tokio::test]
 async fn a_connect_hook_that_cannot_be_reached_refuses_the_handshake_with_502() {
-    let closed_port = crate::redis::free_port();
+    let closed_port = crate::support::redis::free_port();
     let node = TestServer::start(&format!(
         "[routes]\nconnect = \"http://127.0.0.1:{closed_port}/connect\"\n[backend]\ntimeout = \"1s\"\n"
     ))

@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::credentials::{KeyPair, jwt_section, temp_private_key};
 use crate::support::TestServer;
+use crate::support::credentials::{KeyPair, jwt_section, temp_private_key};
 
 /// Runs `switchboard-load ARGS --json` (bounded by its own `--deadline`) and returns the report.
 async fn load(args: &[&str]) -> Value {
@@ -214,9 +214,9 @@ async fn idle_reports_memory_per_connection_and_connect_counts_rs256_handshakes(
         "--rsa-key",
         private_key.to_str().expect("path"),
         "--issuer",
-        crate::credentials::ISSUER,
+        crate::support::credentials::ISSUER,
         "--audience",
-        crate::credentials::AUDIENCE,
+        crate::support::credentials::AUDIENCE,
     ];
 
     let idle = load(

@@ -4,11 +4,9 @@
 #![allow(unreachable_pub)]
 
 mod auth;
-mod backend;
 mod broker_contract;
 mod cli;
 mod cluster;
-mod credentials;
 mod deploy;
 mod faults;
 mod frames;
@@ -19,7 +17,6 @@ mod lifecycle;
 mod load_tool;
 mod multinode;
 mod protections;
-mod redis;
 mod sessions;
 mod support;
 mod topology;

@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use crate::lifecycle::{TEN_THOUSAND_CHANNELS, join_and_leave_ten_thousand_channels};
-use crate::redis::{RedisServer, node_config};
+use crate::support::redis::{RedisServer, node_config};
 use crate::support::{Client, TestServer};
 
 /// `count` nodes using `redis`, each with `extra` config, all ready.

@@ -9,10 +9,10 @@ use futures_util::future::join_all;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 
-use crate::backend::{DjangoView, Mode};
-use crate::credentials::{KeyPair, claims, jwt_section};
 use crate::multinode::nodes;
-use crate::redis::{RedisServer, node_config};
+use crate::support::backend::{DjangoView, Mode};
+use crate::support::credentials::{KeyPair, claims, jwt_section};
+use crate::support::redis::{RedisServer, node_config};
 use crate::support::{Client, TestServer};
 
 fn introspect_config(view: &DjangoView, extra: &str) -> String {
@@ -50,7 +50,7 @@ async fn introspection_accepts_refuses_and_reports_an_unavailable_back_end() {
     assert!(
         welcome["expires_at"]
             .as_u64()
-            .is_some_and(|at| at > crate::credentials::now())
+            .is_some_and(|at| at > crate::support::credentials::now())
     );
     let joined = accepted
         .request(json!({"action": "join", "channel": "team:7"}), 1)

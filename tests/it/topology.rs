@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::deploy::{
     compose_environment, dashboard_and_alert_expressions, deploy_path, read, yaml,
 };
-use crate::redis::{RedisServer, free_port};
+use crate::support::redis::{RedisServer, free_port};
 use crate::support::{Client, SilentSocket, TestServer, WAIT};
 
 /// Redis, the two nodes and nginx, as compose.yaml starts them.

@@ -1,5 +1,17 @@
-//! The integration-test harness: a real `switchboard` process on a free loopback port, real
+//! The integration-test harness: a real `switchboard` process on a free loopback port (or a
+//! server started in this process with `server::run`, where a process adds nothing), real
 //! WebSocket clients, real HTTP. Every wait is bounded.
+//!
+//! - [`redis`]: real `redis-server` processes (standalone, password, TLS, Sentinel, Cluster) and
+//!   a back end's client of Redis;
+//! - [`credentials`]: signing keys made with `openssl`, tokens, JWKS, gateway headers;
+//! - [`backend`]: real HTTP back ends playing Django (the introspection view, the route views);
+//! - [`in_process`]: a node inside the test process.
+
+pub mod backend;
+pub mod credentials;
+pub mod in_process;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,96 +49,12 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_switchboard")
 }
 
-/// A running server process, killed on drop.
-pub struct TestServer {
-    pub child: Child,
+/// Where a node answers, and the clients and HTTP calls every test makes of it.
+pub struct Endpoint {
     pub address: SocketAddr,
-    config_path: PathBuf,
-    /// Where standard error goes when the test reads the log.
-    log_path: Option<PathBuf>,
 }
 
-impl TestServer {
-    /// Starts a node with `config` (TOML) bound to a free port on 127.0.0.1.
-    pub async fn start(config: &str) -> Self {
-        Self::start_with_env(config, &[]).await
-    }
-
-    pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
-        Self::spawn(config, env, None).await
-    }
-
-    /// Like `start`, with the node's log (standard error, at `info`) kept for [`Self::log`].
-    pub async fn start_logged(config: &str) -> Self {
-        Self::start_logged_at(config, "info").await
-    }
-
-    /// Like `start_logged`, at log level (`RUST_LOG`) `level`.
-    pub async fn start_logged_at(config: &str, level: &str) -> Self {
-        let log_path = temp_file("server.log", "");
-        Self::spawn(config, &[("RUST_LOG", level)], Some(log_path)).await
-    }
-
-    /// What the node has logged so far (only for `start_logged`).
-    pub fn log(&self) -> String {
-        let path = self.log_path.as_ref().expect("started with start_logged");
-        std::fs::read_to_string(path).expect("read log")
-    }
-
-    /// Waits until the log (of a `start_logged` node) contains `text`.
-    pub async fn wait_for_log(&self, text: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !self.log().contains(text) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{text:?} never logged:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn spawn(config: &str, env: &[(&str, &str)], log_path: Option<PathBuf>) -> Self {
-        let config_path = temp_file("config.toml", config);
-        let mut command = Command::new(binary());
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env("SWITCHBOARD_SERVER__BIND", "127.0.0.1:0")
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(match &log_path {
-                Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
-                None => Stdio::inherit(),
-            })
-            .kill_on_drop(true);
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().expect("spawn switchboard");
-        let address = listening_address(&mut child).await;
-        Self {
-            child,
-            address,
-            config_path,
-            log_path,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id().expect("running")
-    }
-
-    /// Sends SIGTERM (what `docker stop`, systemd and Kubernetes send): the node drains.
-    pub fn terminate(&self) {
-        send_sigterm(self.pid());
-    }
-
+impl Endpoint {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
     }
@@ -217,6 +145,97 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// A running server process, killed on drop.
+pub struct TestServer {
+    pub child: Child,
+    endpoint: Endpoint,
+    config_path: PathBuf,
+    /// Where standard error goes when the test reads the log.
+    log_path: Option<PathBuf>,
+}
+
+impl TestServer {
+    /// Starts a node with `config` (TOML) bound to a free port on 127.0.0.1.
+    pub async fn start(config: &str) -> Self {
+        Self::start_with_env(config, &[]).await
+    }
+
+    pub async fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(config, env, None).await
+    }
+
+    /// Like `start`, with the node's log (standard error, at `info`) kept for [`Self::log`].
+    pub async fn start_logged(config: &str) -> Self {
+        Self::start_logged_at(config, "info").await
+    }
+
+    /// Like `start_logged`, at log level (`RUST_LOG`) `level`.
+    pub async fn start_logged_at(config: &str, level: &str) -> Self {
+        let log_path = temp_file("server.log", "");
+        Self::spawn(config, &[("RUST_LOG", level)], Some(log_path)).await
+    }
+
+    /// What the node has logged so far (only for `start_logged`).
+    pub fn log(&self) -> String {
+        let path = self.log_path.as_ref().expect("started with start_logged");
+        std::fs::read_to_string(path).expect("read log")
+    }
+
+    /// Waits until the log (of a `start_logged` node) contains `text`.
+    pub async fn wait_for_log(&self, text: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.log().contains(text) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{text:?} never logged:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn spawn(config: &str, env: &[(&str, &str)], log_path: Option<PathBuf>) -> Self {
+        let config_path = temp_file("config.toml", config);
+        let mut command = Command::new(binary());
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("SWITCHBOARD_SERVER__BIND", "127.0.0.1:0")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(match &log_path {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+                None => Stdio::inherit(),
+            })
+            .kill_on_drop(true);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("spawn switchboard");
+        let address = listening_address(&mut child).await;
+        Self {
+            child,
+            endpoint: Endpoint { address },
+            config_path,
+            log_path,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Sends SIGTERM (what `docker stop`, systemd and Kubernetes send): the node drains.
+    pub fn terminate(&self) {
+        send_sigterm(self.pid());
+    }
 
     /// How many file descriptors the server process holds.
     pub fn open_files(&self) -> usize {
@@ -250,6 +269,14 @@ impl TestServer {
             .find_map(|line| line.strip_prefix("VmRSS:"))
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS")
+    }
+}
+
+impl std::ops::Deref for TestServer {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
     }
 }
 

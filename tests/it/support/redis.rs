@@ -247,8 +247,8 @@ impl RedisServer {
     }
 
     /// A client, as a back-end would hold one.
-    pub async fn client(&self) -> Backend {
-        Backend::connect(&self.url(), false).await
+    pub async fn client(&self) -> RedisClient {
+        RedisClient::connect(&self.url(), false).await
     }
 
     /// Runs `redis-cli -p PORT ARGS…` and returns its standard output.
@@ -414,12 +414,13 @@ impl Drop for RedisSentinel {
     }
 }
 
-/// A back end's view of Redis.
-pub struct Backend {
+/// A back end's client of Redis (what a Django process would hold): publish, inspect subscriptions,
+/// run commands.
+pub struct RedisClient {
     pub client: Client,
 }
 
-impl Backend {
+impl RedisClient {
     pub async fn connect(url: &str, cluster: bool) -> Self {
         let mut config = Config::from_url(url).expect("redis url");
         if cluster {
