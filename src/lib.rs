@@ -6,27 +6,32 @@
 //!
 //! ## Codemap (dependencies flow downward only)
 //!
-//! - [`protocol`]: the wire contract: frames, channel names, close and error codes, encodings.
-//!   No IO, no actix.
+//! - [`protocol`]: the wire contract: frames, channel names, encodings and their nesting limit,
+//!   and everything a client or back end can be told (close reasons, error codes, refusal
+//!   codes). No IO, no actix.
 //! - [`human_duration`]: `"15s"`-style durations for the config.
-//! - [`key_file`]: reading the key and certificate files the config names, bounded in size.
-//! - [`outbound_http`]: the HTTP client for calls to back ends (no redirects, bounded pool).
+//! - `key_file`: reading the key and certificate files the config names, bounded in size.
+//! - `outbound_http`: the HTTP client for calls to back ends (no redirects, bounded pool).
 //! - [`auth`]: `Identity`, the `Authenticator` chain (`jwt`, `gateway`, `introspect`,
 //!   `redis_session`), `Revalidation`. No actix, no Redis client.
 //! - [`backend`]: calls to the application back end: action routes (`[routes]`) and the
 //!   connect/disconnect hooks, bounded in time and concurrency; what an answer instructs.
-//! - [`broker`]: the `Broker` trait, the sink it pushes into, `MemoryBroker`, `RedisBroker`; the
-//!   connection registry's store trait and `RedisRoster`.
+//! - [`broker`]: the `Broker` trait, the sink it pushes into, `MemoryBroker`, `RedisBroker` (and
+//!   the Redis stores it implements for others: the registry's, the Redis sessions').
 //! - [`metrics`]: every metric name, the Prometheus recorder.
-//! - [`hub`]: channel-group actors, the group registry, channel policy, the node's connections
-//!   (by user and session), the sink the broker delivers into.
-//! - [`roster`]: the connection registry: this node's connections written out to the broker's
-//!   store (Redis) with a heartbeat, and cluster-wide queries (connections, channels, presence).
-//! - [`sessions`]: the node's table of back-end sessions, re-validated once per session per
+//! - [`hub`]: channel-group actors and their table, memberships, outbound queues, channel
+//!   policy, the node's connections (by user, session and channel), the sink the broker delivers
+//!   into.
+//! - `roster`: the connection registry, whole (its store contract, change log, `[roster]`):
+//!   this node's connections written out to the store (Redis) with a heartbeat, and
+//!   cluster-wide queries (connections, channels, presence).
+//! - `sessions`: the node's table of back-end sessions, re-validated once per session per
 //!   interval; a dead one closes all its sockets with 4001.
-//! - [`connection`]: the per-socket actor, its outbound body (queue to socket), inbound rate limits.
-//! - [`config`]: the TOML + environment configuration, validated with errors that name the key.
-//! - [`api`]: HTTP edges: `GET /ws`, `/metrics`, `/healthz`, `/readyz`.
+//! - `connection`: the per-socket actor (lifecycle, inbound frames, memberships, back-end calls),
+//!   its outbound body (queue to socket), inbound rate limits.
+//! - [`config`]: assembles the sections of the TOML + environment configuration; each section
+//!   validates itself with errors that name the key.
+//! - `api`: HTTP edges: `GET /ws`, `/metrics`, `/healthz`, `/readyz`, the server API.
 //! - [`api_client`]: the server API's client, behind the CLI's management commands.
 //! - [`server`]: the composition root and graceful shutdown.
 //!

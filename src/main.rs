@@ -282,11 +282,11 @@ fn serve(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     if wide_open && !config.server.bind.ip().is_loopback() {
         tracing::warn!(
             bind = %config.server.bind,
-            "a channel rule lets anyone join every channel, on a public address: see README \"Locking down channels\""
+            "a channel rule lets anyone join every channel, on a public address: see docs/configuration.md \"Locking down channels\""
         );
     } else if wide_open {
         tracing::info!(
-            "a channel rule lets anyone join every channel: fine for development on loopback, see README \"Locking down channels\""
+            "a channel rule lets anyone join every channel: fine for development on loopback, see docs/configuration.md \"Locking down channels\""
         );
     }
     raise_open_file_limit(config.server.max_connections);
@@ -319,7 +319,7 @@ fn raise_open_file_limit(max_connections: usize) {
                 tracing::warn!(
                     open_files = limit,
                     max_connections,
-                    "the open-file limit is below server.max_connections: raise it (README \"Many connections\")"
+                    "the open-file limit is below server.max_connections: raise it (docs/operating.md \"Many connections\")"
                 );
             }
         }

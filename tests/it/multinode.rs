@@ -244,9 +244,10 @@ async fn an_invalid_envelope_is_counted_logged_once_and_dropped() {
     assert_eq!(warnings, 1, "logged once per channel:\n{log}");
 }
 
-/// The commands of the README's "Publishing from a back end", with the test's Redis port.
+/// The commands of docs/scaling-out.md's "Publishing from a back end", with the test's Redis
+/// port.
 fn readme_publish_commands(redis: &RedisServer) -> Vec<String> {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../docs/scaling-out.md");
     let port = redis.port.to_string();
     let commands: Vec<String> = readme
         .lines()
@@ -261,7 +262,7 @@ fn readme_publish_commands(redis: &RedisServer) -> Vec<String> {
     assert_eq!(
         commands.len(),
         2,
-        "the README shows a redis-cli and a Python publisher"
+        "the guide shows a redis-cli and a Python publisher"
     );
     commands
 }
@@ -298,7 +299,7 @@ async fn the_readme_publishers_reach_clients_on_every_node() {
     }
 }
 
-/// The README's two-node tour: Bob on one node, Alice on the other.
+/// The two-node tour of docs/scaling-out.md: Bob on one node, Alice on the other.
 #[tokio::test]
 async fn the_readme_tour_crosses_nodes() {
     let redis = RedisServer::start().await;
