@@ -87,6 +87,7 @@ async fn accept(
         None => None,
     };
 
+    let body = ending_at_hang_up(request, body)?;
     let (response, _session, inbound) =
         actix_ws::handle_with_protocols(request, body, &Encoding::PROTOCOLS)
             .map_err(|err| Refusal::new(RefusalCode::BadRequest, err.to_string()))?;
@@ -280,5 +281,33 @@ fn handshake_of(request: &HttpRequest) -> Handshake {
         query: form_urlencoded::parse(request.query_string().as_bytes())
             .map(|(key, value)| (key.into_owned(), value.into_owned()))
             .collect(),
+    }
+}
+
+/// The socket's inbound bytes, ending cleanly where the peer hung up. actix-http reports a
+/// connection that ended (EOF, or a reset) as an error, and actix-ws drops what it had read but
+/// not yet decoded when it sees one: the frames a client sent just before hanging up, its last
+/// `publish` among them, would be lost. Ended here instead, every complete frame is handled,
+/// then the stream ends (a close without a close frame, 1006, as before).
+fn ending_at_hang_up(request: &HttpRequest, body: web::Payload) -> Result<web::Payload, Refusal> {
+    use actix_web::FromRequest;
+    use actix_web::error::PayloadError;
+    use futures_util::{FutureExt, StreamExt};
+    let ending = body.scan((), |(), chunk| {
+        std::future::ready(match chunk {
+            Err(PayloadError::Incomplete(_)) => None,
+            other => Some(other),
+        })
+    });
+    let boxed: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, PayloadError>>>,
+    > = Box::pin(ending);
+    let mut payload = actix_web::dev::Payload::from(boxed);
+    match web::Payload::from_request(request, &mut payload).now_or_never() {
+        Some(Ok(payload)) => Ok(payload),
+        _ => Err(Refusal::new(
+            RefusalCode::BadRequest,
+            "cannot read the request body",
+        )),
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::multinode::nodes;
 use crate::support::backend::{DjangoRoutes, DjangoView, Mode};
 use crate::support::redis::RedisServer;
-use crate::support::{Client, TestServer, WAIT};
+use crate::support::{Client, SilentSocket, TestServer, WAIT};
 
 /// Sends every frame at once (numbered from `first_id`) and returns the answer to each id.
 async fn pipeline(client: &mut Client, frames: &[Value], first_id: u64) -> HashMap<u64, Value> {
@@ -1083,4 +1083,22 @@ async fn a_healthy_start_and_a_healthy_run_log_no_warning() {
         "a healthy run warned:\n{}",
         warnings.join("\n")
     );
+}
+
+#[tokio::test]
+async fn the_frames_a_client_sent_just_before_hanging_up_are_all_handled() {
+    // actix-ws dropped what it had read but not decoded once the socket ended: a client's last
+    // publish, sent right before it exited, was lost.
+    let server = TestServer::start("").await;
+    let mut member = server.client_in(&["room:1"]).await;
+    for n in 0..10 {
+        let mut publisher = SilentSocket::connect(server.address, "/ws").await;
+        let frame = json!({"action": "publish", "channel": "room:1", "data": n}).to_string();
+        publisher.send_frame(0x1, true, frame.as_bytes()).await;
+        publisher.hang_up().await;
+    }
+    for n in 0..10 {
+        let message = member.recv().await;
+        assert_eq!(message["data"], n, "{message}");
+    }
 }

@@ -400,6 +400,11 @@ impl Client {
         self.recv_from_socket().await
     }
 
+    /// The frames a `request` read before its answer and nobody has taken yet, in order.
+    pub fn take_unread(&mut self) -> Vec<Value> {
+        self.unread.drain(..).collect()
+    }
+
     /// The next data frame if one arrives within `limit`.
     pub async fn recv_within(&mut self, limit: Duration) -> Option<Value> {
         if let Some(frame) = self.unread.pop_front() {
@@ -526,6 +531,13 @@ impl SilentSocket {
                 .map(|(index, byte)| byte ^ mask[index % 4]),
         );
         self.stream.write_all(&frame).await.expect("write frame");
+    }
+
+    /// Shuts the connection at once, without a close frame: what a client that sent its last
+    /// frame and exited does.
+    pub async fn hang_up(mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.stream.shutdown().await;
     }
 
     /// Reads every frame until the server's close frame; returns its code and reason.
