@@ -18,6 +18,8 @@ fn encode(criterion: &mut Criterion) {
         channel: Some("room:1"),
         data: &data,
         from: Some("42"),
+        offset: None,
+        epoch: None,
     };
     let mut group = criterion.benchmark_group("encode_message");
     group.throughput(Throughput::Elements(1));

@@ -1,5 +1,5 @@
 //! A client of the server API (`api::server_api`), for the management commands of the CLI
-//! (`switchboard publish`, `disconnect`, `connections`): the Django management commands of the
+//! (`switchboard publish`, `disconnect`, `connections`, `history`): the Django management commands of the
 //! API Gateway seed, without a database. It talks to any node; the node answers for the cluster.
 //! Also the `switchboard health` check (`check_health`), which needs no key.
 
@@ -84,6 +84,12 @@ impl ApiClient {
         self.get("/api/connections", query).await
     }
 
+    /// `query`: `[("channel", "room:1"), ("since", "17"), ("limit", "100")]`, and `before`,
+    /// `newest_first`.
+    pub async fn history(&self, query: &[(&str, &str)]) -> Result<Value, ApiClientError> {
+        self.get("/api/history", query).await
+    }
+
     async fn post(&self, path: &str, body: Value) -> Result<Value, ApiClientError> {
         let request = self.http.post(format!("{}{path}", self.base)).json(&body);
         self.send(request).await
@@ -164,6 +170,26 @@ pub async fn check_health(url: &str) -> Result<String, ApiClientError> {
 }
 
 /// Connection records (`GET /api/connections`'s `connections`) as an aligned table.
+/// `switchboard history`'s output: the channel's position, then one line per publication
+/// (offset, publisher, data as JSON).
+pub fn history_lines(answer: &Value) -> String {
+    let mut lines = vec![format!(
+        "# {} at offset {} (epoch {})",
+        answer["channel"].as_str().unwrap_or("-"),
+        answer["offset"],
+        answer["epoch"].as_str().unwrap_or("-")
+    )];
+    for publication in answer["publications"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "{}\t{}\t{}",
+            publication["offset"],
+            publication["from"].as_str().unwrap_or("-"),
+            publication["data"]
+        ));
+    }
+    lines.join("\n")
+}
+
 pub fn connections_table(answer: &Value) -> String {
     let mut rows = vec![[
         "ID".to_owned(),

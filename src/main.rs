@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use switchboard::api_client::{
-    ApiClient, DisconnectTarget, check_health, connections_table, local_url,
+    ApiClient, DisconnectTarget, check_health, connections_table, history_lines, local_url,
 };
 use switchboard::config::Config;
 use tracing_subscriber::EnvFilter;
@@ -105,6 +105,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a channel's history (a channel whose rule keeps it): its position, then its
+    /// publications, oldest first.
+    History {
+        #[command(flatten)]
+        api: ApiArgs,
+        channel: String,
+        /// Only publications after this offset.
+        #[arg(long)]
+        since: Option<u64>,
+        /// Only publications before this offset.
+        #[arg(long)]
+        before: Option<u64>,
+        /// At most this many publications (the API allows up to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// The newest first.
+        #[arg(long)]
+        newest_first: bool,
+        /// Print the API's JSON answer instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where the server API is: `--url`/`--key`, else the node described by `--config`.
@@ -176,6 +198,37 @@ fn main() -> ExitCode {
                 answer.to_string()
             } else {
                 connections_table(&answer).trim_end().to_owned()
+            })
+        }),
+        Command::History {
+            api,
+            channel,
+            since,
+            before,
+            limit,
+            newest_first,
+            json,
+        } => run_api_command(&api, |client| async move {
+            let (since, before, limit) = (
+                since.map(|since| since.to_string()),
+                before.map(|before| before.to_string()),
+                limit.to_string(),
+            );
+            let mut query = vec![("channel", channel.as_str()), ("limit", limit.as_str())];
+            if let Some(since) = &since {
+                query.push(("since", since));
+            }
+            if let Some(before) = &before {
+                query.push(("before", before));
+            }
+            if newest_first {
+                query.push(("newest_first", "true"));
+            }
+            let answer = client.history(&query).await?;
+            Ok(if json {
+                answer.to_string()
+            } else {
+                history_lines(&answer)
             })
         }),
         Command::Health { url, path, config } => {

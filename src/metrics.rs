@@ -48,6 +48,11 @@ pub const ROUTE_CALLS: &str = "switchboard_route_calls_total";
 pub const ROUTE_CALL_DURATION: &str = "switchboard_route_call_seconds";
 pub const REGISTRY_CONNECTIONS: &str = "switchboard_registry_connections";
 pub const REGISTRY_WRITE_FAILURES: &str = "switchboard_registry_write_failures_total";
+pub const HISTORY_APPENDS: &str = "switchboard_history_appends_total";
+pub const HISTORY_READ_SECONDS: &str = "switchboard_history_read_seconds";
+pub const RECOVERIES: &str = "switchboard_recoveries_total";
+pub const PUBLICATIONS_REPLAYED: &str = "switchboard_publications_replayed_total";
+pub const GAPS: &str = "switchboard_gaps_total";
 
 /// The `reason` of [`MESSAGES_DROPPED`].
 pub mod dropped {
@@ -73,6 +78,27 @@ pub mod results {
     pub const REFRESH: [&str; 4] = ["accepted", "refused", "unavailable", "unsupported"];
     /// [`ROUTE_CALLS`](super::ROUTE_CALLS).
     pub const ROUTE_CALL: [&str; 5] = ["ok", "status", "timeout", "unreachable", "invalid"];
+}
+
+/// The `result` and `reason` labels of [`RECOVERIES`]: a join with `since` either recovered, or
+/// did not, for one of these reasons.
+pub mod recovery {
+    pub const RECOVERED: &str = "recovered";
+    pub const NOT_RECOVERED: &str = "not_recovered";
+    /// The `reason` of a recovery.
+    pub const NONE: &str = "none";
+    /// The channel's history was lost since (a new epoch).
+    pub const EPOCH: &str = "epoch";
+    /// What came after `since` is no longer retained.
+    pub const TRIMMED: &str = "trimmed";
+    /// More than `server.recovery_limit` publications were missed (or they would not fit the
+    /// connection's outbound queue).
+    pub const LIMIT: &str = "limit";
+    /// `since` is past the channel's top (not a position the server gave).
+    pub const AHEAD: &str = "ahead";
+    /// The channel's history could not be read; the join failed.
+    pub const UNAVAILABLE: &str = "unavailable";
+    pub const NOT_RECOVERED_REASONS: [&str; 5] = [EPOCH, TRIMMED, LIMIT, AHEAD, UNAVAILABLE];
 }
 
 /// The `kind` label of [`BROKER_RECEIVED`] and [`BROKER_DECODE_ERRORS`]: which Redis channel a
@@ -144,7 +170,7 @@ pub const INTEGRATION_ONLY: [&str; 5] = [
 ];
 
 /// Every metric name, for the test that checks each one is really exported.
-pub const ALL: [&str; 30] = [
+pub const ALL: [&str; 35] = [
     CONNECTIONS,
     CONNECTIONS_ACCEPTED,
     HANDSHAKES_REFUSED,
@@ -175,6 +201,11 @@ pub const ALL: [&str; 30] = [
     ROUTE_CALL_DURATION,
     REGISTRY_CONNECTIONS,
     REGISTRY_WRITE_FAILURES,
+    HISTORY_APPENDS,
+    HISTORY_READ_SECONDS,
+    RECOVERIES,
+    PUBLICATIONS_REPLAYED,
+    GAPS,
 ];
 
 /// Latency buckets, in seconds: 100 µs to 10 s.
@@ -322,5 +353,26 @@ fn describe() {
     describe_counter!(
         REGISTRY_WRITE_FAILURES,
         "Writes of this node's part of the connection registry that failed (retried as a full rewrite)."
+    );
+    describe_counter!(
+        HISTORY_APPENDS,
+        "Publications this node recorded in channel history (back ends' FCALLs are not counted)."
+    );
+    describe_histogram!(
+        HISTORY_READ_SECONDS,
+        Unit::Seconds,
+        "History reads (recoveries, catch-ups, the history API)."
+    );
+    describe_counter!(
+        RECOVERIES,
+        "Joins with since, by result (recovered, not_recovered) and reason (none, epoch, trimmed, limit, ahead, unavailable)."
+    );
+    describe_counter!(
+        PUBLICATIONS_REPLAYED,
+        "Publications delivered from history: replayed to joining members, or caught up after a gap in the node's subscription."
+    );
+    describe_counter!(
+        GAPS,
+        "gap frames sent to members: publications they missed could not be delivered."
     );
 }

@@ -25,7 +25,7 @@ use crate::broker::{
 use crate::config::{Config, KeyError};
 use crate::connection::ConnectionSettings;
 use crate::connection::admission::Admission;
-use crate::hub::{ChannelPolicy, ConnectionDirectory, GroupTable, Hub, HubSink};
+use crate::hub::{ChannelPolicy, ConnectionDirectory, GroupTable, HistoryPolicy, Hub, HubSink};
 use crate::metrics::{Metrics, MetricsError};
 use crate::roster::{ChangeLog, Roster};
 use crate::sessions::SessionKeeper;
@@ -104,15 +104,21 @@ pub async fn run(
     let writing_roster = actix_web::rt::spawn(roster.clone().run());
     let backend = Backend::from_config(&config.routes, &config.backend, &config.api.key)?;
     let sink: Arc<dyn BrokerSink> = Arc::new(HubSink::new(groups.clone(), directory.clone()));
+    let policy = ChannelPolicy::new(config.channels.clone());
+    let history_rules = policy.history_rules();
     let broker: Arc<dyn Broker> = match config.broker.broker_type {
         BrokerType::Memory => Arc::new(MemoryBroker::new(sink)),
-        BrokerType::Redis => Arc::new(RedisBroker::start(&config.broker, sink)?),
+        BrokerType::Redis => Arc::new(RedisBroker::start(&config.broker, &history_rules, sink)?),
     };
     let hub = Hub::new(
         groups,
         directory,
         broker,
         arbiters.iter().map(Arbiter::handle).collect(),
+        HistoryPolicy {
+            rules: history_rules,
+            recovery_limit: config.server.recovery_limit,
+        },
     );
     let session_store: Option<Arc<dyn SessionStore>> = match &config.auth.redis_session {
         Some(redis_session) => {
@@ -146,7 +152,7 @@ pub async fn run(
         rate_limit_burst: server_config.rate_limit_burst,
         presence_rate: server_config.presence_rate,
         presence_burst: server_config.presence_burst,
-        policy: ChannelPolicy::new(config.channels.clone()),
+        policy,
         backend: backend.clone(),
     });
     let state = web::Data::new(AppState {

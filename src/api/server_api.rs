@@ -9,6 +9,7 @@
 //! | `GET /api/connections` | `user=…` or `channel=…` (or neither), `limit` | connection records |
 //! | `GET /api/channels` | `prefix=…` | channels with their connection counts |
 //! | `GET /api/presence` | `channel=…` (a `presence = true` channel) | its users and connection count |
+//! | `GET /api/history` | `channel=…` (a channel that keeps history), `since`, `before`, `limit`, `newest_first` | its position and a page of its publications |
 //!
 //! With no key set the API is off (404). A wrong key is 401; a bad body or query is 400 with a
 //! reason naming the field; the broker or registry being unreachable is 503 (nothing was done,
@@ -27,24 +28,29 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::refusal::Refusal;
-use crate::broker::{BrokerError, Publication, Topic};
+use crate::broker::{BrokerError, HistoryQuery, Publication, Topic};
+use crate::hub::HistoryError;
 use crate::metrics as names;
 use crate::protocol::{ChannelName, ControlOp, DecodeError, RefusalCode};
 use crate::roster::ConnectionFilter;
 
 /// Records returned by `GET /api/connections` when no `limit` is given.
 pub(crate) const DEFAULT_LIMIT: usize = 1_000;
+/// Publications one `GET /api/history` returns when no `limit` is given, and at most.
+pub(crate) const DEFAULT_HISTORY_PAGE: usize = 100;
+pub(crate) const MAX_HISTORY_PAGE: usize = 1_000;
 /// Channels one `POST /api/publish` may name.
 pub(crate) const MAX_CHANNELS_PER_PUBLISH: usize = 1_000;
 
 /// Every endpoint, the `endpoint` label of `switchboard_api_requests_total`.
-pub(crate) const ENDPOINTS: [&str; 6] = [
+pub(crate) const ENDPOINTS: [&str; 7] = [
     "publish",
     "send",
     "disconnect",
     "connections",
     "channels",
     "presence",
+    "history",
 ];
 
 /// Registers the API's routes.
@@ -55,7 +61,8 @@ pub(super) fn routes(config: &mut web::ServiceConfig) {
         .route("/api/disconnect", web::post().to(disconnect))
         .route("/api/connections", web::get().to(connections))
         .route("/api/channels", web::get().to(channels))
-        .route("/api/presence", web::get().to(presence));
+        .route("/api/presence", web::get().to(presence))
+        .route("/api/history", web::get().to(history));
 }
 
 /// A handled call's status (200, or 207 for a partial publish) and body.
@@ -395,6 +402,79 @@ async fn presence(request: HttpRequest, state: web::Data<AppState>) -> HttpRespo
         }
         let presence = state.roster.presence(channel.as_str()).await?;
         Ok((StatusCode::OK, json!(presence)))
+    })
+    .await
+}
+
+/// `GET /api/history`: the channel's position and, oldest first after `since` (or newest
+/// first before `before`, with `newest_first=true`), at most `limit` of its publications.
+async fn history(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    answer("history", &request, &state, async {
+        let query = query(&request);
+        let name = query
+            .get("channel")
+            .ok_or_else(|| bad_request("channel: required"))?;
+        let channel = channel(name, "channel")?;
+        let offset = |field: &str| -> Result<Option<u64>, Refusal> {
+            query
+                .get(field)
+                .map(|value| {
+                    value.parse::<u64>().map_err(|_| {
+                        bad_request(format!("{field}: must be a non-negative integer"))
+                    })
+                })
+                .transpose()
+        };
+        let limit = match query.get("limit") {
+            None => DEFAULT_HISTORY_PAGE,
+            Some(limit) => limit
+                .parse::<usize>()
+                .ok()
+                .filter(|limit| *limit <= MAX_HISTORY_PAGE)
+                .ok_or_else(|| {
+                    bad_request(format!("limit: must be between 0 and {MAX_HISTORY_PAGE}"))
+                })?,
+        };
+        let newest_first = match query.get("newest_first").map(String::as_str) {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(_) => return Err(bad_request("newest_first: must be true or false")),
+        };
+        let read = HistoryQuery {
+            since: offset("since")?,
+            before: offset("before")?,
+            limit,
+            newest_first,
+        };
+        let history = state.hub.history(&channel, read).await.map_err(|err| match err {
+            HistoryError::NotKept(channel) => bad_request(format!(
+                "channel: {channel} keeps no history (set history_size and history_ttl in its [[channels]] rule)"
+            )),
+            HistoryError::Broker(err) => Refusal::broker_unavailable(&err),
+        })?;
+        let publications: Vec<Value> = history
+            .publications
+            .iter()
+            .map(|publication| {
+                let mut entry = json!({
+                    "offset": publication.position.as_ref().map(|position| position.offset),
+                    "data": &publication.data,
+                });
+                if let Some(from) = &publication.from {
+                    entry["from"] = json!(from);
+                }
+                entry
+            })
+            .collect();
+        Ok((
+            StatusCode::OK,
+            json!({
+                "channel": channel.as_str(),
+                "offset": history.position.offset,
+                "epoch": &*history.position.epoch,
+                "publications": publications,
+            }),
+        ))
     })
     .await
 }

@@ -12,15 +12,18 @@
 //!
 //! Implementations, one module each:
 //! - [`memory::MemoryBroker`]: single node, no Redis; publications are handed straight back to
-//!   the local sink when the topic is subscribed. Never unavailable.
+//!   the local sink when the topic is subscribed, history is a ring per channel. Never
+//!   unavailable.
 //! - [`redis::RedisBroker`]: any number of nodes through Redis or Redis Cluster; back ends
 //!   publish with plain `PUBLISH`. Unavailable while Redis is unreachable.
 //!
 //! A [`Topic`] is a channel or a user (every connection of the user). Control operations
-//! (disconnects) travel through the broker too, to every node.
+//! (disconnects) travel through the broker too, to every node. Channels whose rule keeps
+//! history get offsets and a replayable history from the broker ([`history`]).
 //!
 //! Nothing outside this module knows how a broker transports publications.
 
+pub mod history;
 pub mod memory;
 pub mod redis;
 
@@ -33,8 +36,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::human_duration::HumanDuration;
-use crate::protocol::{ChannelName, ControlOp, PublicationKind};
+use crate::protocol::{ChannelName, ControlOp, Position, PublicationKind};
 
+pub use history::{History, HistoryQuery, HistoryRule, HistoryRules};
 pub use memory::MemoryBroker;
 pub use redis::{RedisBroker, RedisKeys, RedisRoster};
 
@@ -89,6 +93,11 @@ pub struct Publication {
     pub from: Option<String>,
     /// When this node published it or received it from the transport (for the latency metric).
     pub published_at: Instant,
+    /// On the way to the broker: the channel keeps history under this rule (the hub sets it
+    /// from the channel's rule), so the broker records it and gives it an offset.
+    pub history: Option<HistoryRule>,
+    /// On the way from the broker: where it stands in its channel's history.
+    pub position: Option<Position>,
 }
 
 impl Publication {
@@ -108,6 +117,8 @@ impl Publication {
             data,
             from,
             published_at: Instant::now(),
+            history: None,
+            position: None,
         }
     }
 }
@@ -121,6 +132,11 @@ pub trait BrokerSink: Send + Sync + 'static {
 
     /// Applies a control operation to this node's connections (those it matches, if any).
     fn on_control(&self, op: ControlOp);
+
+    /// Publications on `channel` (on every channel, for `None`) may have been lost on their way
+    /// to this node: its subscription was made again after a reconnect, or the receiver fell
+    /// behind. Groups that keep history read what they missed.
+    fn on_gap(&self, channel: Option<&ChannelName>);
 }
 
 /// Why a sink did not take a publication.
@@ -166,6 +182,9 @@ impl BrokerError {
 /// The future every broker operation returns (object-safe, `Send`, owns its inputs).
 pub type BrokerFuture = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>>;
 
+/// The future of a history read.
+pub type HistoryFuture = Pin<Box<dyn Future<Output = Result<History, BrokerError>> + Send>>;
+
 /// A publish/subscribe transport between nodes.
 pub trait Broker: Send + Sync + 'static {
     /// A short name for logs and `/readyz` (`memory`, `redis`).
@@ -188,6 +207,15 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Drops one reference (by the call itself); the transport subscription ends with the last.
     fn unsubscribe(&self, topic: &Topic) -> BrokerFuture;
+
+    /// Reads `channel`'s history (kept under `rule`): its position, and the publications
+    /// `query` asks for. Creates the channel's epoch if it has none yet.
+    fn history(
+        &self,
+        channel: &ChannelName,
+        rule: HistoryRule,
+        query: HistoryQuery,
+    ) -> HistoryFuture;
 
     /// How many topics this node is subscribed to now.
     fn subscriptions(&self) -> usize;

@@ -391,9 +391,11 @@ mod tests {
             outbound_queue = 0
             heartbeat_interval = "30s"
             idle_timeout = "10s"
+            recovery_limit = 0
             [[channels]]
             pattern = "user:*"
             join = "owner"
+            history_size = 10
         "#;
         let keys: Vec<String> = errors_of(Config::from_sources(Some(text), env(&[])))
             .into_iter()
@@ -403,8 +405,10 @@ mod tests {
             keys,
             [
                 "server.outbound_queue",
+                "server.recovery_limit",
                 "server.idle_timeout",
-                "channels[0].join"
+                "channels[0].join",
+                "channels[0].history_ttl"
             ]
         );
     }

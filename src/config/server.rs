@@ -44,6 +44,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Threads running channel-group actors; 0: one per core.
     pub group_arbiters: usize,
+    /// The most publications one `join` with `since` may replay; a client that missed more is
+    /// answered `recovered: false` (docs/protocol.md §7), as is one whose replay would not fit
+    /// its outbound queue.
+    pub recovery_limit: usize,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +70,7 @@ impl Default for ServerConfig {
             presence_burst: 20,
             workers: 0,
             group_arbiters: 0,
+            recovery_limit: 1000,
         }
     }
 }
@@ -94,6 +99,9 @@ impl ServerConfig {
             if value == 0 {
                 problem(key, "must be at least 1");
             }
+        }
+        if !(1..=crate::broker::history::MAX_HISTORY_SIZE).contains(&self.recovery_limit) {
+            problem("recovery_limit", "must be between 1 and 100000");
         }
         if self.outbound_queue_bytes < 1024 {
             problem("outbound_queue_bytes", "must be at least 1024");

@@ -70,7 +70,7 @@ impl Connection {
     pub(super) fn dispatch(&mut self, ctx: &mut Context<Self>, frame: ClientFrame) {
         let id = frame.id;
         match frame.request {
-            ClientRequest::Join { channel } => self.on_join(ctx, id, &channel),
+            ClientRequest::Join { channel, since } => self.on_join(ctx, id, &channel, since),
             ClientRequest::Leave { channel } => self.on_leave(ctx, id, &channel),
             ClientRequest::Publish { channel, data } => self.on_publish(ctx, id, &channel, data),
             ClientRequest::Ping => self.send(ctx, &ServerFrame::Pong { id }),

@@ -11,6 +11,10 @@
 //! membership that no longer exists and changes nothing). A leave ends the membership wherever
 //! its join is, so the channel map, the groups, the directory and the broker's subscriptions
 //! agree after any interleaving of joins, leaves and the close.
+//!
+//! On a channel that keeps history, a client's join (it has an id, and maybe `since`) is
+//! answered by the group itself, after any replay, so the reply sits between the replayed and
+//! the live messages (docs/protocol.md §7); the connection then sends no reply of its own.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +25,7 @@ use serde_json::json;
 
 use super::Connection;
 use crate::broker::{BrokerFuture, Publication};
-use crate::hub::{JoinError, Membership, Outbound};
+use crate::hub::{self, JoinError, JoinRequest, Membership, Outbound};
 use crate::protocol::{ChannelName, ErrorCode, ServerFrame};
 
 /// Why a join or leave was refused: the `error` frame's code and reason.
@@ -31,14 +35,21 @@ pub(super) type Refusal = (ErrorCode, String);
 pub(super) struct PendingJoin {
     pub(super) channel: ChannelName,
     membership: Membership,
-    joined: Pin<Box<dyn Future<Output = Result<(), JoinError>>>>,
+    joined: Pin<Box<dyn Future<Output = Result<hub::Joined, JoinError>>>>,
 }
 
 /// A join's answer, with what it belongs to.
 pub(super) struct JoinAnswer {
     pub(super) channel: ChannelName,
     membership: Membership,
-    result: Result<(), JoinError>,
+    result: Result<hub::Joined, JoinError>,
+}
+
+impl JoinAnswer {
+    /// Whether the group answered the client itself (see the module doc).
+    fn answered_by_group(&self) -> bool {
+        matches!(self.result, Ok(hub::Joined::Answered))
+    }
 }
 
 impl PendingJoin {
@@ -152,6 +163,7 @@ impl Connection {
         &mut self,
         name: &str,
         check_policy: bool,
+        request: JoinRequest,
     ) -> Result<Option<PendingJoin>, Refusal> {
         let channel = super::parse_channel(name)?;
         if self.channels.contains_key(&channel) {
@@ -169,7 +181,7 @@ impl Connection {
         if check_policy && !self.settings.policy.may_join(&self.identity, name) {
             return Err((ErrorCode::Forbidden, format!("may not join {name}")));
         }
-        let (membership, joined) = self.hub.join(channel.clone(), self.member());
+        let (membership, joined) = self.hub.join(channel.clone(), self.member(), request);
         self.channels.insert(channel.clone(), membership.clone());
         Ok(Some(PendingJoin {
             channel,
@@ -194,8 +206,8 @@ impl Connection {
             return Err((ErrorCode::NotJoined, SUPERSEDED_REASON.to_owned()));
         }
         match result {
-            Ok(()) if membership.go_live() => Ok(Joined(channel)),
-            Ok(()) | Err(JoinError::Cancelled) => {
+            Ok(_) if membership.go_live() => Ok(Joined(channel)),
+            Ok(_) | Err(JoinError::Cancelled) => {
                 self.channels.remove(&channel);
                 Err((ErrorCode::NotJoined, SUPERSEDED_REASON.to_owned()))
             }
@@ -216,7 +228,8 @@ impl Connection {
         self.announce(&channel, true);
     }
 
-    /// Joins every channel of `names` at once; resolves (in the actor) to the channels joined and
+    /// Joins every channel of `names` at once (as members only: nothing to answer, nothing to
+    /// replay); resolves (in the actor) to the channels joined and
     /// the refusals, in the order of `names`.
     pub(super) fn join_all(
         &mut self,
@@ -228,7 +241,7 @@ impl Connection {
         let mut refused = Vec::new();
         let mut pending = Vec::new();
         for (name, check_policy) in names {
-            match self.start_join(&name, check_policy) {
+            match self.start_join(&name, check_policy, JoinRequest::default()) {
                 Ok(Some(join)) => pending.push(join.answer()),
                 Ok(None) => {}
                 Err(refusal) => refused.push(refusal),
@@ -268,7 +281,13 @@ impl Connection {
     }
 
     /// A client's `join`.
-    pub(super) fn on_join(&mut self, ctx: &mut Context<Self>, id: Option<u64>, name: &str) {
+    pub(super) fn on_join(
+        &mut self,
+        ctx: &mut Context<Self>,
+        id: Option<u64>,
+        name: &str,
+        since: Option<crate::protocol::Position>,
+    ) {
         let joining_anew =
             super::parse_channel(name).is_ok_and(|channel| !self.channels.contains_key(&channel));
         if joining_anew
@@ -282,7 +301,7 @@ impl Connection {
                 "too many joins and leaves of presence channels; slow down",
             );
         }
-        let pending = match self.start_join(name, true) {
+        let pending = match self.start_join(name, true, JoinRequest { id, since }) {
             Ok(Some(pending)) => pending,
             Ok(None) => return self.reply(ctx, id, &serde_json::Value::Null),
             Err((code, reason)) => return self.error(ctx, id, code, &reason),
@@ -290,15 +309,20 @@ impl Connection {
         pending
             .answer()
             .into_actor(self)
-            .map(
-                move |answer, connection, ctx| match connection.finish_join(answer) {
+            .map(move |answer, connection, ctx| {
+                let answered = answer.answered_by_group();
+                match connection.finish_join(answer) {
                     Ok(joined) => {
-                        connection.reply(ctx, id, &serde_json::Value::Null);
+                        if !answered {
+                            connection.reply(ctx, id, &serde_json::Value::Null);
+                        }
                         connection.announce_join(joined);
                     }
+                    // The client has its reply; the leave that overtook the join follows it.
+                    Err(_) if answered => {}
                     Err((code, reason)) => connection.error(ctx, id, code, &reason),
-                },
-            )
+                }
+            })
             .spawn(ctx);
     }
 

@@ -16,7 +16,7 @@ use actix::prelude::{Addr, SendError};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
-use super::group::{Deliver, Group, Join, Retire};
+use super::group::{Deliver, Group, Join, Resync, Retire};
 use crate::broker::{Publication, SinkError};
 use crate::metrics as names;
 use crate::protocol::ChannelName;
@@ -68,6 +68,23 @@ impl Retire for GroupTable {
 }
 
 impl GroupTable {
+    /// Tells `channel`'s group (every group, for `None`) that publications may have been missed.
+    /// A group whose mailbox is full is not told: it is busy with publications, whose offsets
+    /// show it the gap anyway.
+    pub(crate) fn resync(&self, channel: Option<&ChannelName>) {
+        let tell = |group: &Addr<Group>| {
+            let _ = group.try_send(Resync);
+        };
+        match channel {
+            Some(channel) => {
+                if let Some(group) = self.groups.get(channel.as_str()) {
+                    tell(group.value());
+                }
+            }
+            None => self.groups.iter().for_each(|group| tell(group.value())),
+        }
+    }
+
     /// Hands a publication on `channel` to its group, if this node has one.
     pub(crate) fn deliver(
         &self,
@@ -115,6 +132,7 @@ mod tests {
             let join = Join {
                 member,
                 membership: crate::hub::Membership::new(),
+                request: crate::hub::JoinRequest::default(),
                 reply,
             };
             groups.join_or_start(&channel, join, |first| {
@@ -124,6 +142,7 @@ mod tests {
                     first,
                     Arc::new(groups.clone()),
                     broker,
+                    None,
                 )
             });
             let outcomes: Vec<Result<(), SinkError>> = (0..GROUP_MAILBOX_CAPACITY + 8)

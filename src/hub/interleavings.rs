@@ -2,6 +2,11 @@
 //! broker whose subscriptions settle late, leaves the hub, the directory and the broker's
 //! subscriptions agreeing with what each connection believes it holds. The connections here
 //! behave as `connection::membership` does (one membership per join, ended by the leave).
+//!
+//! One channel keeps history, and its joins carry an id and, once the connection knows one, its
+//! last position (`since`): every such join is answered `recovered` with a replay that covers
+//! what came after `since`, and after a connection's last answer its offsets run on by exactly
+//! one (no gap, no duplicate).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -12,11 +17,15 @@ use serde_json::json;
 
 use super::queue::OutboundReceiver;
 use super::*;
-use crate::broker::{BrokerFuture, BrokerSink, MemoryBroker};
-use crate::protocol::{ControlOp, Encoding};
+use crate::broker::{
+    BrokerFuture, BrokerSink, HistoryFuture, HistoryQuery, HistoryRule, HistoryRules, MemoryBroker,
+};
+use crate::protocol::{ControlOp, Encoding, Position};
 
 const CONNECTIONS: usize = 4;
 const CHANNELS: usize = 3;
+/// The channel that keeps history.
+const HISTORY_CHANNEL: usize = 2;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -68,6 +77,21 @@ impl Broker for LateBroker {
     fn unsubscribe(&self, topic: &Topic) -> BrokerFuture {
         self.inner.unsubscribe(topic)
     }
+    fn history(
+        &self,
+        channel: &ChannelName,
+        rule: HistoryRule,
+        query: HistoryQuery,
+    ) -> HistoryFuture {
+        let read = self.inner.history(channel, rule, query);
+        let yields = self.delays.lock().map_or(0, |mut rng| rng.u8(0..6));
+        Box::pin(async move {
+            for _ in 0..yields {
+                tokio::task::yield_now().await;
+            }
+            read.await
+        })
+    }
     fn subscriptions(&self) -> usize {
         self.inner.subscriptions()
     }
@@ -83,6 +107,105 @@ struct Connection {
     queue: OutboundReceiver,
     channels: HashMap<usize, Membership>,
     closed: bool,
+    /// Every frame received so far, in order.
+    frames: Vec<serde_json::Value>,
+    /// The last position seen on the history channel.
+    position: Option<Position>,
+    /// Joins of the history channel that gave `since`: their id, `since`, and how many frames
+    /// had been received when they were sent.
+    recoveries: Vec<(u64, Position, usize)>,
+}
+
+impl Connection {
+    /// Takes what has arrived into `frames`, following the history channel's position.
+    fn receive(&mut self) {
+        while let Ok(item) = self.queue.try_recv() {
+            let Outbound::Frame(frame) = item else {
+                continue;
+            };
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(frame.payload()) else {
+                continue;
+            };
+            let located = match value["type"].as_str() {
+                Some("reply") => position_in(&value["data"]),
+                Some("message") if value["channel"] == channel(HISTORY_CHANNEL).as_str() => {
+                    position_in(&value)
+                }
+                _ => None,
+            };
+            if located.is_some() {
+                self.position = located;
+            }
+            self.frames.push(value);
+        }
+    }
+}
+
+fn position_in(value: &serde_json::Value) -> Option<Position> {
+    Some(Position::new(
+        value["offset"].as_u64()?,
+        value["epoch"].as_str()?,
+    ))
+}
+
+fn offset_of(frame: &serde_json::Value) -> Option<u64> {
+    let on_history = frame["type"] == "message" && frame["channel"] == "ch:2";
+    on_history.then(|| frame["offset"].as_u64()).flatten()
+}
+
+/// Checks what `connection` received on the history channel: each recovering join answered
+/// `recovered`, right after a replay covering everything after its `since`; after the last
+/// answer, offsets one after another.
+fn check_history(connection: &Connection) -> Result<(), TestCaseError> {
+    let reply_at = |id: u64| {
+        connection
+            .frames
+            .iter()
+            .position(|frame| frame["type"] == "reply" && frame["id"] == id)
+    };
+    for (id, since, sent_at) in &connection.recoveries {
+        let Some(at) = reply_at(*id) else { continue };
+        let reply = &connection.frames[at]["data"];
+        prop_assert_eq!(
+            &reply["recovered"],
+            &json!(true),
+            "join {} not recovered",
+            id
+        );
+        let top = reply["offset"].as_u64().unwrap_or_default();
+        // The replay: the run of offsets, one after another, that ends right before the reply.
+        let mut expected = top;
+        for frame in connection.frames[*sent_at..at].iter().rev() {
+            match offset_of(frame) {
+                Some(offset) if offset == expected && offset > since.offset => expected -= 1,
+                _ => break,
+            }
+        }
+        prop_assert_eq!(expected, since.offset, "join {} missed publications", id);
+    }
+    let last_reply = connection
+        .frames
+        .iter()
+        .rposition(|frame| frame["type"] == "reply");
+    if let Some(at) = last_reply {
+        if connection.channels.contains_key(&HISTORY_CHANNEL) {
+            let answered = connection.frames[at]["data"]["offset"]
+                .as_u64()
+                .unwrap_or_default();
+            for (offset, expected) in connection.frames[at + 1..]
+                .iter()
+                .filter_map(offset_of)
+                .zip(answered + 1..)
+            {
+                prop_assert_eq!(
+                    offset,
+                    expected,
+                    "a gap or a duplicate after the last answer"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn channel(index: usize) -> ChannelName {
@@ -98,14 +221,9 @@ async fn settle() {
 
 /// The channels whose final marker reached `connection`.
 fn heard(connection: &mut Connection, marker: u64) -> BTreeSet<usize> {
+    connection.receive();
     let mut heard = BTreeSet::new();
-    while let Ok(item) = connection.queue.try_recv() {
-        let Outbound::Frame(frame) = item else {
-            continue;
-        };
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(frame.payload()) else {
-            continue;
-        };
+    for value in &connection.frames {
         if value["data"]["marker"] == marker {
             let name = value["channel"].as_str().unwrap_or_default();
             if let Some(index) = name.strip_prefix("ch:").and_then(|n| n.parse().ok()) {
@@ -130,7 +248,18 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
             directory.clone(),
             broker.clone(),
             vec![Arbiter::current()],
+            HistoryPolicy {
+                rules: HistoryRules::new(vec![(
+                    channel(HISTORY_CHANNEL).to_string(),
+                    Some(HistoryRule {
+                        size: 1000,
+                        ttl: std::time::Duration::from_secs(600),
+                    }),
+                )]),
+                recovery_limit: 1000,
+            },
         );
+        let mut next_id = 0;
         let mut connections: Vec<Connection> = (0..CONNECTIONS)
             .map(|_| {
                 let (key, id) = directory.allocate();
@@ -150,6 +279,9 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
                     queue,
                     channels: HashMap::new(),
                     closed: false,
+                    frames: Vec::new(),
+                    position: None,
+                    recoveries: Vec::new(),
                 }
             })
             .collect();
@@ -160,7 +292,21 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
                     if connection.closed || connection.channels.contains_key(&ch) {
                         continue;
                     }
-                    let (membership, joined) = hub.join(channel(ch), connection.member.clone());
+                    let mut request = JoinRequest::default();
+                    if ch == HISTORY_CHANNEL {
+                        next_id += 1;
+                        connection.receive();
+                        request.id = Some(next_id);
+                        request.since = connection.position.clone();
+                        if let Some(since) = &request.since {
+                            let sent_at = connection.frames.len();
+                            connection
+                                .recoveries
+                                .push((next_id, since.clone(), sent_at));
+                        }
+                    }
+                    let (membership, joined) =
+                        hub.join(channel(ch), connection.member.clone(), request);
                     connection.channels.insert(ch, membership);
                     // The connection ignores the answer of a join it no longer holds, and a
                     // broker that never fails leaves nothing to roll back.
@@ -209,6 +355,7 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
             let expected: BTreeSet<usize> = connection.channels.keys().copied().collect();
             held_channels.extend(expected.iter().copied());
             prop_assert_eq!(heard(connection, 7), expected);
+            check_history(connection)?;
         }
         let mut counted: Vec<(String, usize)> = directory
             .channel_counts()

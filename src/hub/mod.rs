@@ -11,10 +11,11 @@
 //! - [`directory`]: the connections on this node, by key, user, session and channel; connection
 //!   ids; what it reports to whoever follows it (the registry).
 //! - [`sink`]: what the broker delivers to this node (publications, control operations).
-//! - [`policy`]: the `[[channels]]` rules.
+//! - [`policy`]: the `[[channels]]` rules (access, presence, history).
 //!
-//! [`Hub`] is the facade connections use: join and leave channels, publish through the broker,
-//! and register themselves so that node-wide operations (user publications, control operations,
+//! [`Hub`] is the facade connections use: join and leave channels (with a replay from history,
+//! on channels that keep one), publish through the broker (recording history), and register
+//! themselves so that node-wide operations (user publications, control operations,
 //! the drain on shutdown) can reach them. The hub never touches sockets or WebSocket types.
 
 pub mod directory;
@@ -36,14 +37,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::broker::{Broker, BrokerFuture, Publication, Topic};
+use crate::broker::{
+    Broker, BrokerError, BrokerFuture, History, HistoryQuery, HistoryRules, Publication, Topic,
+};
 use crate::metrics as names;
-use crate::protocol::{ChannelName, CloseReason};
+use crate::protocol::{ChannelName, CloseReason, PublicationKind};
 
 pub use directory::{
     ConnectionDirectory, ConnectionView, DirectoryChange, DirectoryObserver, LocalConnection,
 };
-pub use group::{FanOut, JoinError, fan_out};
+pub use group::history::HistorySettings;
+pub use group::{FanOut, JoinError, JoinRequest, Joined, fan_out};
 use group::{Group, Join, Leave};
 pub use group_table::GroupTable;
 pub use member::{ConnectionKey, Disconnect, Disconnector, Member};
@@ -63,6 +67,7 @@ pub fn register_metrics() {
     }
     register::histogram(names::PUBLISH_TO_DELIVER, &[]);
     register::counter(names::CONTROL_DISCONNECTS, &[]);
+    group::register_metrics();
 }
 
 /// How often a join is retried when it raced with its group stopping.
@@ -85,6 +90,24 @@ struct HubInner {
     directory: Arc<ConnectionDirectory>,
     /// Set once by `drain`; connections registering after it are told to close at once.
     draining: AtomicBool,
+    history: HistoryPolicy,
+}
+
+/// Which channels keep history (the `[[channels]]` rules), and the most publications one join
+/// may replay (`server.recovery_limit`).
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPolicy {
+    pub rules: HistoryRules,
+    pub recovery_limit: usize,
+}
+
+/// Why the history API cannot answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HistoryError {
+    #[error("channel {0} keeps no history")]
+    NotKept(ChannelName),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
 }
 
 impl Hub {
@@ -96,6 +119,7 @@ impl Hub {
         directory: Arc<ConnectionDirectory>,
         broker: Arc<dyn Broker>,
         arbiters: Vec<ArbiterHandle>,
+        history: HistoryPolicy,
     ) -> Self {
         Self {
             inner: Arc::new(HubInner {
@@ -104,7 +128,41 @@ impl Hub {
                 arbiters,
                 directory,
                 draining: AtomicBool::new(false),
+                history,
             }),
+        }
+    }
+
+    /// How `channel`'s group follows its history, if the channel keeps one.
+    fn history_settings(&self, channel: &ChannelName) -> Option<HistorySettings> {
+        let history = &self.inner.history;
+        history
+            .rules
+            .rule_for(channel.as_str())
+            .map(|rule| HistorySettings {
+                rule,
+                recovery_limit: history.recovery_limit,
+            })
+    }
+
+    /// Reads `channel`'s history (the server API); refused for a channel that keeps none.
+    pub fn history(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> impl Future<Output = Result<History, HistoryError>> + 'static {
+        let read = self
+            .inner
+            .history
+            .rules
+            .rule_for(channel.as_str())
+            .map(|rule| self.inner.broker.history(channel, rule, query));
+        let channel = channel.clone();
+        async move {
+            match read {
+                Some(read) => Ok(read.await?),
+                None => Err(HistoryError::NotKept(channel)),
+            }
         }
     }
 
@@ -120,18 +178,21 @@ impl Hub {
     /// a new [`Membership`] that [`leave`](Self::leave) ends. The join is sent before this
     /// returns, so a later `leave` is ordered after it; the future resolves once publications on
     /// the channel reach the member, or with [`JoinError::Cancelled`] when the membership ended
-    /// first (it is then never retried, and no group keeps the member).
+    /// first (it is then never retried, and no group keeps the member). On a channel that keeps
+    /// history, `request` may ask for a replay or the position, which the group answers itself
+    /// ([`Joined::Answered`]).
     pub fn join(
         &self,
         channel: ChannelName,
         member: Member,
+        request: JoinRequest,
     ) -> (
         Membership,
-        impl Future<Output = Result<(), JoinError>> + 'static,
+        impl Future<Output = Result<Joined, JoinError>> + 'static,
     ) {
         let hub = self.clone();
         let membership = Membership::new();
-        let mut reply = hub.send_join(&channel, member.clone(), membership.clone());
+        let mut reply = hub.send_join(&channel, member.clone(), membership.clone(), &request);
         // Recorded when sent, so a leave that follows (ordered after it) undoes it.
         hub.inner.directory.joined(member.connection, &channel);
         let joining = membership.clone();
@@ -144,7 +205,7 @@ impl Hub {
                     Err(_) if !joining.is_active() => return Err(JoinError::Cancelled),
                     Err(_group_stopped) if attempts < JOIN_ATTEMPTS => {
                         attempts += 1;
-                        reply = hub.send_join(&channel, member.clone(), joining.clone());
+                        reply = hub.send_join(&channel, member.clone(), joining.clone(), &request);
                     }
                     Err(_group_stopped) => {
                         break Err(JoinError::BackendUnavailable(
@@ -166,11 +227,13 @@ impl Hub {
         channel: &ChannelName,
         member: Member,
         membership: Membership,
-    ) -> oneshot::Receiver<Result<(), JoinError>> {
+        request: &JoinRequest,
+    ) -> oneshot::Receiver<Result<Joined, JoinError>> {
         let (reply, receiver) = oneshot::channel();
         let join = Join {
             member,
             membership,
+            request: request.clone(),
             reply,
         };
         self.inner
@@ -191,6 +254,7 @@ impl Hub {
             first,
             Arc::new(self.inner.groups.clone()),
             self.inner.broker.clone(),
+            self.history_settings(channel),
         )
     }
 
@@ -211,8 +275,14 @@ impl Hub {
         }
     }
 
-    /// Publishes through the broker (the one path every publication takes).
-    pub fn publish(&self, publication: Publication) -> BrokerFuture {
+    /// Publishes through the broker (the one path every publication takes); a message to a
+    /// channel that keeps history is recorded in it (presence events never are).
+    pub fn publish(&self, mut publication: Publication) -> BrokerFuture {
+        if let (Topic::Channel(channel), PublicationKind::Message) =
+            (&publication.topic, publication.kind)
+        {
+            publication.history = self.inner.history.rules.rule_for(channel.as_str());
+        }
         self.inner.broker.publish(publication)
     }
 

@@ -3,11 +3,16 @@
 //! Rules are tried in order; the first whose pattern matches the channel decides, and a channel
 //! no rule matches is denied. Patterns are globs (`*`), and may contain `{user}`, which matches
 //! like `*` when choosing the rule and must equal the connection's user id for `owner` access.
+//! A rule may also keep history for its channels (`history_size`, `history_ttl`; see
+//! docs/protocol.md §7), which [`ChannelPolicy::history_rules`] hands to the broker.
 
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Identity;
+use crate::broker::history::MAX_HISTORY_SIZE;
+use crate::broker::{HistoryRule, HistoryRules};
 use crate::config::KeyError;
+use crate::human_duration::HumanDuration;
 use crate::protocol::channel::glob_matches;
 
 /// Who may do something on the channels a rule covers.
@@ -38,6 +43,13 @@ pub struct ChannelRule {
     /// Push join/leave events to members and answer presence queries.
     #[serde(default)]
     pub presence: bool,
+    /// Publications kept per channel for recovery; 0: no history (no offsets, as before).
+    #[serde(default)]
+    pub history_size: usize,
+    /// How long a channel's history outlives its last publication; required with
+    /// `history_size`.
+    #[serde(default)]
+    pub history_ttl: Option<HumanDuration>,
 }
 
 fn default_join() -> Access {
@@ -59,6 +71,16 @@ impl ChannelRule {
             join: Access::Anyone,
             publish: Access::Anyone,
             presence: false,
+            history_size: 0,
+            history_ttl: None,
+        }
+    }
+
+    /// How the rule's channels keep history, if they do.
+    pub fn history(&self) -> Option<HistoryRule> {
+        match (self.history_size, self.history_ttl) {
+            (0, _) | (_, None) => None,
+            (size, Some(ttl)) => Some(HistoryRule { size, ttl: ttl.0 }),
         }
     }
 
@@ -84,6 +106,27 @@ impl ChannelRule {
                 ));
             }
         }
+        if self.history_size > MAX_HISTORY_SIZE {
+            problems.push(KeyError::new(
+                format!("{key}.history_size"),
+                format!("must be at most {MAX_HISTORY_SIZE}"),
+            ));
+        }
+        match self.history_ttl {
+            None if self.history_size > 0 => problems.push(KeyError::new(
+                format!("{key}.history_ttl"),
+                "is required when history_size is set",
+            )),
+            Some(_) if self.history_size == 0 => problems.push(KeyError::new(
+                format!("{key}.history_size"),
+                "must be at least 1 when history_ttl is set",
+            )),
+            Some(ttl) if ttl.0 < std::time::Duration::from_secs(1) => problems.push(KeyError::new(
+                format!("{key}.history_ttl"),
+                "must be at least 1s",
+            )),
+            _ => {}
+        }
         problems
     }
 }
@@ -97,6 +140,16 @@ pub struct ChannelPolicy {
 impl ChannelPolicy {
     pub fn new(rules: Vec<ChannelRule>) -> Self {
         Self { rules }
+    }
+
+    /// The rules' history settings, in order, for the broker (`{user}` widened to `*`).
+    pub fn history_rules(&self) -> HistoryRules {
+        HistoryRules::new(
+            self.rules
+                .iter()
+                .map(|rule| (rule.pattern.replace(USER_PLACEHOLDER, "*"), rule.history()))
+                .collect(),
+        )
     }
 
     /// The rule that decides for `channel`: the first that matches.
@@ -141,8 +194,46 @@ mod tests {
             pattern: pattern.to_owned(),
             join,
             publish,
-            presence: false,
+            ..ChannelRule::permissive()
         }
+    }
+
+    #[test]
+    fn history_needs_both_a_size_and_a_ttl() {
+        let mut kept = rule("room:*", Access::Anyone, Access::Anyone);
+        kept.history_size = 100;
+        kept.history_ttl = Some(HumanDuration::from_secs(60));
+        assert!(kept.problems("channels[0]").is_empty());
+        assert_eq!(
+            kept.history(),
+            Some(HistoryRule {
+                size: 100,
+                ttl: std::time::Duration::from_secs(60)
+            })
+        );
+        let keys = |rule: &ChannelRule| -> Vec<String> {
+            rule.problems("channels[0]")
+                .into_iter()
+                .map(|problem| problem.key)
+                .collect()
+        };
+        let mut no_ttl = kept.clone();
+        no_ttl.history_ttl = None;
+        assert_eq!(keys(&no_ttl), ["channels[0].history_ttl"]);
+        let mut no_size = kept.clone();
+        no_size.history_size = 0;
+        assert_eq!(keys(&no_size), ["channels[0].history_size"]);
+        let mut too_big = kept.clone();
+        too_big.history_size = MAX_HISTORY_SIZE + 1;
+        assert_eq!(keys(&too_big), ["channels[0].history_size"]);
+        let owned = ChannelRule {
+            pattern: "inbox:{user}".into(),
+            ..kept
+        };
+        let policy = ChannelPolicy::new(vec![owned, ChannelRule::permissive()]);
+        let rules = policy.history_rules();
+        assert!(rules.rule_for("inbox:42").is_some());
+        assert!(rules.rule_for("room:1").is_none());
     }
 
     fn user(id: &str, channels: &[&str]) -> Identity {

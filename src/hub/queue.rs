@@ -98,6 +98,15 @@ impl OutboundSender {
     pub fn queued_bytes(&self) -> usize {
         self.bytes.queued.load(Ordering::Acquire)
     }
+
+    /// Whether `frames` more frames of `bytes` bytes in all fit now (a replay is queued whole
+    /// or not at all).
+    pub fn fits(&self, frames: usize, bytes: usize) -> bool {
+        let queued = self.queued_bytes();
+        let bytes_fit =
+            queued.saturating_add(bytes) <= self.bytes.limit || (queued == 0 && frames <= 1);
+        frames <= self.frames.capacity() && bytes_fit
+    }
 }
 
 impl OutboundReceiver {
@@ -178,6 +187,19 @@ mod tests {
             Err(TrySendError::Full(_))
         ));
         assert_eq!(sender.queued_bytes(), 2, "a refused frame is not counted");
+    }
+
+    #[test]
+    fn what_fits_is_known_before_sending() {
+        let (sender, _receiver) = outbound_queue(3, 1000);
+        assert!(sender.fits(3, 1000));
+        assert!(!sender.fits(4, 10), "too many frames");
+        assert!(!sender.fits(2, 1001), "too many bytes");
+        assert!(sender.fits(1, 5000), "one frame alone fits an empty queue");
+        sender.try_send(frame(600)).expect("fits");
+        assert!(sender.fits(2, 400));
+        assert!(!sender.fits(1, 401));
+        assert!(!sender.fits(3, 1));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The hub's side of the broker: [`HubSink`] takes what the broker receives and hands it to this
 //! node. Channel publications go to the channel's group; user publications go straight to that
 //! user's connections (no group: a user's sockets on one node are few); control operations close
-//! the connections they name.
+//! the connections they name; gaps (publications the node may have missed) go to the groups
+//! concerned, which catch up from history if their channel keeps one.
 //!
 //! It never blocks: everything it does is a `try_send` into a bounded queue or mailbox, or a
 //! close notice to a connection.
@@ -14,7 +15,7 @@ use super::group_table::GroupTable;
 use super::member::Disconnect;
 use crate::broker::{BrokerSink, Publication, SinkError, Topic};
 use crate::metrics as names;
-use crate::protocol::{ControlOp, ControlTarget};
+use crate::protocol::{ChannelName, ControlOp, ControlTarget};
 
 pub struct HubSink {
     groups: GroupTable,
@@ -73,6 +74,10 @@ impl BrokerSink for HubSink {
             });
         }
     }
+
+    fn on_gap(&self, channel: Option<&ChannelName>) {
+        self.groups.resync(channel);
+    }
 }
 
 impl HubSink {
@@ -109,7 +114,13 @@ mod tests {
         let directory = Arc::new(ConnectionDirectory::new());
         let sink = Arc::new(HubSink::new(groups.clone(), directory.clone()));
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(sink));
-        let hub = Hub::new(groups, directory, broker.clone(), vec![Arbiter::current()]);
+        let hub = Hub::new(
+            groups,
+            directory,
+            broker.clone(),
+            vec![Arbiter::current()],
+            crate::hub::HistoryPolicy::default(),
+        );
         Node { hub, broker }
     }
 

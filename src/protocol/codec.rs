@@ -148,6 +148,8 @@ mod tests {
             channel: Some("room:1"),
             data: &data,
             from: Some("42"),
+            offset: None,
+            epoch: None,
         };
         let encoded = Encoding::Json.encode(&frame).expect("encode");
         assert!(encoded.is_text(), "json must be a text frame");
@@ -167,6 +169,45 @@ mod tests {
             br#"{"type":"error","code":"not_joined","reason":"x"}"#
         );
         assert_eq!(encoded.wire()[..2], [0x81, encoded.payload().len() as u8]);
+    }
+
+    #[test]
+    fn history_frames_match_the_contract() {
+        let data = json!(1);
+        let message = ServerFrame::Message {
+            channel: Some("room:1"),
+            data: &data,
+            from: None,
+            offset: Some(18),
+            epoch: Some("kXpQ"),
+        };
+        let encoded = Encoding::Json.encode(&message).expect("encode");
+        assert_eq!(
+            serde_json::from_slice::<Value>(encoded.payload()).expect("json"),
+            json!({"type": "message", "channel": "room:1", "data": 1, "offset": 18, "epoch": "kXpQ"})
+        );
+        let gap = ServerFrame::Gap {
+            channel: "room:1",
+            offset: 40,
+            epoch: "kXpQ",
+        };
+        let encoded = Encoding::Json.encode(&gap).expect("encode");
+        assert_eq!(
+            serde_json::from_slice::<Value>(encoded.payload()).expect("json"),
+            json!({"type": "gap", "channel": "room:1", "offset": 40, "epoch": "kXpQ"})
+        );
+        let join =
+            r#"{"action":"join","channel":"room:1","id":3,"since":{"offset":17,"epoch":"kXpQ"}}"#;
+        assert_eq!(
+            decode_text(join).expect("join").request,
+            ClientRequest::Join {
+                channel: "room:1".into(),
+                since: Some(crate::protocol::Position::new(17, "kXpQ")),
+            }
+        );
+        let bad = r#"{"action":"join","channel":"room:1","id":3,"since":{"offset":"17"}}"#;
+        let refused = decode_text(bad).expect_err("bad since");
+        assert_eq!(refused.id, Some(3), "the error answers the join");
     }
 
     #[test]

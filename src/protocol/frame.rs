@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::error_code::ErrorCode;
+use super::position::Position;
 
 /// A decoded client frame: the optional correlation `id` and what the client asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +22,8 @@ pub struct ClientFrame {
 pub enum ClientRequest {
     Join {
         channel: String,
+        /// The client's last position in the channel's history: replay what came after it.
+        since: Option<Position>,
     },
     Leave {
         channel: String,
@@ -103,6 +106,13 @@ impl ClientFrame {
         let request = match action.as_str() {
             "join" => ClientRequest::Join {
                 channel: take_string(&mut object, "channel", id)?,
+                since: match object.remove("since") {
+                    None | Some(Value::Null) => None,
+                    Some(since) => Some(
+                        Position::from_value(&since)
+                            .map_err(|reason| FrameError::new(id, reason))?,
+                    ),
+                },
             },
             "leave" => ClientRequest::Leave {
                 channel: take_string(&mut object, "channel", id)?,
@@ -161,6 +171,18 @@ pub enum ServerFrame<'a> {
         data: &'a Value,
         #[serde(skip_serializing_if = "Option::is_none")]
         from: Option<&'a str>,
+        /// The publication's place in a history channel (docs/protocol.md §7).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+    },
+    /// The member missed publications that cannot be delivered (they are no longer in
+    /// history): it should reload the channel's state; `offset` and `epoch` are where it stands.
+    Gap {
+        channel: &'a str,
+        offset: u64,
+        epoch: &'a str,
     },
     /// A member joined or left a channel whose rule has `presence = true`; `event` is
     /// `{"joined": {...}}` or `{"left": {...}}`, flattened into the frame.
@@ -201,7 +223,8 @@ mod tests {
             Ok(ClientFrame {
                 id: Some(1),
                 request: ClientRequest::Join {
-                    channel: "a".into()
+                    channel: "a".into(),
+                    since: None,
                 }
             })
         );

@@ -16,6 +16,7 @@ pub mod depth;
 pub mod envelope;
 pub mod error_code;
 pub mod frame;
+pub mod position;
 pub mod refusal;
 pub mod websocket;
 
@@ -26,4 +27,5 @@ pub use control::{ControlOp, ControlTarget};
 pub use envelope::{Envelope, PublicationKind};
 pub use error_code::{BROKER_UNAVAILABLE_REASON, ErrorCode};
 pub use frame::{ClientFrame, ClientRequest, ServerFrame};
+pub use position::Position;
 pub use refusal::RefusalCode;

@@ -12,6 +12,7 @@ mod faults;
 mod frames;
 mod handshake;
 mod hardening;
+mod history;
 mod integration;
 mod lifecycle;
 mod load_tool;

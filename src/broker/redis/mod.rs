@@ -9,6 +9,8 @@
 //!   to the sink ([`receiver`]).
 //!
 //! Every publication, this node's own included, comes back through Redis: one path, one order.
+//! A publication to a channel that keeps history is recorded and published by the Redis
+//! function library ([`functions`]) in one step, and comes back with its offset and epoch.
 //! With `cluster = true`, channel traffic uses sharded pub/sub (`SSUBSCRIBE`/`SPUBLISH`); user
 //! and control channels stay classic, which Redis Cluster broadcasts to every shard.
 //!
@@ -16,11 +18,14 @@
 //! clients reconnect with backoff (100 ms doubling to 1 s) and every channel still needed is
 //! subscribed again. While Redis is unreachable, publishes and new subscriptions fail at once
 //! with [`BrokerError::Unavailable`]. `is_ready` (and `/readyz`) reflect the [`probe`]: a
-//! message published on the node's own channel and received back.
+//! message published on the node's own channel and received back. A channel subscribed again
+//! after a reconnect, and every channel when the receiver fell behind, is reported to the sink
+//! ([`BrokerSink::on_gap`]) so that groups keeping history read what they missed.
 //!
 //! Limits: at most one in-flight pipeline per node (publishing is ordered); messages the
 //! receiver falls more than [`RECEIVE_BUFFER`] behind on are lost and counted.
 
+mod functions;
 mod keys;
 mod link;
 mod names;
@@ -44,14 +49,18 @@ use fred::types::config::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Broker, BrokerConfig, BrokerError, BrokerFuture, BrokerSink, Publication, Topic};
+use super::{
+    Broker, BrokerConfig, BrokerError, BrokerFuture, BrokerSink, HistoryFuture, HistoryQuery,
+    HistoryRule, HistoryRules, Publication, Topic,
+};
 use crate::config::KeyError;
-use crate::protocol::{ControlOp, Envelope};
+use crate::protocol::{ChannelName, ControlOp, Envelope};
+use functions::Functions;
 pub use keys::{RedisKeys, session_store_config};
 use link::Link;
-use names::{Names, RedisChannel};
+use names::Names;
 use probe::{PROBE_INTERVAL, Probe};
-use publisher::Outgoing;
+use publisher::{Command, Outgoing};
 pub use roster::RedisRoster;
 use subscriptions::Subscriptions;
 
@@ -76,6 +85,11 @@ struct Shared {
     subscriptions: Subscriptions,
     probe: Probe,
     outgoing: mpsc::Sender<Outgoing>,
+    functions: Functions,
+    /// Redis Cluster (functions are installed on every primary; keys must share a slot).
+    cluster: bool,
+    /// Where publications, control operations and gaps go.
+    sink: Arc<dyn BrokerSink>,
 }
 
 impl Shared {
@@ -219,10 +233,21 @@ fn start_client(
 
 impl RedisBroker {
     /// Builds the clients and starts connecting in the background (Redis need not be up);
-    /// must run inside a tokio runtime. Fails only on a bad configuration.
-    pub fn start(config: &BrokerConfig, sink: Arc<dyn BrokerSink>) -> Result<Self, BrokerError> {
+    /// must run inside a tokio runtime. Fails only on a bad configuration. `history` is
+    /// installed into Redis with the function library, for back ends that call it.
+    pub fn start(
+        config: &BrokerConfig,
+        history: &HistoryRules,
+        sink: Arc<dyn BrokerSink>,
+    ) -> Result<Self, BrokerError> {
         let node_id = format!("{:016x}", fastrand::u64(..));
         let names = Names::new(&config.prefix, &node_id, config.cluster);
+        let functions = Functions::new(
+            &config.prefix,
+            names.channel_prefix(),
+            config.cluster,
+            history,
+        );
         let mut builder = client_builder(config)?;
         let publisher = builder
             .build()
@@ -244,14 +269,18 @@ impl RedisBroker {
             subscriber_link: Link::new("subscriber"),
             probe: Probe::default(),
             outgoing,
+            functions,
+            cluster: config.cluster,
+            sink,
         });
         // The receiver subscribes to fred's message broadcast before any subscription exists.
-        let receiving = tokio::spawn(receiver::run(shared.clone(), sink));
+        let receiving = tokio::spawn(receiver::run(shared.clone()));
         let mut tasks = vec![
             receiving,
             tokio::spawn(subscriptions::reconcile(shared.clone())),
             tokio::spawn(publisher::run(shared.clone(), queue)),
             tokio::spawn(probe_loop(shared.clone())),
+            tokio::spawn(functions::keep_installed(shared.clone())),
         ];
         let watched = shared.clone();
         tasks.push(tokio::spawn(async move {
@@ -281,16 +310,15 @@ impl RedisBroker {
         Ok(Self { shared, tasks })
     }
 
-    /// Queues a payload for publishing; resolves with Redis's answer.
-    fn send(&self, channel: RedisChannel, payload: Bytes) -> BrokerFuture {
+    /// Queues a publication; resolves with Redis's answer.
+    fn send(&self, command: Command) -> BrokerFuture {
         if !self.shared.can_publish() {
             metrics::counter!(crate::metrics::BROKER_PUBLISH_FAILURES).increment(1);
             return Box::pin(std::future::ready(Err(not_connected())));
         }
         let (reply, answer) = oneshot::channel();
         let outgoing = Outgoing {
-            channel,
-            payload,
+            command,
             reply: Some(reply),
         };
         if let Err(err) = self.shared.outgoing.try_send(outgoing) {
@@ -357,8 +385,7 @@ async fn probe_loop(shared: Arc<Shared>) {
         interval.tick().await;
         if shared.can_publish() {
             let probe = Outgoing {
-                channel: shared.names.node(),
-                payload: shared.probe.next(),
+                command: Command::Publish(shared.names.node(), shared.probe.next()),
                 reply: None,
             };
             // A full queue is a busy publisher; the next tick tries again.
@@ -366,6 +393,28 @@ async fn probe_loop(shared: Arc<Shared>) {
         }
         shared.probe.report(shared.is_ready());
     }
+}
+
+impl RedisBroker {
+    /// Under Redis Cluster a channel's history keys must share its key's hash slot, which a
+    /// name holding a `}` outside a `{hash tag}` cannot (see `history.lua`).
+    fn check_history_key(&self, key: &str) -> Result<(), BrokerError> {
+        if self.shared.cluster && !keys_can_share_slot(key) {
+            return Err(BrokerError::Unavailable(format!(
+                "{key} cannot keep history on Redis Cluster: a `}}` outside a {{hash tag}}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `key`'s history keys can share its slot: it has a hash tag, or no `}` to break the
+/// `{key}` wrapping.
+fn keys_can_share_slot(key: &str) -> bool {
+    let has_tag = key
+        .find('{')
+        .is_some_and(|open| key[open + 1..].find('}').is_some_and(|close| close > 0));
+    has_tag || !key.contains('}')
 }
 
 impl Drop for RedisBroker {
@@ -411,16 +460,46 @@ impl Broker for RedisBroker {
             });
         }
         let channel = self.shared.names.topic(&publication.topic);
-        let envelope = Envelope {
-            data: publication.data,
-            from: publication.from,
-            kind: publication.kind,
-        };
-        self.send(channel, Bytes::from(envelope.to_json()))
+        if let Some(rule) = publication.history {
+            if let Err(err) = self.check_history_key(&channel.name) {
+                return Box::pin(std::future::ready(Err(err)));
+            }
+            return self.send(Command::Record {
+                envelope: functions::envelope_of(&publication),
+                key: channel.name,
+                rule,
+            });
+        }
+        let envelope = Envelope::new(publication.data, publication.from, publication.kind);
+        self.send(Command::Publish(channel, Bytes::from(envelope.to_json())))
     }
 
     fn publish_control(&self, op: ControlOp) -> BrokerFuture {
-        self.send(self.shared.names.control(), Bytes::from(op.to_json()))
+        self.send(Command::Publish(
+            self.shared.names.control(),
+            Bytes::from(op.to_json()),
+        ))
+    }
+
+    fn history(
+        &self,
+        channel: &ChannelName,
+        rule: HistoryRule,
+        query: HistoryQuery,
+    ) -> HistoryFuture {
+        let key = self
+            .shared
+            .names
+            .topic(&Topic::Channel(channel.clone()))
+            .name;
+        if let Err(err) = self.check_history_key(&key) {
+            return Box::pin(std::future::ready(Err(err)));
+        }
+        if !self.shared.can_publish() {
+            return Box::pin(std::future::ready(Err(not_connected())));
+        }
+        let (shared, channel) = (self.shared.clone(), channel.clone());
+        Box::pin(async move { functions::read(&shared, &channel, key, rule, query).await })
     }
 
     fn subscribe(&self, topic: &Topic) -> BrokerFuture {
@@ -478,6 +557,20 @@ mod tests {
             err.to_string()
                 .starts_with("broker.tls_ca_file: cannot read /nonexistent/ca.pem"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn history_keys_share_the_channel_keys_slot_or_are_refused() {
+        assert!(keys_can_share_slot("sb:ch:room:1"));
+        assert!(keys_can_share_slot("sb:ch:{room}:1"));
+        assert!(keys_can_share_slot("sb:ch:{room"));
+        assert!(!keys_can_share_slot("sb:ch:room}1"));
+        assert!(!keys_can_share_slot("sb:ch:{}x}"));
+        // The wrapped form's tag is the whole key: the same slot.
+        assert_eq!(
+            fred::util::redis_keyslot(b"{sb:ch:room:1}:meta"),
+            fred::util::redis_keyslot(b"sb:ch:room:1")
         );
     }
 

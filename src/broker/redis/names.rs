@@ -49,6 +49,11 @@ impl Names {
         }
     }
 
+    /// `PREFIX:ch:`, what every channel's Redis name (and history key) starts with.
+    pub(super) fn channel_prefix(&self) -> &str {
+        &self.channel_prefix
+    }
+
     pub(super) fn topic(&self, topic: &Topic) -> RedisChannel {
         match topic {
             Topic::Channel(channel) => RedisChannel {

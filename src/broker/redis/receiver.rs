@@ -3,7 +3,8 @@
 //!
 //! A payload that is not a valid envelope (or control op) is counted in
 //! `switchboard_broker_decode_errors_total`, logged once per Redis channel, and dropped; it never
-//! reaches a client and never stops the node.
+//! reaches a client and never stops the node. Messages lost because the receiver fell behind
+//! are reported to the sink as a gap on every channel, so groups keeping history catch up.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,9 +23,10 @@ use crate::protocol::{ChannelName, ControlOp, Envelope};
 const LOGGED_CHANNELS: usize = 1_024;
 
 /// Receives until the subscriber client is closed.
-pub(super) async fn run(shared: Arc<Shared>, sink: Arc<dyn BrokerSink>) {
+pub(super) async fn run(shared: Arc<Shared>) {
     let mut messages = shared.subscriber.message_rx();
     let mut decode_errors = DecodeErrorLog::default();
+    let sink = shared.sink.clone();
     loop {
         match messages.recv().await {
             Ok(message) => dispatch(&shared, sink.as_ref(), &mut decode_errors, &message),
@@ -35,6 +37,7 @@ pub(super) async fn run(shared: Arc<Shared>, sink: Arc<dyn BrokerSink>) {
                     missed,
                     "fell behind the redis subscriber; messages were lost"
                 );
+                sink.on_gap(None);
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -94,8 +97,10 @@ fn dispatch(
 
 fn publication(topic: Topic, payload: &[u8]) -> Result<Arc<Publication>, String> {
     let envelope = Envelope::decode(payload).map_err(|err| err.to_string())?;
+    let position = envelope.position().map_err(|err| err.to_string())?;
     Ok(Arc::new(Publication {
         kind: envelope.kind,
+        position,
         ..Publication::new(topic, envelope.data, envelope.from)
     }))
 }

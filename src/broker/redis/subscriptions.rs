@@ -12,6 +12,9 @@
 //! forgets what was confirmed and subscribes everything still needed again, including channels
 //! whose subscribe failed while Redis was down (fred's own `manage_subscriptions` replays only
 //! subscriptions that once succeeded, and cannot tell a waiting join when its channel is live).
+//! A channel that was live before the reconnect and is live again is reported to the sink as a
+//! gap ([`crate::broker::BrokerSink::on_gap`]): what was published meanwhile never reached this
+//! node, and a group that keeps history reads it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -49,6 +52,8 @@ struct State {
     confirmed: HashSet<RedisChannel>,
     /// Callers waiting for a channel to be confirmed.
     waiters: HashMap<RedisChannel, Vec<Waiter>>,
+    /// Channels that were live on the previous connection and are not confirmed again yet.
+    interrupted: HashSet<RedisChannel>,
 }
 
 impl State {
@@ -128,6 +133,7 @@ impl Subscriptions {
         };
         if last {
             state.references.remove(channel);
+            state.interrupted.remove(channel);
             self.record_gauge(&state);
             drop(state);
             self.wake.notify_one();
@@ -175,20 +181,40 @@ impl Subscriptions {
         (subscribe, unsubscribe)
     }
 
-    fn confirm(&self, channels: &[RedisChannel], result: &Result<(), BrokerError>) {
+    /// Records Redis's answer for `channels`; returns those that are live again after a
+    /// reconnect interrupted them.
+    fn confirm(
+        &self,
+        channels: &[RedisChannel],
+        result: &Result<(), BrokerError>,
+    ) -> Vec<RedisChannel> {
         let mut state = self.state();
+        let mut resumed = Vec::new();
         for channel in channels {
             if result.is_ok() {
                 state.confirmed.insert(channel.clone());
+                if state.interrupted.remove(channel) {
+                    resumed.push(channel.clone());
+                }
             }
             state.resolve(channel, result);
         }
+        resumed
     }
 
     /// After a reconnect: Redis holds none of the old connection's subscriptions.
     fn forget_confirmed(&self) -> usize {
         let mut state = self.state();
-        state.confirmed.clear();
+        let confirmed = std::mem::take(&mut state.confirmed);
+        state.interrupted.extend(confirmed);
+        let State {
+            interrupted,
+            references,
+            permanent,
+            ..
+        } = &mut *state;
+        interrupted
+            .retain(|channel| references.contains_key(channel) || permanent.contains(channel));
         state.references.len() + state.permanent.len()
     }
 
@@ -219,7 +245,8 @@ pub(super) async fn reconcile(shared: Arc<Shared>) {
         if shared.can_subscribe() {
             let (subscribe, unsubscribe) = subscriptions.plan();
             if !subscribe.is_empty() || !unsubscribe.is_empty() {
-                retry = !apply(subscriptions, &commands, subscribe, unsubscribe).await;
+                let resumed = |channels: Vec<RedisChannel>| report_gaps(&shared, channels);
+                retry = !apply(subscriptions, &commands, subscribe, unsubscribe, &resumed).await;
                 if !retry {
                     // Changes that arrived during the round are handled at once.
                     tokio::time::sleep(COALESCE).await;
@@ -244,6 +271,18 @@ pub(super) async fn reconcile(shared: Arc<Shared>) {
     }
 }
 
+/// Tells the sink that the channels among `resumed` missed what was published while their
+/// subscription was down.
+fn report_gaps(shared: &Shared, resumed: Vec<RedisChannel>) {
+    for channel in resumed {
+        if let super::names::Incoming::Channel(name) = shared.names.parse(&channel.name) {
+            if let Ok(name) = crate::protocol::ChannelName::parse(name) {
+                shared.sink.on_gap(Some(&name));
+            }
+        }
+    }
+}
+
 /// Which way a command changes the subscriptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Change {
@@ -257,6 +296,7 @@ async fn apply<C: PubsubInterface + Sync>(
     client: &C,
     subscribe: Vec<RedisChannel>,
     unsubscribe: Vec<RedisChannel>,
+    resumed: &(dyn Fn(Vec<RedisChannel>) + Sync),
 ) -> bool {
     let commands = batches(unsubscribe)
         .into_iter()
@@ -276,7 +316,7 @@ async fn apply<C: PubsubInterface + Sync>(
                 tracing::warn!(?change, channels = batch.len(), error = %err, "redis subscription change failed");
             }
             if change == Change::Subscribe {
-                subscriptions.confirm(&batch, &result);
+                resumed(subscriptions.confirm(&batch, &result));
             }
             result.is_ok()
         });
@@ -370,7 +410,7 @@ mod tests {
             vec![channel("sb:ch:room", false), channel("sb:control", false)]
         );
         assert!(unsubscribe.is_empty());
-        subscriptions.confirm(&subscribe, &Ok(()));
+        assert!(subscriptions.confirm(&subscribe, &Ok(())).is_empty());
         assert_eq!(first.await, Ok(()));
         assert_eq!(
             subscriptions.add(room.clone(), true).await,
@@ -393,6 +433,31 @@ mod tests {
             subscriptions.plan().0.len(),
             2,
             "everything again after a reconnect"
+        );
+    }
+
+    #[test]
+    fn a_channel_live_before_a_reconnect_is_reported_when_it_is_live_again() {
+        let subscriptions = Subscriptions::new(vec![channel("sb:control", false)]);
+        let (room, gone) = (channel("sb:ch:room", true), channel("sb:ch:gone", true));
+        drop(subscriptions.add(room.clone(), true));
+        drop(subscriptions.add(gone.clone(), true));
+        let (subscribe, _) = subscriptions.plan();
+        assert!(
+            subscriptions.confirm(&subscribe, &Ok(())).is_empty(),
+            "first time: no gap"
+        );
+        subscriptions.forget_confirmed();
+        subscriptions.release(&gone);
+        let (subscribe, _) = subscriptions.plan();
+        let failed = Err(BrokerError::Unavailable("down".into()));
+        assert!(subscriptions.confirm(&subscribe, &failed).is_empty());
+        let mut resumed = subscriptions.confirm(&subscribe, &Ok(()));
+        resumed.sort();
+        assert_eq!(resumed, vec![room, channel("sb:control", false)]);
+        assert!(
+            subscriptions.confirm(&subscribe, &Ok(())).is_empty(),
+            "reported once"
         );
     }
 }

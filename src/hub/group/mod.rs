@@ -19,6 +19,15 @@
 //! The group's own mailbox is bounded too ([`GROUP_MAILBOX_CAPACITY`]): publications arrive with
 //! `try_send`, and one that finds the mailbox full is refused back to the broker (the publisher
 //! hears `backend_unavailable`), so a group that falls behind never grows the node.
+//!
+//! A channel whose rule keeps history has a group with its history side ([`history`]): an
+//! ordered stream that catches up on what the node missed, and joins answered with the
+//! channel's position or a replay ([`recovery`], decided by [`continuity`]). Other channels'
+//! groups never touch it and fan out as they always did.
+
+mod continuity;
+pub mod history;
+mod recovery;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,8 +42,11 @@ use super::queue::Outbound;
 use crate::broker::{Broker, Publication, Topic};
 use crate::metrics as names;
 use crate::protocol::{
-    ChannelName, CloseReason, Encoding, OutboundFrame, PublicationKind, ServerFrame,
+    ChannelName, CloseReason, Encoding, OutboundFrame, Position, PublicationKind, ServerFrame,
 };
+pub(crate) use history::Resync;
+use history::{GroupHistory, HistorySettings};
+pub(crate) use recovery::register_metrics;
 
 /// Messages a group's mailbox holds before publications to it are refused. A group fans out to
 /// 5,000 members in about half a millisecond, so this is roughly half a second of backlog for a
@@ -57,7 +69,26 @@ pub enum JoinError {
     Cancelled,
 }
 
-pub(crate) type JoinReply = oneshot::Sender<Result<(), JoinError>>;
+/// What a client's join asks for, beyond membership, on a channel that keeps history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinRequest {
+    /// The join frame's id: the group answers it with the channel's position.
+    pub id: Option<u64>,
+    /// The client's last position: what came after it is replayed first.
+    pub since: Option<Position>,
+}
+
+/// A completed join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    /// The connection answers the client.
+    Plain,
+    /// The group has answered the client already (its position, after any replay): the
+    /// connection must not answer again.
+    Answered,
+}
+
+pub(crate) type JoinReply = oneshot::Sender<Result<Joined, JoinError>>;
 
 /// Adds a member; answered on `reply` once the member will receive publications.
 #[derive(Message)]
@@ -65,6 +96,7 @@ pub(crate) type JoinReply = oneshot::Sender<Result<(), JoinError>>;
 pub(crate) struct Join {
     pub(crate) member: Member,
     pub(crate) membership: Membership,
+    pub(crate) request: JoinRequest,
     pub(crate) reply: JoinReply,
 }
 
@@ -98,6 +130,8 @@ pub(crate) struct Group {
     retired: bool,
     table: Arc<dyn Retire>,
     broker: Arc<dyn Broker>,
+    /// For a channel that keeps history.
+    history: Option<GroupHistory>,
 }
 
 impl Group {
@@ -110,42 +144,47 @@ impl Group {
         first: Join,
         table: Arc<dyn Retire>,
         broker: Arc<dyn Broker>,
+        history: Option<HistorySettings>,
     ) -> Addr<Group> {
         let (sender, receiver) = actix::dev::channel::channel(GROUP_MAILBOX_CAPACITY);
         arbiter.spawn_fn(move || {
-            Context::with_receiver(receiver).run(Group::new(name, first, table, broker));
+            let group = Group {
+                name,
+                members: Vec::new(),
+                index: HashMap::new(),
+                subscription: Subscription::Pending(vec![first]),
+                table,
+                broker,
+                retired: false,
+                history: history.map(GroupHistory::new),
+            };
+            Context::with_receiver(receiver).run(group);
         });
         Addr::new(sender)
     }
 
-    fn new(
-        name: ChannelName,
-        first: Join,
-        table: Arc<dyn Retire>,
-        broker: Arc<dyn Broker>,
-    ) -> Self {
-        Self {
-            name,
-            members: Vec::new(),
-            index: HashMap::new(),
-            subscription: Subscription::Pending(vec![first]),
-            table,
-            broker,
-            retired: false,
+    /// Takes the join of a membership that is still active: a member at once, or, on a channel
+    /// that keeps history when the join wants an answer, once the group has answered it.
+    fn admit(&mut self, join: Join, ctx: &mut Context<Self>) {
+        if !join.membership.is_active() {
+            let _ = join.reply.send(Err(JoinError::Cancelled));
+            return;
         }
-    }
-
-    /// Adds the member of a join whose membership is still active, and answers it.
-    fn admit(&mut self, join: Join) {
+        if self.history.is_some() && join.request.wants_answer() {
+            return self.admit_recovering(join, ctx);
+        }
         let Join {
             member,
             membership,
             reply,
+            ..
         } = join;
-        if !membership.is_active() {
-            let _ = reply.send(Err(JoinError::Cancelled));
-            return;
-        }
+        self.add_live(member, membership);
+        let _ = reply.send(Ok(Joined::Plain));
+    }
+
+    /// Makes `member` live: it receives everything fanned out from now on.
+    fn add_live(&mut self, member: Member, membership: Membership) {
         match self.index.get_mut(&member.connection) {
             Some((position, current)) => {
                 self.members[*position] = member;
@@ -157,7 +196,6 @@ impl Group {
                 self.members.push(member);
             }
         }
-        let _ = reply.send(Ok(()));
     }
 
     fn remove(&mut self, connection: ConnectionKey) {
@@ -174,7 +212,14 @@ impl Group {
     /// Retires a subscribed group once nobody is in it. A group still subscribing waits for the
     /// subscription to settle first, so it never leaves a subscription behind.
     fn retire_if_empty(&mut self, ctx: &mut Context<Self>) {
-        if self.members.is_empty() && matches!(self.subscription, Subscription::Active) {
+        let recovering = self
+            .history
+            .as_ref()
+            .is_some_and(GroupHistory::has_recovering);
+        if self.members.is_empty()
+            && !recovering
+            && matches!(self.subscription, Subscription::Active)
+        {
             self.retired = true;
             self.table.retire(&self.name, &ctx.address());
             ctx.stop();
@@ -193,16 +238,11 @@ pub struct FanOut {
     pub gone: Vec<ConnectionKey>,
 }
 
-/// Queues `publication` to every member: encoded at most once per encoding, the same bytes
-/// shared by every member of that encoding, `try_send` only. A member whose queue is full is told
-/// to close with 4010 `slow_consumer`; the caller removes overflowed and gone members. Records the
-/// delivery metrics. Public for the fan-out benchmark.
-pub fn fan_out(members: &[Member], publication: &Publication) -> FanOut {
-    let mut json: Option<OutboundFrame> = None;
-    let mut msgpack: Option<OutboundFrame> = None;
-    let mut result = FanOut::default();
+/// The frame a publication is to members: a `presence` event, or a `message` (carrying its
+/// position on a channel that keeps history; without a channel for a direct message).
+pub(crate) fn frame_of(publication: &Publication) -> ServerFrame<'_> {
     let channel = publication.topic.channel().map(ChannelName::as_str);
-    let frame = match (publication.kind, channel) {
+    match (publication.kind, channel) {
         (PublicationKind::Presence, Some(channel)) => ServerFrame::Presence {
             channel,
             event: &publication.data,
@@ -211,8 +251,35 @@ pub fn fan_out(members: &[Member], publication: &Publication) -> FanOut {
             channel,
             data: &publication.data,
             from: publication.from.as_deref(),
+            offset: publication
+                .position
+                .as_ref()
+                .map(|position| position.offset),
+            epoch: publication
+                .position
+                .as_ref()
+                .map(|position| &*position.epoch),
         },
-    };
+    }
+}
+
+/// Queues `publication` to every member: encoded at most once per encoding, the same bytes
+/// shared by every member of that encoding, `try_send` only. A member whose queue is full is told
+/// to close with 4010 `slow_consumer`; the caller removes overflowed and gone members. Records the
+/// delivery metrics. Public for the fan-out benchmark.
+pub fn fan_out(members: &[Member], publication: &Publication) -> FanOut {
+    let result = queue_to_all(members, &frame_of(publication));
+    metrics::counter!(names::MESSAGES_DELIVERED).increment(result.delivered);
+    metrics::histogram!(names::PUBLISH_TO_DELIVER)
+        .record(publication.published_at.elapsed().as_secs_f64());
+    result
+}
+
+/// Queues `frame` to every member, encoded at most once per encoding (see [`fan_out`]).
+pub(crate) fn queue_to_all(members: &[Member], frame: &ServerFrame<'_>) -> FanOut {
+    let mut json: Option<OutboundFrame> = None;
+    let mut msgpack: Option<OutboundFrame> = None;
+    let mut result = FanOut::default();
     for member in members {
         let slot = match member.encoding {
             Encoding::Json => &mut json,
@@ -220,10 +287,10 @@ pub fn fan_out(members: &[Member], publication: &Publication) -> FanOut {
         };
         let encoded = match slot {
             Some(encoded) => encoded,
-            None => match member.encoding.encode(&frame) {
+            None => match member.encoding.encode(frame) {
                 Ok(encoded) => slot.insert(encoded),
                 Err(err) => {
-                    tracing::warn!(topic = %publication.topic, error = %err, "cannot encode publication");
+                    tracing::warn!(error = %err, "cannot encode a frame for members");
                     metrics::counter!(names::MESSAGES_DROPPED, "reason" => names::dropped::ENCODE_ERROR)
                         .increment(1);
                     continue;
@@ -239,9 +306,6 @@ pub fn fan_out(members: &[Member], publication: &Publication) -> FanOut {
             Err(TrySendError::Closed(_)) => result.gone.push(member.connection),
         }
     }
-    metrics::counter!(names::MESSAGES_DELIVERED).increment(result.delivered);
-    metrics::histogram!(names::PUBLISH_TO_DELIVER)
-        .record(publication.published_at.elapsed().as_secs_f64());
     if !result.overflowed.is_empty() {
         metrics::counter!(names::MESSAGES_DROPPED, "reason" => names::dropped::SLOW_CONSUMER)
             .increment(result.overflowed.len() as u64);
@@ -265,8 +329,11 @@ impl Actor for Group {
                 };
                 match result {
                     Ok(()) => {
+                        if group.history.is_some() {
+                            group.start_history(ctx);
+                        }
                         for join in pending {
-                            group.admit(join);
+                            group.admit(join, ctx);
                         }
                         group.retire_if_empty(ctx);
                     }
@@ -303,14 +370,14 @@ impl Actor for Group {
 impl Handler<Join> for Group {
     type Result = ();
 
-    fn handle(&mut self, join: Join, _ctx: &mut Self::Context) {
+    fn handle(&mut self, join: Join, ctx: &mut Self::Context) {
         if self.retired {
             // Dropping the reply makes the hub retry against a fresh group.
             return;
         }
         match &mut self.subscription {
             Subscription::Pending(pending) => pending.push(join),
-            Subscription::Active => self.admit(join),
+            Subscription::Active => self.admit(join, ctx),
             // Dropping the reply makes the hub retry against a fresh group.
             Subscription::Failed => {}
         }
@@ -328,6 +395,9 @@ impl Handler<Leave> for Group {
         if added_by_it {
             self.remove(leave.connection);
         }
+        if let Some(history) = &mut self.history {
+            history.leave(leave.connection, &leave.membership);
+        }
         if let Subscription::Pending(pending) = &mut self.subscription {
             pending.retain(|join| !join.membership.is(&leave.membership));
         }
@@ -339,6 +409,9 @@ impl Handler<Deliver> for Group {
     type Result = ();
 
     fn handle(&mut self, Deliver(publication): Deliver, ctx: &mut Self::Context) {
+        if self.history.is_some() {
+            return self.accept(publication, ctx);
+        }
         let FanOut {
             overflowed, gone, ..
         } = fan_out(&self.members, &publication);

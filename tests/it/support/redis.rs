@@ -63,6 +63,17 @@ impl RedisServer {
         server
     }
 
+    /// A server that writes every command to its append-only file before answering
+    /// (`appendfsync always`), so a restart after a kill keeps everything it acknowledged.
+    pub async fn start_persistent() -> Self {
+        let mut server = Self::new(free_port(), false);
+        server.extra_args = ["--appendonly", "yes", "--appendfsync", "always"]
+            .map(String::from)
+            .to_vec();
+        server.spawn().await;
+        server
+    }
+
     /// A server that speaks only TLS, with a certificate for 127.0.0.1 issued by a CA made for
     /// the test (its PEM file is `tls_ca`).
     pub async fn start_tls() -> Self {
@@ -488,6 +499,30 @@ impl RedisClient {
             .and_then(|rest| rest.split(',').next())
             .and_then(|calls| calls.parse().ok())
             .unwrap_or(0)
+    }
+
+    /// `FCALL function 1 key payload`: the offset it returns (`None` for nil).
+    pub async fn fcall(
+        &self,
+        function: &str,
+        key: &str,
+        payload: impl Into<Vec<u8>>,
+    ) -> Option<u64> {
+        self.try_fcall(function, key, payload)
+            .await
+            .unwrap_or_else(|err| panic!("FCALL {function}: {err}"))
+    }
+
+    /// `FCALL`, with Redis's error if it refused.
+    pub async fn try_fcall(
+        &self,
+        function: &str,
+        key: &str,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<Option<u64>, fred::error::Error> {
+        let payload = RedisValue::Bytes(payload.into().into());
+        let answer: RedisValue = self.client.fcall(function, key, vec![payload]).await?;
+        Ok(answer.as_u64())
     }
 
     pub async fn command(&self, name: &'static str, args: Vec<&str>) -> RedisValue {
