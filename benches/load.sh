@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A short load-tool run against a freshly started release node (part of `make bench`):
-# fan-out to 1,000 subscribers, a fixed-rate run, idle memory, and RS256 handshakes.
+# fan-out to 1,000 subscribers, a fixed-rate run, idle memory, RS256 handshakes, and clients
+# that drop and rejoin a channel with history.
 # The server is pinned to core 0 and the load tool to core 1 when the machine has two cores.
 # docs/performance.md has the full-size commands behind the published figures.
 set -euo pipefail
@@ -25,6 +26,16 @@ rate_limit_burst = 100000
 anonymous = true
 [auth.jwt]
 public_key_file = "$work/key.pub.pem"
+[[channels]]
+pattern = "history:*"
+join = "anyone"
+publish = "anyone"
+history_size = 1000
+history_ttl = "10m"
+[[channels]]
+pattern = "*"
+join = "anyone"
+publish = "anyone"
 TOML
 
 "${pin_server[@]}" "$BIN/switchboard" serve --config "$work/node.toml" >"$work/out" 2>"$work/log" &
@@ -41,3 +52,5 @@ echo "== idle: 2,000 joined connections"
 "${load[@]}" idle --connections 2000
 echo "== connect: 5,000 RS256 handshakes"
 "${load[@]}" --rsa-key "$work/key.pem" --concurrency 64 connect --count 5000
+echo "== recovery: 200 clients dropping every ~2 s, 100 msg/s for 5 s"
+"${load[@]}" recovery --clients 200 --rate 100 --duration 5 --channel history:load

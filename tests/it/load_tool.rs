@@ -262,3 +262,69 @@ async fn idle_reports_memory_per_connection_and_connect_counts_rs256_handshakes(
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn recovery_counts_what_rejoining_clients_lost_and_received_twice() {
+    // On a channel with history nothing is lost or repeated; on one without, clients that drop
+    // lose what was published while they were away, and the tool says so.
+    let config = r#"
+        [[channels]]
+        pattern = "chat:*"
+        join = "anyone"
+        publish = "anyone"
+        history_size = 1000
+        history_ttl = "10m"
+        [[channels]]
+        pattern = "*"
+        join = "anyone"
+        publish = "anyone"
+    "#;
+    let server = TestServer::start(config).await;
+    let url = server.ws_url("/ws");
+    let run = |channel: &'static str| {
+        let url = url.clone();
+        async move {
+            load(&[
+                "--url",
+                &url,
+                "recovery",
+                "--clients",
+                "10",
+                "--rate",
+                "80",
+                "--duration",
+                "1.5",
+                "--drop-every",
+                "0.4",
+                "--offline",
+                "0.1",
+                "--drain",
+                "2",
+                "--channel",
+                channel,
+            ])
+            .await
+        }
+    };
+    let kept = run("chat:load").await;
+    let delivery = &kept["delivery"];
+    let published = delivery["published"].as_u64().expect("published");
+    assert!(published >= 100, "{kept}");
+    assert_eq!(delivery["expected"].as_u64(), Some(published * 10));
+    assert_eq!(delivery["lost"], 0, "{kept}");
+    assert_eq!(kept["recovery"]["duplicated"], 0, "{kept}");
+    let recovered = kept["recovery"]["recovered"].as_u64().expect("recovered");
+    assert!(
+        recovered >= 10,
+        "every client rejoined at least once: {kept}"
+    );
+    assert_eq!(kept["recovery"]["not_recovered"], 0);
+    assert_eq!(kept["errors"], 0, "{kept}");
+
+    let plain = run("plain:load").await;
+    assert!(
+        plain["delivery"]["lost"].as_u64().expect("lost") > 0,
+        "{plain}"
+    );
+    assert_eq!(plain["recovery"]["recovered"], 0);
+}

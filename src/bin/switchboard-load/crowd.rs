@@ -129,6 +129,18 @@ impl Target {
         index: usize,
         channel: Option<&str>,
     ) -> Result<Client, WireError> {
+        let (client, _answer) = self.open_answered(endpoint, index, channel).await?;
+        Ok(client)
+    }
+
+    /// Like [`open_at`](Self::open_at), with the text of the join's answer (`None` without a
+    /// channel): on a channel that keeps history, it carries the channel's position.
+    pub(crate) async fn open_answered(
+        &self,
+        endpoint: &Endpoint,
+        index: usize,
+        channel: Option<&str>,
+    ) -> Result<(Client, Option<String>), WireError> {
         let headers = self.credentials.headers_for(index);
         let connecting = Client::connect(endpoint, self.sources.for_index(index), &headers);
         let mut client = tokio::time::timeout(STEP_TIMEOUT, connecting)
@@ -140,18 +152,19 @@ impl Target {
                 "expected welcome, got {welcome}"
             )));
         }
-        if let Some(channel) = channel {
-            client
-                .send_text(&format!(
-                    r#"{{"action":"join","channel":"{channel}","id":1}}"#
-                ))
-                .await?;
-            let answer = client.next_text(STEP_TIMEOUT).await?;
-            if frame_type(&answer).as_deref() != Some("reply") {
-                return Err(WireError::Refused(format!("join {channel}: {answer}")));
-            }
+        let Some(channel) = channel else {
+            return Ok((client, None));
+        };
+        client
+            .send_text(&format!(
+                r#"{{"action":"join","channel":"{channel}","id":1}}"#
+            ))
+            .await?;
+        let answer = client.next_text(STEP_TIMEOUT).await?;
+        if frame_type(&answer).as_deref() != Some("reply") {
+            return Err(WireError::Refused(format!("join {channel}: {answer}")));
         }
-        Ok(client)
+        Ok((client, Some(answer)))
     }
 
     /// Opens `count` connections, at most `concurrency` handshakes at a time; connection `i`

@@ -4,7 +4,8 @@
 //!
 //! Modes: `fanout` (one channel, S subscribers, over one node or several through Redis),
 //! `rooms` (a chat workload), `idle` (memory per held connection), `connect` (handshakes per
-//! second, with RS256 tokens). Output is a short human report, or one JSON object (`--json`).
+//! second, with RS256 tokens), `recovery` (clients that drop and rejoin with `since` on a channel
+//! that keeps history, counting what they lost or received twice). Output is a short human report, or one JSON object (`--json`).
 //! docs/performance.md has the commands behind every published number.
 
 mod crowd;
@@ -14,6 +15,7 @@ mod histogram;
 mod idle;
 mod process;
 mod received;
+mod recovery;
 mod report;
 mod rooms;
 mod stamp;
@@ -48,7 +50,7 @@ pub(crate) enum RunError {
 #[command(
     name = "switchboard-load",
     version,
-    about = "Load generator for Switchboard: fan-out, rooms, idle memory, handshakes"
+    about = "Load generator for Switchboard: fan-out, rooms, idle memory, handshakes, recovery"
 )]
 struct Cli {
     #[command(flatten)]
@@ -151,6 +153,31 @@ enum Mode {
         /// Seconds to keep the connections open after measuring.
         #[arg(long, default_value_t = 0.0)]
         hold: f64,
+    },
+    /// Clients that drop and rejoin with `since` under a steady publish rate, on a channel
+    /// that keeps history: delivered, lost, duplicated.
+    Recovery {
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Publications per second (spread over publishers of at most 50/s each).
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds of publishing.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Mean seconds between one client's drops.
+        #[arg(long, default_value_t = 2.0)]
+        drop_every: f64,
+        /// Seconds a dropped client stays away.
+        #[arg(long, default_value_t = 0.5)]
+        offline: f64,
+        /// A channel whose rule keeps history.
+        #[arg(long, default_value = "chat:load")]
+        channel: String,
+        #[arg(long, default_value_t = 110)]
+        payload_bytes: usize,
+        #[arg(long, default_value_t = 5.0)]
+        drain: f64,
     },
     /// Handshakes per second (authenticated when --rsa-key or --token is given).
     Connect {
@@ -287,6 +314,28 @@ async fn run(cli: Cli) -> Result<(report::Report, bool), RunError> {
                     concurrency,
                 };
                 idle::run(&target, &servers, &options).await
+            }
+            Mode::Recovery {
+                clients,
+                rate,
+                duration,
+                drop_every,
+                offline,
+                channel,
+                payload_bytes,
+                drain,
+            } => {
+                let options = recovery::Options {
+                    channel,
+                    clients: clients.max(1),
+                    rate,
+                    duration: seconds(duration, "duration")?,
+                    drop_every: seconds(drop_every, "drop-every")?,
+                    offline: seconds(offline, "offline")?,
+                    payload_bytes,
+                    drain: seconds(drain, "drain")?,
+                };
+                recovery::run(&target, &servers, &options, concurrency).await
             }
             Mode::Connect { count } => {
                 let options = handshake::Options { count, concurrency };

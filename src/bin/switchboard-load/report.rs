@@ -23,6 +23,8 @@ pub(crate) struct Report {
     pub(crate) memory: Option<Memory>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server_cpu: Option<ServerCpu>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) recovery: Option<crate::recovery::Recovery>,
     /// Errors the run saw (refused handshakes, `error` frames, lost connections), with the
     /// first of each kind.
     pub(crate) errors: u64,
@@ -168,6 +170,16 @@ impl Report {
                 delivery.disordered,
                 delivery.per_second,
                 delivery.seconds,
+            );
+        }
+        if let Some(recovery) = &self.recovery {
+            out += &format!(
+                "  {} reconnects: {} recovered, {} not recovered, {} gaps; {} duplicated\n",
+                recovery.reconnects,
+                recovery.recovered,
+                recovery.not_recovered,
+                recovery.gaps,
+                recovery.duplicated
             );
         }
         if let Some(handshakes) = &self.handshakes {
