@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::multinode::nodes;
 use crate::support::redis::{RedisClient, RedisCluster, RedisServer, node_config};
-use crate::support::{Client, TestServer, WAIT, binary};
+use crate::support::{Client, TestServer, WAIT, binary, shell};
 
 /// `chat:*` keeps 100 publications, `small:*` 10, `durable:*` 1000, `presence:*` 100 with
 /// presence events; a replay is at most 20 (see [`rules`]); the API key is `k`.
@@ -576,25 +576,6 @@ async fn the_history_api_and_cli_page_through_a_channel_and_presence_is_not_reco
     assert_eq!(lines[1..], ["7\t-\t{\"n\":7}", "8\t-\t{\"n\":8}"]);
 }
 
-/// Runs `command` with `sh` in the repository; its standard output.
-async fn shell(command: &str) -> String {
-    let output = tokio::process::Command::new("sh")
-        .args(["-c", command])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output();
-    // Starting Python is slow on a loaded machine; what is tested is the command.
-    let output = tokio::time::timeout(WAIT * 3, output)
-        .await
-        .expect("command finished")
-        .expect("sh runs (make test installs redis-tools and the Python packages)");
-    assert!(
-        output.status.success(),
-        "{command}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// The README's "History and recovery" line that starts with `prefix`.
 fn readme_line(prefix: &str) -> String {
     include_str!("../../README.md")
@@ -646,4 +627,31 @@ async fn the_readme_history_examples_resume_after_back_end_fcalls() {
         ],
         "{second}"
     );
+}
+
+#[tokio::test]
+async fn a_replay_that_would_not_fit_the_outbound_queue_is_not_recovered_and_the_socket_stays() {
+    // The memory broker keeps history too; a replay larger than the client's outbound queue
+    // (16 frames here) is answered `recovered: false` rather than closing it as slow.
+    let config = RULES.replace("[server]\n", "[server]\noutbound_queue = 16\n");
+    let node = TestServer::start(&config).await;
+    let mut publisher = node.client().await;
+    let (_, start) = join(&mut node.client().await, "chat:big", None, 1).await;
+    for n in 1..=18 {
+        publish(&mut publisher, "chat:big", json!(n), n).await;
+    }
+    let mut client = node.client().await;
+    let since = json!({"offset": 0, "epoch": start["epoch"]});
+    let (replayed, reply) = join(&mut client, "chat:big", Some(&since), 2).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(reply["offset"], 18);
+    assert!(replayed.is_empty());
+    let since = json!({"offset": 8, "epoch": start["epoch"]});
+    let (replayed, reply) = join(&mut node.client().await, "chat:big", Some(&since), 3).await;
+    assert_eq!(reply["recovered"], true, "ten fit: {reply}");
+    assert_eq!(offsets(&replayed), (9..=18).collect::<Vec<_>>());
+    publish(&mut publisher, "chat:big", json!("live"), 100).await;
+    assert_eq!(client.recv().await["data"], "live");
+    let series = r#"switchboard_recoveries_total{result="not_recovered",reason="limit"}"#;
+    assert_eq!(node.metric(series).await, Some(1.0));
 }

@@ -273,20 +273,7 @@ async fn the_readme_publishers_reach_clients_on_every_node() {
     let nodes = nodes(&redis, 2, "").await;
     let mut members = members_in(&nodes, &["room:1"]).await;
     for command in readme_publish_commands(&redis) {
-        let output = tokio::process::Command::new("sh")
-            .args(["-c", &command])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output();
-        // Starting a Python process is slow on a loaded machine; what is tested is the command.
-        let output = tokio::time::timeout(crate::support::WAIT * 3, output)
-            .await
-            .expect("publisher finished")
-            .expect("sh runs (make test installs redis-tools and the python redis package)");
-        assert!(
-            output.status.success(),
-            "{command}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        crate::support::shell(&command).await;
     }
     for member in &mut members {
         assert_eq!(

@@ -119,29 +119,18 @@ impl Recovering {
             .filter(|item| item.follows(&position))
             .collect();
         let member = &join.member;
+        let encode_as = |verdict: &Option<Verdict>| {
+            encode(member, channel, &join.request.id, &position, verdict, &tail)
+        };
         let mut verdict = verdict;
-        let mut frames = encode(
-            member,
-            channel,
-            &join.request.id,
-            &position,
-            &verdict,
-            &tail,
-        );
+        let mut frames = encode_as(&verdict);
         let fits = |frames: &[OutboundFrame]| {
             let bytes = frames.iter().map(|frame| frame.wire().len()).sum();
             member.queue.fits(frames.len(), bytes)
         };
         if matches!(verdict, Some(Verdict::Recovered(_))) && !fits(&frames) {
             verdict = Some(Verdict::NotRecovered(reasons::LIMIT));
-            frames = encode(
-                member,
-                channel,
-                &join.request.id,
-                &position,
-                &verdict,
-                &tail,
-            );
+            frames = encode_as(&verdict);
         }
         let replayed = match &verdict {
             Some(Verdict::Recovered(replay)) => replay.len(),

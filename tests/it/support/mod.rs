@@ -45,6 +45,26 @@ pub fn temp_file(name: &str, contents: &str) -> PathBuf {
     path
 }
 
+/// Runs `command` with `sh` in the repository (the guides' commands, as a reader would);
+/// asserts it succeeded and returns its standard output.
+pub async fn shell(command: &str) -> String {
+    let output = tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    // Starting Python is slow on a loaded machine; what is tested is the command.
+    let output = tokio::time::timeout(WAIT * 3, output)
+        .await
+        .expect("command finished")
+        .expect("sh runs (make test installs redis-tools and the Python packages)");
+    assert!(
+        output.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_switchboard")
 }
