@@ -28,6 +28,8 @@ def msgpack(value):
             return bytes([value])
         if -32 <= value < 0:
             return struct.pack("b", value)
+        if value >= 2**63:
+            return b"\xcf" + struct.pack(">Q", value)
         return b"\xd3" + struct.pack(">q", value)
     if isinstance(value, str):
         data = value.encode()
@@ -64,12 +66,15 @@ FRAMES = [
     {"action": "sendMessage", "room": "lobby", "text": "hello", "id": 6},
     {"action": "join", "channel": "x" * 300},
     {"action": "publish", "channel": "c", "id": -1},
+    {"action": "join", "channel": "chat:1", "id": 7, "since": {"offset": 17, "epoch": "hoorbp98k2"}},
+    {"action": "join", "channel": "chat:1", "since": {"offset": 18446744073709551615, "epoch": ""}},
 ]
 ENVELOPES = [
     {"data": {"text": "hello"}},
     {"data": 1, "from": "42"},
     {"data": {"joined": {"user": "42", "connection": "c_1"}}, "kind": "presence"},
     {"data": [[[[1]]]]},
+    {"data": {"text": "kept"}, "offset": 18, "epoch": "hoorbp98k2"},
 ]
 CONTROL = [
     {"op": "disconnect", "user": "42"},
@@ -97,6 +102,7 @@ CONFIGS = [
     '[auth.gateway]\ntrusted_proxies = ["10.0.0.0/8", "::1"]\nuser_header = "x-user"\n',
     '[[channels]]\npattern = "user:{user}"\njoin = "owner"\npublish = "owner"\npresence = true\n'
     '[routes]\ndefault = "http://127.0.0.1:8000/ws/"\n[backend]\ntimeout = "1s"\n',
+    '[server]\nrecovery_limit = 50\n[[channels]]\npattern = "chat:*"\nhistory_size = 100\nhistory_ttl = "10m"\n',
 ]
 
 

@@ -655,3 +655,62 @@ async fn a_replay_that_would_not_fit_the_outbound_queue_is_not_recovered_and_the
     let series = r#"switchboard_recoveries_total{result="not_recovered",reason="limit"}"#;
     assert_eq!(node.metric(series).await, Some(1.0));
 }
+
+#[tokio::test]
+async fn an_envelope_published_with_a_position_history_never_gave_it_is_delivered_without_it() {
+    // A back end that re-publishes what it received (offset and epoch included) with a plain
+    // PUBLISH must neither stall the channel nor make its nodes read history forever.
+    let redis = RedisServer::start().await;
+    let nodes = nodes(&redis, 1, RULES).await;
+    let node = &nodes[0];
+    let mut member = node.client().await;
+    let (_, start) = join(&mut member, "chat:forged", None, 1).await;
+    let epoch = start["epoch"].as_str().expect("epoch").to_owned();
+    let backend = redis.client().await;
+    let record = |data: &str| format!(r#"{{"data":"{data}"}}"#);
+    assert_eq!(
+        backend
+            .fcall("sb_publish", "sb:ch:chat:forged", record("first"))
+            .await,
+        Some(1)
+    );
+    let ahead = format!(r#"{{"data":"ahead","offset":1000,"epoch":"{epoch}"}}"#);
+    backend.publish("sb:ch:chat:forged", ahead).await;
+    let elsewhere = r#"{"data":"elsewhere","offset":2,"epoch":"zzz"}"#;
+    backend.publish("sb:ch:chat:forged", elsewhere).await;
+    assert_eq!(
+        backend
+            .fcall("sb_publish", "sb:ch:chat:forged", record("second"))
+            .await,
+        Some(2)
+    );
+    let mut received = Vec::new();
+    for _ in 0..4 {
+        let frame = member.recv().await;
+        received.push((frame["data"].clone(), frame.get("offset").cloned()));
+    }
+    // Recorded ones in offset order; the others once each, without a position (where they
+    // fall among the recorded ones depends on when the node's catch-up answered).
+    let positioned: Vec<_> = received
+        .iter()
+        .filter(|(_, offset)| offset.is_some())
+        .collect();
+    assert_eq!(
+        positioned,
+        [
+            &(json!("first"), Some(json!(1))),
+            &(json!("second"), Some(json!(2)))
+        ]
+    );
+    for forged in ["ahead", "elsewhere"] {
+        assert!(received.contains(&(json!(forged), None)), "{received:?}");
+    }
+    let reads = node.metric("switchboard_history_read_seconds_count").await;
+    assert!(reads.unwrap_or(0.0) < 10.0, "bounded reads: {reads:?}");
+    assert!(
+        member
+            .recv_within(Duration::from_millis(200))
+            .await
+            .is_none()
+    );
+}

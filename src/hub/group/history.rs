@@ -74,6 +74,8 @@ pub(crate) struct GroupHistory {
     check_scheduled: bool,
     /// Reads of the current catch-up that failed.
     failed_reads: u32,
+    /// A held publication of another epoch has had its one more catch-up.
+    epoch_rechecked: bool,
 }
 
 impl GroupHistory {
@@ -88,6 +90,7 @@ impl GroupHistory {
             reads: 0,
             check_scheduled: false,
             failed_reads: 0,
+            epoch_rechecked: false,
         }
     }
 
@@ -271,6 +274,7 @@ impl Group {
                 if let Some(position) = &publication.position {
                     history.continuity.set(position.clone());
                 }
+                history.epoch_rechecked = false;
                 self.deliver_item(Item::Publication(publication));
             }
             Order::Gap => {
@@ -420,10 +424,46 @@ impl Group {
                 self.fail_unreached();
             }
         }
-        for publication in held.into_iter().flatten() {
-            self.accept(publication, ctx);
-        }
+        self.accept_held(held.unwrap_or_default(), ctx);
         self.settle(ctx);
+    }
+
+    /// Takes what was held during a catch-up whose read answered. A publication that still
+    /// does not follow the stream is not in the channel's history: an envelope published with
+    /// a position the history function never gave it (a back end re-publishing what it
+    /// received), or of an epoch the read did not see. One of another epoch gets one more
+    /// catch-up (the history may have been lost while the read was out); any other is
+    /// delivered without its position, as a plain `PUBLISH` is, so it can neither stall the
+    /// stream nor keep it reading.
+    fn accept_held(&mut self, held: Vec<Arc<Publication>>, ctx: &mut Context<Self>) {
+        for publication in held {
+            let Some(history) = self.history.as_mut() else {
+                return;
+            };
+            let order = match history.held {
+                // A new catch-up started: `accept` holds the rest for it.
+                Some(_) => Order::Next,
+                None => history.continuity.order(&publication),
+            };
+            if !matches!(order, Order::Gap) {
+                self.accept(publication, ctx);
+                continue;
+            }
+            let other_epoch = match (&publication.position, history.continuity.last()) {
+                (Some(position), Some(last)) => position.epoch != last.epoch,
+                _ => false,
+            };
+            if other_epoch && !history.epoch_rechecked {
+                history.epoch_rechecked = true;
+                self.catch_up(vec![publication], ctx);
+                continue;
+            }
+            tracing::warn!(channel = %self.name, offset = ?publication.position.as_ref().map(|position| position.offset),
+                "a publication whose position is not in the channel's history; delivered without it");
+            let mut plain = Publication::clone(&publication);
+            plain.position = None;
+            self.deliver_item(Item::Publication(Arc::new(plain)));
+        }
     }
 
     /// Moves the stream to `publication`'s position.
