@@ -228,6 +228,11 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 impl Metrics {
     /// Installs the recorder on first call; later calls return the same handle.
     pub fn install() -> Result<Self, MetricsError> {
+        // Nodes started at once in one process (the in-process tests) install one recorder.
+        static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _installing = INSTALLING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(handle) = HANDLE.get() {
             return Ok(Self {
                 handle: handle.clone(),

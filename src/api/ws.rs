@@ -101,6 +101,7 @@ async fn accept(
         state.limits.outbound_queue_bytes,
     );
     let (closer, close_receiver) = tokio::sync::oneshot::channel();
+    let (welcome, welcome_receiver) = tokio::sync::oneshot::channel();
     let (lifeline, actor_gone) = crate::connection::outbound::lifeline();
     // The connection's outbound queue becomes the response body; actix-ws's own body (and its
     // `Session`) are not used for sending. See `connection::outbound`.
@@ -110,6 +111,7 @@ async fn accept(
                 queue_receiver,
                 close_receiver,
                 actor_gone,
+                Some(welcome_receiver),
                 handshake_body,
                 ticket,
             )
@@ -125,6 +127,7 @@ async fn accept(
         connect_instructions,
         inbound,
         queue,
+        welcome,
         closer,
         lifeline,
     };

@@ -114,10 +114,14 @@ impl Connection {
                     channels: &names,
                     expires_at: connection.identity.expires_at,
                 };
-                let welcome = connection.encoding.encode(&welcome);
-                match welcome {
-                    Ok(frame) => connection.enqueue(ctx, Outbound::Frame(frame)),
-                    Err(err) => tracing::error!(error = %err, "cannot encode welcome"),
+                // Ahead of whatever the channels joined have queued already.
+                let welcome_to = connection.welcome.take();
+                match (connection.encoding.encode(&welcome), welcome_to) {
+                    (Ok(frame), Some(to)) => {
+                        let _ = to.send(frame);
+                    }
+                    (Ok(frame), None) => connection.enqueue(ctx, Outbound::Frame(frame)),
+                    (Err(err), _) => tracing::error!(error = %err, "cannot encode welcome"),
                 }
                 for (code, reason) in refused {
                     connection.error(ctx, None, code, &reason);

@@ -43,7 +43,8 @@ use crate::hub::{
 };
 use crate::metrics as names;
 use crate::protocol::{
-    ChannelName, ClientRequest, CloseCode, CloseReason, Encoding, ErrorCode, ServerFrame,
+    ChannelName, ClientRequest, CloseCode, CloseReason, Encoding, ErrorCode, OutboundFrame,
+    ServerFrame,
 };
 use crate::sessions::{SessionKeeper, SessionTicket};
 use outbound::{CloseRequest, Lifeline};
@@ -119,6 +120,8 @@ pub(crate) struct ConnectionParts {
     pub connect_instructions: Option<Instructions>,
     pub inbound: AggregatedMessageStream,
     pub queue: OutboundSender,
+    /// Where the `welcome` goes: ahead of everything queued (see `outbound`).
+    pub welcome: oneshot::Sender<OutboundFrame>,
     pub closer: oneshot::Sender<CloseRequest>,
     /// Held while the actor runs: the outbound body ends once it is dropped.
     pub lifeline: Lifeline,
@@ -138,6 +141,7 @@ pub(crate) struct Connection {
     expiry: Option<SpawnHandle>,
     settings: Arc<ConnectionSettings>,
     queue: OutboundSender,
+    welcome: Option<oneshot::Sender<OutboundFrame>>,
     closer: Option<oneshot::Sender<CloseRequest>>,
     _lifeline: Lifeline,
     /// Set once the close frame is asked for: the actor only waits for the close handshake to
@@ -200,6 +204,7 @@ impl Connection {
             route_calls: 0,
             settings,
             queue: parts.queue,
+            welcome: Some(parts.welcome),
             closer: Some(parts.closer),
             _lifeline: parts.lifeline,
             closing: false,

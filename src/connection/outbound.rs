@@ -12,6 +12,11 @@
 //! Its own response body is kept here unpolled and dropped with this one, which is how that
 //! stream learns the connection is gone.
 //!
+//! The `welcome` is the first frame (docs/protocol.md §1), though the channels joined at the
+//! handshake deliver as soon as each join completes, before the welcome (which lists them) is
+//! ready: until the connection hands the body its welcome, the body hands over nothing, and
+//! what members queue meanwhile waits behind it (bounded as always).
+//!
 //! On a close request, what is already queued (a last `error` frame, say) is written first,
 //! then the close frame; for a slow consumer (4010) the queue is the problem, so the close
 //! overtakes it. The body then stays open, the socket still reading, until the close handshake is
@@ -38,8 +43,8 @@ use tokio::sync::oneshot;
 
 use super::admission::Ticket;
 use crate::hub::{Outbound, OutboundReceiver};
-use crate::protocol::CloseCode;
 use crate::protocol::websocket::{self, Opcode};
+use crate::protocol::{CloseCode, OutboundFrame};
 
 /// Bytes handed to the dispatcher per poll at most; it asks again while its own buffer has room.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -79,6 +84,8 @@ pub(crate) struct OutboundBody {
     queue: OutboundReceiver,
     close: oneshot::Receiver<CloseRequest>,
     actor: oneshot::Receiver<()>,
+    /// Until the welcome is handed over: where it comes from.
+    welcome: Option<oneshot::Receiver<OutboundFrame>>,
     stage: Stage,
     /// actix-ws's response body, never polled; dropping it ends the inbound `MessageStream`.
     _handshake_body: BoxBody,
@@ -86,11 +93,13 @@ pub(crate) struct OutboundBody {
 }
 
 impl OutboundBody {
-    /// `actor` is the watched end of the connection actor's [`Lifeline`].
+    /// `actor` is the watched end of the connection actor's [`Lifeline`]; `welcome`, where the
+    /// first frame comes from (nothing is handed over before it; `None`: no welcome to wait for).
     pub(crate) fn new(
         queue: OutboundReceiver,
         close: oneshot::Receiver<CloseRequest>,
         actor: oneshot::Receiver<()>,
+        welcome: Option<oneshot::Receiver<OutboundFrame>>,
         handshake_body: BoxBody,
         ticket: Ticket,
     ) -> Self {
@@ -98,6 +107,7 @@ impl OutboundBody {
             queue,
             close,
             actor,
+            welcome,
             stage: Stage::Open,
             _handshake_body: handshake_body,
             ticket: Some(ticket),
@@ -110,12 +120,13 @@ impl OutboundBody {
         self.ticket = None;
     }
 
-    /// The last bytes of the connection: what is queued (unless the queue is the problem), then
-    /// the close frame.
+    /// The last bytes of the connection: what is queued (unless the queue is the problem, or no
+    /// welcome went before it), then the close frame.
     fn last_bytes(&mut self, request: Option<CloseRequest>, batch: &mut Batch) {
-        let flush = request
-            .as_ref()
-            .is_none_or(|request| request.code != CloseCode::SlowConsumer);
+        let flush = self.welcome.is_none()
+            && request
+                .as_ref()
+                .is_none_or(|request| request.code != CloseCode::SlowConsumer);
         if flush {
             while let Ok(outbound) = self.queue.try_recv() {
                 batch.push(wire(outbound));
@@ -210,6 +221,15 @@ impl MessageBody for OutboundBody {
             }
             return Poll::Ready(batch.into_bytes().map(Ok));
         }
+        if let Some(welcome) = &mut this.welcome {
+            match Pin::new(welcome).poll(cx) {
+                Poll::Ready(Ok(welcome)) => batch.push(welcome.into_wire()),
+                // No welcome is coming (the connection could not encode one): on as usual.
+                Poll::Ready(Err(_)) => {}
+                Poll::Pending => return Poll::Pending,
+            }
+            this.welcome = None;
+        }
         while batch.len() < MAX_BATCH_BYTES {
             match this.queue.poll_recv(cx) {
                 Poll::Ready(Some(outbound)) => batch.push(wire(outbound)),
@@ -251,7 +271,7 @@ mod tests {
         let (queue, receiver) = outbound_queue(capacity, usize::MAX);
         let (closer, close) = oneshot::channel();
         let (lifeline, actor) = lifeline();
-        let body = OutboundBody::new(receiver, close, actor, BoxBody::new(()), ticket);
+        let body = OutboundBody::new(receiver, close, actor, None, BoxBody::new(()), ticket);
         Parts {
             body,
             queue,
@@ -304,6 +324,37 @@ mod tests {
         };
         let text = String::from_utf8_lossy(&bytes);
         assert_eq!(text.matches(r#""type":"pong""#).count(), 3, "{text}");
+    }
+
+    #[test]
+    fn nothing_is_handed_over_before_the_welcome_which_goes_first() {
+        let admission = Admission::new(0);
+        let ticket = admission.try_admit().expect("no limit");
+        let (queue, receiver) = outbound_queue(8, usize::MAX);
+        let (_closer, close) = oneshot::channel();
+        let (_lifeline, actor) = lifeline();
+        let (welcome, welcome_receiver) = oneshot::channel();
+        let mut body = OutboundBody::new(
+            receiver,
+            close,
+            actor,
+            Some(welcome_receiver),
+            BoxBody::new(()),
+            ticket,
+        );
+        queue.try_send(pong(1)).expect("room");
+        assert_eq!(poll(&mut body), Poll::Pending, "held behind the welcome");
+        let hello = Encoding::Json
+            .encode(&ServerFrame::Pong { id: Some(0) })
+            .expect("encode");
+        welcome.send(hello).expect("body waiting");
+        let Poll::Ready(Some(bytes)) = poll(&mut body) else {
+            panic!("expected the welcome and what waited")
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        let first = text.find(r#""id":0"#).expect("the welcome");
+        let second = text.find(r#""id":1"#).expect("what waited");
+        assert!(first < second, "{text}");
     }
 
     #[test]

@@ -375,3 +375,35 @@ async fn one_publisher_reaches_members_in_order() {
         }
     }
 }
+
+#[tokio::test]
+async fn welcome_is_the_first_frame_even_while_a_joined_channel_is_busy() {
+    // A channel joined at the handshake delivers as soon as the join completes, and the welcome
+    // waits for every join: the body holds what arrives until the welcome is out.
+    let server =
+        InProcessServer::start("[server]\nrate_limit = 100000\nrate_limit_burst = 100000\n");
+    let mut publisher = Client::connect(&server.ws_url("/ws"), &[])
+        .await
+        .expect("publisher");
+    publisher.recv().await;
+    let publishing = tokio::spawn(async move {
+        // Tens of thousands a second: busy, but within what a reading client keeps up with.
+        for n in 0..20_000u64 {
+            publisher
+                .send(json!({"action": "publish", "channel": "busy", "data": n}))
+                .await;
+            if n % 50 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        publisher
+    });
+    let quiet: Vec<String> = (0..50).map(|n| format!("&channel=quiet:{n}")).collect();
+    for _ in 0..30 {
+        let url = server.ws_url(&format!("/ws?channel=busy{}", quiet.concat()));
+        let mut client = Client::connect(&url, &[]).await.expect("connect");
+        let first = client.recv().await;
+        assert_eq!(first["type"], "welcome", "{first}");
+    }
+    publishing.await.expect("publisher");
+}
