@@ -331,9 +331,8 @@ async fn lost_metadata_is_a_new_epoch_even_when_the_stream_survived() {
     );
 }
 
-/// A member per node on `durable:1` (joined for its position) and a publisher per node that
-/// publishes `count` numbered messages, retrying each until a node takes it.
-async fn members_and_publishers(nodes: &[TestServer]) -> Vec<Client> {
+/// A member per node on `durable:1`, joined with an id (so it starts tracking at offset 0).
+async fn tracking_members(nodes: &[TestServer]) -> Vec<Client> {
     let mut members = Vec::new();
     for node in nodes {
         let mut member = node.client().await;
@@ -373,9 +372,13 @@ async fn publish_all(mut client: Client, from: u64, to: u64) -> Client {
 #[tokio::test]
 async fn with_persistence_a_redis_restart_is_a_pause_every_member_gets_everything_once() {
     let mut redis = RedisServer::start_persistent().await;
-    let nodes = nodes(&redis, 2, &rules(1000)).await;
-    let mut members = members_and_publishers(&nodes).await;
-    let publishers = [nodes[0].client().await, nodes[1].client().await];
+    let nodes = nodes(&redis, 3, &rules(1000)).await;
+    let mut members = tracking_members(&nodes).await;
+    let publishers = [
+        nodes[0].client().await,
+        nodes[1].client().await,
+        nodes[2].client().await,
+    ];
     let mut running = Vec::new();
     for (index, publisher) in publishers.into_iter().enumerate() {
         let from = index as u64 * 1000;
@@ -388,10 +391,10 @@ async fn with_persistence_a_redis_restart_is_a_pause_every_member_gets_everythin
     for publishing in running {
         publishing.await.expect("publisher");
     }
-    // Everything Redis recorded, once, in order, on both nodes.
+    // Everything Redis recorded, once, in order, on all three nodes.
     let top = top_of(&nodes[0], "durable:1").await;
     assert!(
-        top >= 120,
+        top >= 180,
         "every acknowledged publication is recorded (top {top})"
     );
     let (_, recorded) =
@@ -414,7 +417,7 @@ async fn with_persistence_a_redis_restart_is_a_pause_every_member_gets_everythin
             "no gap, no duplicate after the last"
         );
     }
-    for n in (0..60).chain(1000..1060) {
+    for n in (0..60).chain(1000..1060).chain(2000..2060) {
         assert!(
             recorded.contains(&json!(n)),
             "publication {n} acknowledged but not recorded"
@@ -426,7 +429,7 @@ async fn with_persistence_a_redis_restart_is_a_pause_every_member_gets_everythin
 async fn without_persistence_members_get_a_gap_and_later_publications_flow() {
     let mut redis = RedisServer::start().await;
     let nodes = nodes(&redis, 2, RULES).await;
-    let mut members = members_and_publishers(&nodes).await;
+    let mut members = tracking_members(&nodes).await;
     let mut publisher = nodes[0].client().await;
     for n in 1..=5 {
         publish(&mut publisher, "durable:1", json!(n), n).await;
