@@ -18,6 +18,7 @@ run:
 ## kubernetes-validate; cargo-fuzz) if missing, then run every test, and each fuzz target briefly.
 test: test-deps
 	$(CARGO) test --all-targets
+	cd clients/js && npm test
 	$(MAKE) fuzz-smoke
 
 test-deps:
@@ -34,12 +35,17 @@ test-deps:
 	@python3 -c "import websockets, redis, kubernetes_validate" 2>/dev/null || { \
 		echo "installing the python websockets, redis (README examples) and kubernetes-validate (deploy/k8s) packages"; \
 		python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore websockets redis kubernetes-validate==1.37.0; }
+	@test -d clients/js/node_modules || { \
+		echo "installing the JavaScript client's build and test tools (npm ci)"; \
+		cd clients/js && npm ci --no-audit --no-fund --loglevel=error; }
 
 ## Formatting and clippy, as CI runs them (the fuzz crate is formatted too).
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) fmt --check --manifest-path fuzz/Cargo.toml
 	$(CARGO) clippy --all-targets -- -D warnings
+	@test -d clients/js/node_modules || { cd clients/js && npm ci --no-audit --no-fund --loglevel=error; }
+	cd clients/js && npm run lint && npm run size
 
 ## Every fuzz target for FUZZ_SECONDS, optimized and with AddressSanitizer (nightly). New inputs
 ## go to fuzz/corpus/, crashes to fuzz/artifacts/ (both ignored by git); fuzz/seeds/ is the
