@@ -36,12 +36,14 @@ publish = "anyone"
 
 let node;
 let base;
+/** More config for the next `startNode` (an `[auth]` section, say). */
+const CONFIG_EXTRA = { value: "" };
 
 /** Starts a node; resolves with its process and base URL once it listens. */
 function startNode() {
   const directory = mkdtempSync(join(tmpdir(), "switchboard-js-"));
   const config = join(directory, "node.toml");
-  writeFileSync(config, CONFIG);
+  writeFileSync(config, CONFIG + CONFIG_EXTRA.value);
   const child = spawn(BINARY, ["serve", "--config", config], { stdio: ["ignore", "pipe", "inherit"] });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("the node did not start")), WAIT);
@@ -182,5 +184,38 @@ test("a node that stops answering is noticed by the liveness check", async (t) =
   assert.ok(Date.now() - started < 2_000, "within ping interval + pong timeout");
   frozen.child.kill("SIGCONT");
   await once(sb, "connected");
+  sb.disconnect();
+});
+
+/** An HS256 token for user 42 that expires in `seconds`. */
+async function token(seconds) {
+  const { createHmac } = await import("node:crypto");
+  const encode = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const body = `${encode({ alg: "HS256", typ: "JWT" })}.${encode({ sub: "42", exp: Math.floor(Date.now() / 1000) + seconds })}`;
+  return `${body}.${createHmac("sha256", "test-secret").update(body).digest("base64url")}`;
+}
+
+test("a token about to expire is refreshed without a reconnect", async (t) => {
+  CONFIG_EXTRA.value = '[auth]\nanonymous = false\n[auth.jwt]\nsecret = "test-secret"\nleeway = "0s"\n';
+  const authed = await startNode();
+  CONFIG_EXTRA.value = "";
+  t.after(() => authed.child.kill("SIGKILL"));
+  let issued = 0;
+  const sb = new Switchboard(`${authed.base.replace("http", "ws")}/ws`, {
+    WebSocket,
+    pingInterval: 0,
+    refreshAhead: 2_000,
+    getToken: () => token(++issued === 1 ? 3 : 600),
+  });
+  const disconnects = [];
+  sb.on("disconnected", (event) => disconnects.push(event));
+  sb.connect();
+  const welcome = await once(sb, "connected");
+  assert.equal(welcome.user, "42");
+  // Past the first token's expiry: still the same connection.
+  await new Promise((resolve) => setTimeout(resolve, 4_500));
+  assert.equal(sb.state, "connected");
+  assert.deepEqual(disconnects, []);
+  assert.equal(issued, 2, "asked once more, ahead of expiry");
   sb.disconnect();
 });
