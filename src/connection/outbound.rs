@@ -129,7 +129,7 @@ impl OutboundBody {
                 .is_none_or(|request| request.code != CloseCode::SlowConsumer);
         if flush {
             while let Ok(outbound) = self.queue.try_recv() {
-                batch.push(wire(outbound));
+                batch.push_item(outbound);
             }
         }
         self.queue.close();
@@ -137,15 +137,6 @@ impl OutboundBody {
             Some(request) => websocket::close(request.code.code(), &request.reason),
             None => websocket::frame(Opcode::Close, &[]),
         });
-    }
-}
-
-/// The bytes of one queued item.
-fn wire(outbound: Outbound) -> Bytes {
-    match outbound {
-        Outbound::Frame(frame) => frame.into_wire(),
-        Outbound::Ping(payload) => websocket::control(Opcode::Ping, &payload),
-        Outbound::Pong(payload) => websocket::control(Opcode::Pong, &payload),
     }
 }
 
@@ -157,6 +148,20 @@ struct Batch {
 }
 
 impl Batch {
+    /// Adds the bytes of one queued item.
+    fn push_item(&mut self, outbound: Outbound) {
+        match outbound {
+            Outbound::Frame(frame) => self.push(frame.into_wire()),
+            Outbound::Frames(frames) => {
+                for frame in frames {
+                    self.push(frame.into_wire());
+                }
+            }
+            Outbound::Ping(payload) => self.push(websocket::control(Opcode::Ping, &payload)),
+            Outbound::Pong(payload) => self.push(websocket::control(Opcode::Pong, &payload)),
+        }
+    }
+
     fn push(&mut self, bytes: Bytes) {
         if self.first.is_none() && self.joined.is_empty() {
             self.first = Some(bytes);
@@ -232,7 +237,7 @@ impl MessageBody for OutboundBody {
         }
         while batch.len() < MAX_BATCH_BYTES {
             match this.queue.poll_recv(cx) {
-                Poll::Ready(Some(outbound)) => batch.push(wire(outbound)),
+                Poll::Ready(Some(outbound)) => batch.push_item(outbound),
                 // Every sender gone, the actor's included.
                 Poll::Ready(None) => {
                     this.last_bytes(None, &mut batch);

@@ -117,27 +117,36 @@ struct Connection {
 }
 
 impl Connection {
-    /// Takes what has arrived into `frames`, following the history channel's position.
+    /// Takes what has arrived into `frames`.
     fn receive(&mut self) {
         while let Ok(item) = self.queue.try_recv() {
-            let Outbound::Frame(frame) = item else {
-                continue;
+            let frames = match item {
+                Outbound::Frame(frame) => vec![frame],
+                Outbound::Frames(frames) => frames,
+                Outbound::Ping(_) | Outbound::Pong(_) => continue,
             };
-            let Ok(value) = serde_json::from_slice::<serde_json::Value>(frame.payload()) else {
-                continue;
-            };
-            let located = match value["type"].as_str() {
-                Some("reply") => position_in(&value["data"]),
-                Some("message") if value["channel"] == channel(HISTORY_CHANNEL).as_str() => {
-                    position_in(&value)
-                }
-                _ => None,
-            };
-            if located.is_some() {
-                self.position = located;
+            for frame in frames {
+                self.take(&frame);
             }
-            self.frames.push(value);
         }
+    }
+
+    /// One frame received, following the history channel's position.
+    fn take(&mut self, frame: &crate::protocol::OutboundFrame) {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(frame.payload()) else {
+            return;
+        };
+        let located = match value["type"].as_str() {
+            Some("reply") => position_in(&value["data"]),
+            Some("message") if value["channel"] == channel(HISTORY_CHANNEL).as_str() => {
+                position_in(&value)
+            }
+            _ => None,
+        };
+        if located.is_some() {
+            self.position = located;
+        }
+        self.frames.push(value);
     }
 }
 

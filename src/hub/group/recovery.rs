@@ -11,8 +11,11 @@
 //! buffered after the position; the member is live from there. No gap, no duplicate: the read
 //! covers up to the position, the buffer from the join on, and the join came before the read.
 //!
-//! A replay is queued whole or not at all: one that would overflow the connection's outbound
-//! queue is not recovered (`limit`), so a client is never closed as a slow consumer for asking.
+//! All of it goes into the connection's outbound queue as one item ([`Outbound::Frames`]), so a
+//! replay longer than the queue (a client closed as a slow consumer missed at least a queue's
+//! worth) is delivered, bounded by `server.recovery_limit`. It is queued whole or not at all:
+//! one whose bytes do not fit a queue that already holds others is not recovered (`limit`), so
+//! a client is never closed as a slow consumer for asking.
 
 use std::sync::Arc;
 
@@ -126,7 +129,7 @@ impl Recovering {
         let mut frames = encode_as(&verdict);
         let fits = |frames: &[OutboundFrame]| {
             let bytes = frames.iter().map(|frame| frame.wire().len()).sum();
-            member.queue.fits(frames.len(), bytes)
+            member.queue.fits(bytes)
         };
         if matches!(verdict, Some(Verdict::Recovered(_))) && !fits(&frames) {
             verdict = Some(Verdict::NotRecovered(reasons::LIMIT));
@@ -148,19 +151,20 @@ impl Recovering {
             .count();
         metrics::counter!(names::GAPS).increment(gaps as u64);
         let _ = join.reply.send(Ok(Joined::Answered));
-        for frame in frames {
-            match member.queue.try_send(Outbound::Frame(frame)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    metrics::counter!(names::MESSAGES_DROPPED, "reason" => names::dropped::SLOW_CONSUMER)
-                        .increment(1);
-                    member.close(CloseReason::SLOW_CONSUMER);
-                    return None;
-                }
-                Err(TrySendError::Closed(_)) => return None,
-            }
+        if frames.is_empty() {
+            return Some((join.member, join.membership));
         }
-        Some((join.member, join.membership))
+        let count = frames.len() as u64;
+        match member.queue.try_send(Outbound::Frames(frames)) {
+            Ok(()) => Some((join.member, join.membership)),
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!(names::MESSAGES_DROPPED, "reason" => names::dropped::SLOW_CONSUMER)
+                    .increment(count);
+                member.close(CloseReason::SLOW_CONSUMER);
+                None
+            }
+            Err(TrySendError::Closed(_)) => None,
+        }
     }
 }
 
