@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CONFIG ?=
 
-.PHONY: run test test-deps lint fmt bench build release clean fuzz fuzz-smoke fuzz-deps
+.PHONY: run demo test test-deps lint fmt bench build release clean fuzz fuzz-smoke fuzz-deps
 
 ## The fuzz targets (fuzz/fuzz_targets/), one per decoder of outside bytes.
 FUZZ_TARGETS = client_frame_json client_frame_msgpack broker_envelope control_op jwt \
@@ -14,8 +14,20 @@ FUZZ_SECONDS ?= 60
 run:
 	$(CARGO) run --release --bin switchboard -- serve $(if $(CONFIG),--config $(CONFIG),)
 
-## Install what the tests need (redis-server, openssl, nginx, prometheus; python websockets, redis,
-## kubernetes-validate; cargo-fuzz) if missing, then run every test, and each fuzz target briefly.
+## The chat demo (examples/chat/): a node with the embedded broker on 127.0.0.1:8080 and the page
+## on http://127.0.0.1:8000/examples/chat/; Ctrl-C stops both.
+demo:
+	@test -d clients/js/node_modules || { cd clients/js && npm ci --no-audit --no-fund --loglevel=error; }
+	cd clients/js && npm run build
+	$(CARGO) build --release --bin switchboard
+	@echo "open http://127.0.0.1:8000/examples/chat/?name=alice and, in another window, ?name=bob"
+	@python3 -m http.server 8000 --bind 127.0.0.1 --directory . >/dev/null 2>&1 & server=$$!; \
+	trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
+	target/release/switchboard serve --config examples/chat/switchboard.toml
+
+## Install what the tests need (redis-server, openssl, nginx, prometheus, chromium; python
+## websockets, redis, kubernetes-validate; cargo-fuzz; the JS client's npm packages) if missing,
+## then run every test (Rust, the JS client in Node and in Chromium), and each fuzz target briefly.
 test: test-deps
 	$(CARGO) test --all-targets
 	cd clients/js && npm test
@@ -31,6 +43,9 @@ test-deps:
 	@{ command -v nginx >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || { \
 		echo "installing nginx and prometheus (the deploy/ topology test runs them as local processes)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx prometheus >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium (the browser tests drive the chat demo with puppeteer-core)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	@$(MAKE) --no-print-directory fuzz-deps
 	@python3 -c "import websockets, redis, kubernetes_validate" 2>/dev/null || { \
 		echo "installing the python websockets, redis (README examples) and kubernetes-validate (deploy/k8s) packages"; \

@@ -1,27 +1,19 @@
-// The client in Node 20 (with `ws`) against a real Switchboard node started here on a free
-// loopback port: delivery, recovery across a server-side disconnect, a logout that stops the
-// client for good, and a frozen node noticed by the liveness check. Every wait is bounded.
+// The client in Node 20 (with `ws`) against real Switchboard nodes started here on free loopback
+// ports: delivery in JSON and MessagePack, recovery across a server-side disconnect and after a
+// real slow-consumer close (4010), a logout that stops the client for good, a frozen node noticed
+// by the liveness check, and a token refreshed before it expires. Every wait is bounded.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { decode, encode } from "@msgpack/msgpack";
 import WebSocket from "ws";
 
 import { Switchboard } from "../dist/index.js";
+import { api as apiOf, metric, once, sleep, startNode, until } from "./support.mjs";
 
-const here = fileURLToPath(new URL(".", import.meta.url));
-const BINARY = process.env.SWITCHBOARD_BIN ?? join(here, "../../../target/debug/switchboard");
-const WAIT = 10_000;
 const CONFIG = `
 [server]
-bind = "127.0.0.1:0"
 heartbeat_interval = "1s"
 idle_timeout = "3s"
-[api]
-key = "k"
 [[channels]]
 pattern = "chat:*"
 join = "anyone"
@@ -36,59 +28,16 @@ publish = "anyone"
 
 let node;
 let base;
-/** More config for the next `startNode` (an `[auth]` section, say). */
-const CONFIG_EXTRA = { value: "" };
-
-/** Starts a node; resolves with its process and base URL once it listens. */
-function startNode() {
-  const directory = mkdtempSync(join(tmpdir(), "switchboard-js-"));
-  const config = join(directory, "node.toml");
-  writeFileSync(config, CONFIG + CONFIG_EXTRA.value);
-  const child = spawn(BINARY, ["serve", "--config", config], { stdio: ["ignore", "pipe", "inherit"] });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("the node did not start")), WAIT);
-    child.on("error", reject);
-    let output = "";
-    child.stdout.on("data", (chunk) => {
-      output += chunk;
-      const match = output.match(/listening on (http:\/\/[0-9.:]+)/);
-      if (match) {
-        clearTimeout(timer);
-        resolve({ child, base: match[1] });
-      }
-    });
-  });
-}
 
 before(async () => {
-  ({ child: node, base } = await startNode());
+  ({ child: node, base } = await startNode(CONFIG));
 });
 
 after(() => {
   node?.kill("SIGKILL");
 });
 
-/** Resolves with the first value `check` returns that is not undefined, polling; rejects after WAIT. */
-async function until(check, what) {
-  const deadline = Date.now() + WAIT;
-  for (;;) {
-    const value = check();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
-
-function once(emitter, event) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ${event} event`)), WAIT);
-    const off = emitter.on(event, (value) => {
-      clearTimeout(timer);
-      off();
-      resolve(value);
-    });
-  });
-}
+const api = (path, body) => apiOf(base, path, body);
 
 function connect(options = {}) {
   const sb = new Switchboard(`${base.replace("http", "ws")}/ws`, {
@@ -98,15 +47,6 @@ function connect(options = {}) {
     ...options,
   });
   return sb;
-}
-
-async function api(path, body) {
-  const response = await fetch(`${base}${path}`, {
-    method: "POST",
-    headers: { authorization: "Bearer k", "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-  assert.equal(response.status, 200, await response.text());
 }
 
 test("a publication reaches another client; a custom action without a route is refused", async () => {
@@ -124,6 +64,25 @@ test("a publication reaches another client; a custom action without a route is r
   await until(() => got.length === 1, "bob's message");
   assert.deepEqual(got, [{ text: "hi" }]);
   await assert.rejects(alice.request("sendMessage", { text: "x" }), (error) => error.code === "unknown_action");
+  alice.disconnect();
+  bob.disconnect();
+});
+
+test("MessagePack clients publish and receive through a real node", async () => {
+  const options = { encoding: "msgpack", msgpack: { encode, decode } };
+  const alice = connect(options);
+  const bob = connect(options);
+  const room = bob.channel("room:msgpack");
+  const got = [];
+  room.on("message", (data) => got.push(data));
+  const joined = once(room, "joined");
+  alice.connect();
+  bob.connect();
+  await Promise.all([once(alice, "connected"), joined]);
+  const data = { text: "héllo", list: [1.5, null, true], n: 2 ** 40 };
+  assert.equal(await alice.channel("room:msgpack").publish(data), null);
+  await until(() => got.length === 1, "bob's message");
+  assert.deepEqual(got, [data]);
   alice.disconnect();
   bob.disconnect();
 });
@@ -152,6 +111,61 @@ test("after a server-side disconnect the client rejoins from its position and mi
   sb.disconnect();
 });
 
+/** A `ws` socket whose reading the test can pause, as a stalled browser tab would. */
+class PausableSocket extends WebSocket {
+  static last;
+  constructor(...args) {
+    super(...args);
+    PausableSocket.last = this;
+  }
+  pause() {
+    this._socket.pause();
+  }
+  resume() {
+    this._socket.resume();
+  }
+}
+
+test("a client that stopped reading is closed as a slow consumer (4010), reconnects and recovers", async (t) => {
+  const small = await startNode(CONFIG, { SWITCHBOARD_SERVER__OUTBOUND_QUEUE: "16" });
+  t.after(() => small.stop());
+  const sb = new Switchboard(small.ws, { WebSocket: PausableSocket, pingInterval: 0, minReconnectDelay: 50, maxReconnectDelay: 200 });
+  const room = sb.channel("chat:slow");
+  const got = [];
+  room.on("message", (data) => got.push(data.n));
+  const resets = [];
+  room.on("reset", (position) => resets.push(position));
+  const closes = [];
+  sb.on("disconnected", (event) => closes.push(event.code));
+  sb.connect();
+  await once(room, "joined");
+  PausableSocket.last.pause();
+  // Publish until the node gives up on the stalled socket (the kernel's buffers fill first).
+  const closed = 'switchboard_closes_total{code="4010",reason="slow_consumer",initiator="server"}';
+  const padding = "x".repeat(8_192);
+  let published = 0;
+  const publish = () => apiOf(small.base, "/api/publish", { channel: "chat:slow", data: { n: published++, padding } });
+  await until(async () => {
+    for (let n = 0; n < 20; n++) await publish();
+    return (await metric(small.base, closed)) === 1;
+  }, "a 4010 close", 30_000);
+  for (let n = 0; n < 5; n++) await publish();
+  // What the socket had taken in arrives, then the close; the rejoin replays the rest, more
+  // than the node's queue of 16 frames holds.
+  PausableSocket.last.resume();
+  await until(() => got.length >= published, `all ${published} publications`, 30_000).catch((error) => {
+    throw new Error(`${error.message}: got ${got.length} (last ${got.at(-1)}), closes ${closes}, resets ${resets.length}`);
+  });
+  assert.deepEqual(got, Array.from({ length: published }, (_, n) => n), "each once, in order");
+  assert.deepEqual(closes, [4010]);
+  assert.deepEqual(resets, []);
+  const replayed = await metric(small.base, "switchboard_publications_replayed_total");
+  assert.ok(replayed > 16, `a replay longer than the queue (${replayed})`);
+  for (let n = 0; n < 3; n++) await publish();
+  await until(() => got.length === published, "live publications after the replay");
+  sb.disconnect();
+});
+
 test("a logout closes the client for good", async () => {
   const sb = connect({ pingInterval: 0 });
   sb.connect();
@@ -160,12 +174,12 @@ test("a logout closes the client for good", async () => {
   await api("/api/disconnect", { connection: welcome.connection_id });
   assert.deepEqual(await closed, { code: 4002, reason: "logged out", willReconnect: false });
   assert.equal(sb.state, "closed");
-  await new Promise((resolve) => setTimeout(resolve, 300));
+  await sleep(300);
   assert.equal(sb.state, "closed", "no reconnect");
 });
 
 test("a node that stops answering is noticed by the liveness check", async (t) => {
-  const frozen = await startNode();
+  const frozen = await startNode(CONFIG);
   t.after(() => frozen.child.kill("SIGKILL"));
   const sb = new Switchboard(`${frozen.base.replace("http", "ws")}/ws`, {
     WebSocket,
@@ -196,9 +210,7 @@ async function token(seconds) {
 }
 
 test("a token about to expire is refreshed without a reconnect", async (t) => {
-  CONFIG_EXTRA.value = '[auth]\nanonymous = false\n[auth.jwt]\nsecret = "test-secret"\nleeway = "0s"\n';
-  const authed = await startNode();
-  CONFIG_EXTRA.value = "";
+  const authed = await startNode(`${CONFIG}[auth]\nanonymous = false\n[auth.jwt]\nsecret = "test-secret"\nleeway = "0s"\n`);
   t.after(() => authed.child.kill("SIGKILL"));
   let issued = 0;
   const sb = new Switchboard(`${authed.base.replace("http", "ws")}/ws`, {
@@ -213,9 +225,31 @@ test("a token about to expire is refreshed without a reconnect", async (t) => {
   const welcome = await once(sb, "connected");
   assert.equal(welcome.user, "42");
   // Past the first token's expiry: still the same connection.
-  await new Promise((resolve) => setTimeout(resolve, 4_500));
+  await sleep(4_500);
   assert.equal(sb.state, "connected");
   assert.deepEqual(disconnects, []);
   assert.equal(issued, 2, "asked once more, ahead of expiry");
+  sb.disconnect();
+});
+
+test("a refused handshake (a bad token reads as 1006) makes the client ask for a new token", async (t) => {
+  const authed = await startNode(`${CONFIG}[auth]\nanonymous = false\n[auth.jwt]\nsecret = "test-secret"\n`);
+  t.after(() => authed.stop());
+  let asked = 0;
+  const sb = new Switchboard(authed.ws, {
+    WebSocket,
+    pingInterval: 0,
+    minReconnectDelay: 20,
+    maxReconnectDelay: 50,
+    // A stale credential, until the client asks again after failed handshakes.
+    getToken: () => (++asked === 1 ? "not-a-jwt" : token(600)),
+  });
+  const codes = [];
+  sb.on("disconnected", (event) => codes.push(event.code));
+  sb.connect();
+  const welcome = await once(sb, "connected");
+  assert.equal(welcome.user, "42");
+  assert.equal(asked, 2, "asked once more after the refusals");
+  assert.ok(codes.length >= 1 && codes.every((code) => code === 1006), `${codes}`);
   sb.disconnect();
 });
