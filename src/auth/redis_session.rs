@@ -11,6 +11,7 @@
 
 use crate::config::KeyError;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -89,6 +90,9 @@ pub fn user_in_session(value: &str, field: &str) -> Option<String> {
         .and_then(|session| session.get(field).and_then(id_of))
 }
 
+/// Whether an unreadable (not JSON) session value was logged already.
+static NOT_JSON_LOGGED: AtomicBool = AtomicBool::new(false);
+
 pub struct RedisSessionAuthenticator {
     store: Arc<dyn SessionStore>,
     config: RedisSessionConfig,
@@ -118,6 +122,15 @@ impl RedisSessionAuthenticator {
             if user.is_none() {
                 // Not the key: it holds the session id, which the log must not.
                 tracing::debug!(field = %self.config.user_field, "session value has no user");
+                if serde_json::from_str::<Value>(&text).is_err()
+                    && !NOT_JSON_LOGGED.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        "a session value is not JSON, so its visitor counts as logged out (logged \
+                         once); Django's own sessions are pickled: use the mirrored engines of \
+                         switchboard_django.sessions (docs/django.md)"
+                    );
+                }
             }
             user
         }))

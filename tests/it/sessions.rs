@@ -255,10 +255,22 @@ async fn redis_sessions_identify_the_user_and_a_deleted_session_closes_its_socke
     let server = TestServer::start(&config).await;
     server.wait_for_readiness(200).await;
 
+    // What Django's stock cache sessions hold: a pickled dict, not UTF-8, not JSON. Unreadable
+    // is a visitor (401), not a Redis failure (503).
+    let pickled = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf '\\200\\004\\225\\021\\000}}' | redis-cli -u {} -x SET session:pickled",
+            redis.url()
+        ))
+        .output()
+        .expect("redis-cli");
+    assert!(pickled.status.success());
+
     let mut socket = with_cookie(&server, "abc").await.expect("session found");
     let welcome = socket.recv().await;
     assert_eq!(welcome["user"], "42");
-    for stale in ["missing", "nouser"] {
+    for stale in ["missing", "nouser", "pickled"] {
         let refused = with_cookie(&server, stale).await.err().expect("no user");
         assert_eq!(refused.status, 401, "{stale}");
     }

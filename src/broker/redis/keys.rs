@@ -60,13 +60,16 @@ impl RedisKeys {
         Ok(Self { client, link })
     }
 
-    /// The string under `key`, if any.
+    /// The string under `key`, if any. A value that is not UTF-8 (Django's pickled sessions)
+    /// comes back with its invalid bytes replaced, for the caller to find unreadable: it is
+    /// the session's problem, not Redis's.
     pub async fn get(&self, key: &str) -> Result<Option<String>, BrokerError> {
         if !self.link.is_up(&self.client) {
             return Err(not_connected());
         }
-        match tokio::time::timeout(READ_TIMEOUT, self.client.get::<Option<String>, _>(key)).await {
-            Ok(Ok(value)) => Ok(value),
+        let read = self.client.get::<Option<Vec<u8>>, _>(key);
+        match tokio::time::timeout(READ_TIMEOUT, read).await {
+            Ok(Ok(value)) => Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned())),
             Ok(Err(err)) => Err(BrokerError::Unavailable(format!("GET failed: {err}"))),
             Err(_) => Err(BrokerError::Unavailable(format!(
                 "GET took longer than {READ_TIMEOUT:?}"
