@@ -4,6 +4,10 @@ CONFIG ?=
 
 .PHONY: run demo test test-deps lint fmt bench build release clean fuzz fuzz-smoke fuzz-deps
 
+## The virtualenv the Django package's tests run in on Django 4.2 LTS (5.2 runs on the machine's
+## Python).
+DJANGO_42 = integrations/django/.venv-django4.2
+
 ## The fuzz targets (fuzz/fuzz_targets/), one per decoder of outside bytes.
 FUZZ_TARGETS = client_frame_json client_frame_msgpack broker_envelope control_op jwt \
 	gateway_userinfo backend_answers config
@@ -27,10 +31,13 @@ demo:
 
 ## Install what the tests need (redis-server, openssl, nginx, prometheus, chromium; python
 ## websockets, redis, kubernetes-validate; cargo-fuzz; the JS client's npm packages) if missing,
-## then run every test (Rust, the JS client in Node and in Chromium), and each fuzz target briefly.
+## then run every test (Rust, the JS client in Node and in Chromium, the Django package on Django
+## 5.2 and 4.2), and each fuzz target briefly.
 test: test-deps
 	$(CARGO) test --all-targets
 	cd clients/js && npm test
+	cd integrations/django && python3 -m pytest -q
+	cd integrations/django && $(abspath $(DJANGO_42))/bin/python -m pytest -q
 	$(MAKE) fuzz-smoke
 
 test-deps:
@@ -53,6 +60,14 @@ test-deps:
 	@test -d clients/js/node_modules || { \
 		echo "installing the JavaScript client's build and test tools (npm ci)"; \
 		cd clients/js && npm ci --no-audit --no-fund --loglevel=error; }
+	@python3 -c "import django, pytest_django, jwt, cryptography, websockets, redis; assert django.VERSION[:2] == (5, 2)" 2>/dev/null || { \
+		echo "installing Django 5.2, pytest-django and PyJWT (the Django package's tests)"; \
+		python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+			"Django>=5.2,<5.3" pytest pytest-django "PyJWT[crypto]>=2.8" websockets redis; }
+	@test -x $(DJANGO_42)/bin/python || { \
+		echo "creating $(DJANGO_42) (the Django package's tests on Django 4.2 LTS)"; \
+		python3 -m venv $(DJANGO_42) && $(DJANGO_42)/bin/pip install --quiet --disable-pip-version-check \
+			"Django>=4.2,<4.3" pytest pytest-django "PyJWT[crypto]>=2.8" websockets redis; }
 
 ## Formatting and clippy, as CI runs them (the fuzz crate is formatted too).
 lint:
@@ -61,6 +76,9 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 	@test -d clients/js/node_modules || { cd clients/js && npm ci --no-audit --no-fund --loglevel=error; }
 	cd clients/js && npm run lint && npm run size
+	@command -v ruff >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ruff
+	ruff check integrations/django
+	ruff format --check integrations/django
 
 ## Every fuzz target for FUZZ_SECONDS, optimized and with AddressSanitizer (nightly). New inputs
 ## go to fuzz/corpus/, crashes to fuzz/artifacts/ (both ignored by git); fuzz/seeds/ is the

@@ -1,0 +1,9 @@
+"""Django's `cached_db` session engine, mirrored for Switchboard (see the package's `sessions`)."""
+
+from django.contrib.sessions.backends.cached_db import SessionStore as DjangoSessionStore
+
+from . import MirroredSession
+
+
+class SessionStore(MirroredSession, DjangoSessionStore):
+    pass
