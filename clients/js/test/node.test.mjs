@@ -253,3 +253,31 @@ test("a refused handshake (a bad token reads as 1006) makes the client ask for a
   assert.ok(codes.length >= 1 && codes.every((code) => code === 1006), `${codes}`);
   sb.disconnect();
 });
+
+test("a custom action reaches its route's view and messages to the connection arrive", async (t) => {
+  // The back end: one route view that echoes what the client sent, with who sent it.
+  const { createServer } = await import("node:http");
+  const backend = createServer((request, response) => {
+    let body = "";
+    request.on("data", (chunk) => (body += chunk));
+    request.on("end", () => {
+      const call = JSON.parse(body);
+      response.writeHead(200, { "content-type": "application/json" });
+      response.end(JSON.stringify({ reply: { echo: call.body.text, connection: call.connection } }));
+    });
+  });
+  await new Promise((resolve) => backend.listen(0, "127.0.0.1", resolve));
+  t.after(() => backend.close());
+  const routed = await startNode(`${CONFIG}[routes]\necho = "http://127.0.0.1:${backend.address().port}/echo"\n`);
+  t.after(() => routed.stop());
+  const sb = new Switchboard(routed.ws, { WebSocket, pingInterval: 0 });
+  const messages = [];
+  sb.on("message", (data) => messages.push(data));
+  sb.connect();
+  const welcome = await once(sb, "connected");
+  assert.deepEqual(await sb.request("echo", { text: "hi" }), { echo: "hi", connection: welcome.connection_id });
+  await apiOf(routed.base, "/api/send", { connection: welcome.connection_id, data: { note: "to you" } });
+  await until(() => messages.length === 1, "the message to the connection");
+  assert.deepEqual(messages, [{ note: "to you" }]);
+  sb.disconnect();
+});
