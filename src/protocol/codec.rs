@@ -119,10 +119,21 @@ pub fn decode_text(text: &str) -> Result<ClientFrame, FrameError> {
 /// Decodes a binary frame (MessagePack) into a client frame.
 pub fn decode_binary(bytes: &[u8]) -> Result<ClientFrame, FrameError> {
     let value: Value = depth::from_msgpack(bytes).map_err(|err| FrameError {
-        id: None,
+        // Well-formed MessagePack that is no JSON value (a `bin` payload, a map with integer
+        // keys) still names its `id`, so the client's request is answered, not left to time out.
+        id: depth::from_msgpack::<IdOnly>(bytes)
+            .ok()
+            .and_then(|frame| frame.id),
         reason: DecodeError::MessagePack(err).to_string(),
     })?;
     checked_frame(value)
+}
+
+/// What is left of a MessagePack frame that is not a valid value: its `id`, if it has one.
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<u64>,
 }
 
 /// The nesting limit (the same for both encodings), then the frame's shape.
@@ -265,5 +276,32 @@ mod tests {
     fn malformed_input_is_an_error() {
         assert!(decode_text("{nope").is_err());
         assert!(decode_binary(&[0xc1]).is_err());
+    }
+
+    #[test]
+    fn a_msgpack_frame_that_is_no_json_value_still_names_its_id() {
+        // {"action": "publish", "channel": "r", "id": 7, "data": <bin 0 1 2>}, by hand.
+        let fixstr = |text: &str| [&[0xa0 | text.len() as u8][..], text.as_bytes()].concat();
+        let frame = [
+            vec![0x84],
+            fixstr("action"),
+            fixstr("publish"),
+            fixstr("channel"),
+            fixstr("r"),
+            fixstr("id"),
+            vec![0x07],
+            fixstr("data"),
+            vec![0xc4, 3, 0, 1, 2],
+        ]
+        .concat();
+        let error = decode_binary(&frame).expect_err("bin is no JSON value");
+        assert_eq!(error.id, Some(7));
+        assert!(
+            error.reason.starts_with("invalid MessagePack"),
+            "{}",
+            error.reason
+        );
+        // No id, or garbage: no id.
+        assert_eq!(decode_binary(&[0xc1]).expect_err("never used").id, None);
     }
 }

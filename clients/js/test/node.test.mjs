@@ -83,6 +83,8 @@ test("MessagePack clients publish and receive through a real node", async () => 
   assert.equal(await alice.channel("room:msgpack").publish(data), null);
   await until(() => got.length === 1, "bob's message");
   assert.deepEqual(got, [data]);
+  // Binary is no JSON value: refused, and the publish fails at once rather than timing out.
+  await assert.rejects(alice.channel("room:msgpack").publish({ bytes: new Uint8Array([1, 2]) }), (error) => error.code === "bad_request");
   alice.disconnect();
   bob.disconnect();
 });
