@@ -380,3 +380,39 @@ def test_an_rs256_token_from_for_user_opens_a_socket(
     }
     with connect(f"{node.ws}?token={for_user(alice)}") as socket:
         assert frames(socket, 1)[0]["user"] == str(alice.pk)
+
+
+def test_reply_writes_every_instruction_and_a_reply_that_looks_like_one_stays_data():
+    from switchboard_django.routes import reply
+
+    answer = json.loads(
+        reply({"ok": 1}, join=["room:2"], leave=["room:1"], publish=[("room:2", {"n": 1})]).content
+    )
+    assert answer == {
+        "leave": ["room:1"],
+        "join": ["room:2"],
+        "publish": [{"channel": "room:2", "data": {"n": 1}}],
+        "reply": {"ok": 1},
+    }
+    assert json.loads(reply({"join": ["x"]}).content) == {"reply": {"join": ["x"]}}
+
+
+def test_data_is_encoded_as_django_does(alice, redis_url, start_node, switchboard):
+    import datetime
+    import decimal
+    import uuid
+
+    node = start_node(redis_broker(redis_url) + jwt_auth() + RULES)
+    switchboard(node)
+    at = datetime.datetime(2026, 12, 1, 12, 30, tzinfo=datetime.timezone.utc)
+    with connect(f"{node.ws}?token={for_user(alice)}&channel=room:5") as socket:
+        frames(socket, 1)
+        data = {"at": at, "price": decimal.Decimal("9.90"), "id": uuid.UUID(int=1)}
+        for transport in ("redis", "http"):
+            switchboard(node, transport=transport)
+            sb.publish("room:5", data)
+            assert frames(socket, 1)[0]["data"] == {
+                "at": "2026-12-01T12:30:00Z",
+                "price": "9.90",
+                "id": "00000000-0000-0000-0000-000000000001",
+            }
