@@ -144,13 +144,14 @@ test("a client that stopped reading is closed as a slow consumer (4010), reconne
   PausableSocket.last.pause();
   // Publish until the node gives up on the stalled socket (the kernel's buffers fill first).
   const closed = 'switchboard_closes_total{code="4010",reason="slow_consumer",initiator="server"}';
-  const padding = "x".repeat(8_192);
+  const padding = "x".repeat(32_000);
   let published = 0;
   const publish = () => apiOf(small.base, "/api/publish", { channel: "chat:slow", data: { n: published++, padding } });
   await until(async () => {
     for (let n = 0; n < 20; n++) await publish();
     return (await metric(small.base, closed)) === 1;
-  }, "a 4010 close", 30_000);
+  }, "a 4010 close", 60_000);
+  t.diagnostic(`${published} publications of 32 kB before the node closed the stalled socket`);
   for (let n = 0; n < 5; n++) await publish();
   // What the socket had taken in arrives, then the close; the rejoin replays the rest, more
   // than the node's queue of 16 frames holds.
