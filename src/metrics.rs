@@ -40,6 +40,7 @@ pub const HANDSHAKES: &str = "switchboard_handshakes_total";
 pub const GATEWAY_UNTRUSTED: &str = "switchboard_gateway_untrusted_total";
 pub const AUTH_BACKEND_DURATION: &str = "switchboard_auth_backend_seconds";
 pub const AUTH_BACKEND_ERRORS: &str = "switchboard_auth_backend_errors_total";
+pub const JWT_KEY_RELOADS: &str = "switchboard_jwt_key_reloads_total";
 pub const SESSIONS: &str = "switchboard_sessions";
 pub const REVALIDATIONS: &str = "switchboard_revalidations_total";
 pub const REFRESHES: &str = "switchboard_refreshes_total";
@@ -151,10 +152,11 @@ pub const REDIS_ONLY: [&str; 5] = [
 
 /// The metrics of authenticators: exported when an authenticator of that kind is configured (a
 /// node without `[auth.*]` sections never has them).
-pub const AUTH_ONLY: [&str; 5] = [
+pub const AUTH_ONLY: [&str; 6] = [
     GATEWAY_UNTRUSTED,
     AUTH_BACKEND_DURATION,
     AUTH_BACKEND_ERRORS,
+    JWT_KEY_RELOADS,
     REVALIDATIONS,
     REFRESHES,
 ];
@@ -170,7 +172,7 @@ pub const INTEGRATION_ONLY: [&str; 5] = [
 ];
 
 /// Every metric name, for the test that checks each one is really exported.
-pub const ALL: [&str; 35] = [
+pub const ALL: [&str; 36] = [
     CONNECTIONS,
     CONNECTIONS_ACCEPTED,
     HANDSHAKES_REFUSED,
@@ -193,6 +195,7 @@ pub const ALL: [&str; 35] = [
     GATEWAY_UNTRUSTED,
     AUTH_BACKEND_DURATION,
     AUTH_BACKEND_ERRORS,
+    JWT_KEY_RELOADS,
     SESSIONS,
     REVALIDATIONS,
     REFRESHES,
@@ -328,6 +331,10 @@ fn describe() {
     describe_counter!(
         AUTH_BACKEND_ERRORS,
         "Authentication back-end calls that failed (timeout, 5xx, unreachable), by authenticator."
+    );
+    describe_counter!(
+        JWT_KEY_RELOADS,
+        "Readings of [auth.jwt] key files after the start (SIGHUP, a changed file), by result (ok, failed)."
     );
     describe_gauge!(
         SESSIONS,

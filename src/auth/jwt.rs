@@ -11,11 +11,14 @@
 //! `leeway`; `exp` is required unless `require_exp = false`.
 //!
 //! The token is self-contained, so the identity is never re-validated: it lives until `exp`
-//! (then the socket closes with 4001) or until a `refresh` replaces it.
+//! (then the socket closes with 4001) or until a `refresh` replaces it. The key files are read
+//! again on SIGHUP and when they change (`jwt_reload`), so rotating a mounted key needs no
+//! restart.
 
 use crate::config::KeyError;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
@@ -60,6 +63,9 @@ pub struct JwtConfig {
     pub query_param: String,
     /// The cookie a token may travel in; empty: not read.
     pub cookie: String,
+    /// How often `public_key_file` and `jwks_file` are checked for a change (then read again,
+    /// as on SIGHUP); 0: only on SIGHUP.
+    pub key_check_interval: HumanDuration,
 }
 
 impl Default for JwtConfig {
@@ -78,6 +84,7 @@ impl Default for JwtConfig {
             require_exp: true,
             query_param: "token".to_owned(),
             cookie: String::new(),
+            key_check_interval: HumanDuration::from_secs(5),
         }
     }
 }
@@ -93,20 +100,57 @@ struct Keys {
     by_issuer_and_kid: KeysByIssuerAndKid,
 }
 
-/// Verifies tokens; built once from [`JwtConfig`].
-pub struct JwtAuthenticator {
+/// What checks a token: the keys, and the validations they allow. Built from the config and the
+/// key files it names; replaced whole when they are read again (`jwt_reload`).
+pub(super) struct Verifier {
     keys: Keys,
     /// One validation per accepted algorithm, each allowing that algorithm alone: jsonwebtoken
     /// refuses a validation whose algorithms span key families, so one shared validation would
     /// refuse every token of a config mixing a secret with public keys.
     validations: Vec<(Algorithm, Validation)>,
+}
+
+/// The verifier in use, shared with the task that reloads it.
+pub(super) type CurrentVerifier = Arc<RwLock<Arc<Verifier>>>;
+
+/// Verifies tokens with the keys of [`JwtConfig`], read again on SIGHUP and when the key files
+/// change (`jwt_reload`).
+pub struct JwtAuthenticator {
+    verifier: CurrentVerifier,
     config: JwtConfig,
 }
 
 impl JwtAuthenticator {
     /// Reads the key files and checks the section. Errors are `(key, message)` for the config
-    /// report, e.g. `("auth.jwt.public_key_file", "cannot read …")`.
+    /// report, e.g. `("auth.jwt.public_key_file", "cannot read …")`. Inside a runtime, a node
+    /// with key files starts watching them.
     pub fn from_config(config: &JwtConfig) -> Result<Self, KeyError> {
+        let verifier = Arc::new(RwLock::new(Arc::new(Verifier::from_config(config)?)));
+        super::jwt_reload::watch(config, &verifier);
+        Ok(Self {
+            verifier,
+            config: config.clone(),
+        })
+    }
+
+    /// Checks the section and its key files as `from_config` would, watching nothing.
+    pub fn check(config: &JwtConfig) -> Result<(), KeyError> {
+        Verifier::from_config(config).map(|_| ())
+    }
+
+    /// The verifier in use now.
+    fn current(&self) -> Arc<Verifier> {
+        match self.verifier.read() {
+            Ok(current) => current.clone(),
+            // A writer never panics while holding it; the value is whole either way.
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl Verifier {
+    /// Reads the key files and checks the section (see [`JwtAuthenticator::from_config`]).
+    pub(super) fn from_config(config: &JwtConfig) -> Result<Self, KeyError> {
         let problem =
             |key: &str, message: String| KeyError::new(format!("auth.jwt.{key}"), message);
         if !super::rsa_verify::install() {
@@ -221,10 +265,11 @@ impl JwtAuthenticator {
                 by_issuer_and_kid,
             },
             validations,
-            config: config.clone(),
         })
     }
+}
 
+impl JwtAuthenticator {
     /// The token of a handshake: bearer header, then query parameter, then cookie. A header or
     /// query parameter carrying a token twice refuses the handshake: which one counts would be
     /// a guess.
@@ -256,8 +301,9 @@ impl JwtAuthenticator {
 
     /// Verifies `token` and reads the identity out of its claims.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let verifier = self.current();
         let header = jsonwebtoken::decode_header(token).map_err(refusal)?;
-        let validation = self
+        let validation = verifier
             .validations
             .iter()
             .find(|(algorithm, _)| *algorithm == header.alg)
@@ -268,7 +314,7 @@ impl JwtAuthenticator {
                     format!("algorithm {:?} is not accepted", header.alg),
                 )
             })?;
-        let key = self.key_for(token, &header)?;
+        let key = verifier.key_for(token, &header)?;
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
             .map_err(refusal)?
             .claims;
@@ -304,7 +350,9 @@ impl JwtAuthenticator {
             credential: None,
         })
     }
+}
 
+impl Verifier {
     /// The key that must have signed a token with this header: the JWKS key of (issuer, kid)
     /// when the token names a `kid`, else the secret (HS*) or the PEM key.
     fn key_for(

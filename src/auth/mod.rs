@@ -22,6 +22,7 @@ mod handshake;
 mod identity;
 pub mod introspect;
 pub mod jwt;
+mod jwt_reload;
 pub mod redis_session;
 mod rsa_verify;
 
@@ -139,7 +140,7 @@ impl AuthConfig {
                 "must be longer than 0s".to_owned(),
             ));
         }
-        if let Some(Err(problem)) = self.jwt.as_ref().map(JwtAuthenticator::from_config) {
+        if let Some(Err(problem)) = self.jwt.as_ref().map(JwtAuthenticator::check) {
             problems.push(problem);
         }
         if let Some(Err(problem)) = self.gateway.as_ref().map(GatewayAuthenticator::from_config) {

@@ -468,3 +468,88 @@ async fn expiry_is_enforced_on_sockets_that_never_send_anything() {
     assert_eq!(code, 4001);
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// A key file the test can rewrite, holding `key`'s public key, and the `[auth.jwt]` section
+/// that reads it.
+fn mounted_key(key: &KeyPair, extra: &str) -> (std::path::PathBuf, String) {
+    let file = temp_file("mounted.pem", &read_pem(key));
+    let section = format!(
+        "[auth.jwt]\npublic_key_file = {:?}\nissuer = {ISSUER:?}\naudience = [{AUDIENCE:?}]\n{extra}\n",
+        file.to_str().expect("path")
+    );
+    (file, section)
+}
+
+fn read_pem(key: &KeyPair) -> String {
+    std::fs::read_to_string(&key.public_pem_file).expect("public key")
+}
+
+/// Waits until a token of `key` opens a socket.
+async fn accepted_eventually(server: &TestServer, key: &KeyPair) {
+    let token = key.sign(&claims("42", 60), None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connect_with_token(server, &token).await.is_err() {
+        assert!(Instant::now() < deadline, "the new key was never taken");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_key_file_is_read_again_without_a_restart_and_a_broken_one_keeps_the_last_keys() {
+    let (old, new) = (
+        KeyPair::generate(Algorithm::RS256),
+        KeyPair::generate(Algorithm::RS256),
+    );
+    let (file, section) = mounted_key(&old, "key_check_interval = \"100ms\"");
+    let server = TestServer::start(&config(&section)).await;
+    let old_token = key_token(&old);
+    assert!(connect_with_token(&server, &old_token).await.is_ok());
+    // The key is rotated where it is mounted: new kid-less key, old one retired.
+    std::fs::write(&file, read_pem(&new)).expect("rotate");
+    accepted_eventually(&server, &new).await;
+    assert_eq!(refusal(&server, &old_token).await.status, 401);
+    // A file half-written (or not a key): the keys in use stay.
+    std::fs::write(&file, "-----BEGIN PUBLIC KEY-----\ntruncated").expect("break");
+    let failed = "switchboard_jwt_key_reloads_total{result=\"failed\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.metric(failed).await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the broken file was never read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(connect_with_token(&server, &key_token(&new)).await.is_ok());
+    assert_eq!(
+        server
+            .metric("switchboard_jwt_key_reloads_total{result=\"ok\"}")
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn sighup_reads_the_key_files_again() {
+    let (old, new) = (
+        KeyPair::generate(Algorithm::ES256),
+        KeyPair::generate(Algorithm::ES256),
+    );
+    let (file, section) = mounted_key(&old, "key_check_interval = \"0s\"");
+    let server = TestServer::start(&config(&section)).await;
+    // Once a handshake went through, the node has read its keys (it may still be reading
+    // them when it starts listening).
+    assert!(connect_with_token(&server, &key_token(&old)).await.is_ok());
+    std::fs::write(&file, read_pem(&new)).expect("rotate");
+    // Only checked on SIGHUP: the new key is not taken by itself.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(refusal(&server, &key_token(&new)).await.status, 401);
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    accepted_eventually(&server, &new).await;
+    assert_eq!(refusal(&server, &key_token(&old)).await.status, 401);
+    assert_eq!(server.readiness().await, 200, "SIGHUP does not stop a node");
+}
+
+fn key_token(key: &KeyPair) -> String {
+    key.sign(&claims("42", 60), None)
+}

@@ -945,11 +945,17 @@ async fn every_metric_exists_from_the_start_at_zero() {
 
     // A node with every part configured exports every metric before anything happens.
     let redis = RedisServer::start().await;
+    // A key file too: its watch exports the key reload counter.
+    let key = crate::support::credentials::KeyPair::generate(jsonwebtoken::Algorithm::RS256);
     let config = crate::support::redis::node_config(
         &redis.url(),
-        "[api]\nkey = \"k\"\n[routes]\ndefault = \"http://127.0.0.1:1/route\"\n\
-         [auth.jwt]\nsecret = \"s\"\n[auth.gateway]\ntrusted_proxies = [\"127.0.0.1\"]\n\
-         [auth.introspect]\nurl = \"http://127.0.0.1:1/introspect\"\n[auth.redis_session]\n",
+        &format!(
+            "[api]\nkey = \"k\"\n[routes]\ndefault = \"http://127.0.0.1:1/route\"\n\
+             [auth.jwt]\nsecret = \"s\"\npublic_key_file = {:?}\n\
+             [auth.gateway]\ntrusted_proxies = [\"127.0.0.1\"]\n\
+             [auth.introspect]\nurl = \"http://127.0.0.1:1/introspect\"\n[auth.redis_session]\n",
+            key.public_pem_file.to_str().expect("path")
+        ),
     );
     let full = TestServer::start(&config).await;
     let text = full.metrics().await;
