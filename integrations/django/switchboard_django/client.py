@@ -49,7 +49,9 @@ _redis_lock = threading.Lock()
 _redis_clients: dict[str, redis.Redis] = {}
 
 
-def _redis(settings: conf.Settings) -> redis.Redis:
+def redis_for(settings: conf.Settings) -> redis.Redis:
+    """The process's client of `REDIS_URL` (one per URL, shared by threads; also the session
+    mirror's, `sessions/`)."""
     with _redis_lock:
         client = _redis_clients.get(settings.redis_url)
         if client is None:
@@ -92,7 +94,7 @@ def _api(method: str, path: str, body: Any = None, query: dict | None = None) ->
 
 
 def _publish_redis(settings: conf.Settings, channels: list[str], envelope: str) -> None:
-    client = _redis(settings)
+    client = redis_for(settings)
     try:
         pipe = client.pipeline(transaction=False)
         for channel in channels:
@@ -138,7 +140,7 @@ def publish(channel: str, data: Any) -> None:
 
 def _control(settings: conf.Settings, op: dict) -> None:
     try:
-        _redis(settings).publish(f"{settings.prefix}:control", encode(op))
+        redis_for(settings).publish(f"{settings.prefix}:control", encode(op))
     except redis.RedisError as error:
         raise SwitchboardError(f"{op['op']}: Redis unreachable ({error})") from None
 
@@ -149,7 +151,7 @@ def send_to_user(user: Any, data: Any) -> None:
     settings = conf.settings()
     if settings.transport == "redis":
         try:
-            _redis(settings).publish(f"{settings.prefix}:user:{user_id}", encode({"data": data}))
+            redis_for(settings).publish(f"{settings.prefix}:user:{user_id}", encode({"data": data}))
         except redis.RedisError as error:
             raise SwitchboardError(f"send: Redis unreachable ({error})") from None
     else:
@@ -205,7 +207,7 @@ def history(
             query["newest_first"] = "true"
         return _api("GET", "/api/history", query=query)
     try:
-        answer = _redis(settings).fcall(
+        answer = redis_for(settings).fcall(
             f"{settings.prefix}_history",
             1,
             f"{settings.prefix}:ch:{channel}",

@@ -62,7 +62,7 @@ class MirroredSession:
         settings = conf.settings()
         age = max(1, int(self.get_expiry_age()))
         try:
-            client._redis(settings).set(
+            client.redis_for(settings).set(
                 mirror_key(self.session_key), json.dumps({USER_FIELD: str(user)}), ex=age
             )
         except redis.RedisError as error:
@@ -72,6 +72,6 @@ class MirroredSession:
 
     def _unmirror(self, session_key: str):
         try:
-            client._redis(conf.settings()).delete(mirror_key(session_key))
+            client.redis_for(conf.settings()).delete(mirror_key(session_key))
         except redis.RedisError as error:
             log.warning("could not remove a session's Switchboard mirror: %s", error)
