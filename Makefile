@@ -7,10 +7,12 @@ CONFIG ?=
 ## The virtualenv the Django package's tests run in on Django 4.2 LTS (5.2 runs on the machine's
 ## Python).
 DJANGO_42 = integrations/django/.venv-django4.2
+# What the channels_redis bridge is tested against (both layers, encryption).
+CHANNELS_PACKAGES = "channels[daphne]>=4.3,<4.4" "channels_redis>=4.3,<4.4" cryptography
 
 ## The fuzz targets (fuzz/fuzz_targets/), one per decoder of outside bytes.
 FUZZ_TARGETS = client_frame_json client_frame_msgpack broker_envelope control_op jwt \
-	gateway_userinfo backend_answers config
+	gateway_userinfo backend_answers config channels_redis_message
 ## How long `make fuzz` runs each target.
 FUZZ_SECONDS ?= 60
 
@@ -60,14 +62,14 @@ test-deps:
 	@test -d clients/js/node_modules || { \
 		echo "installing the JavaScript client's build and test tools (npm ci)"; \
 		cd clients/js && npm ci --no-audit --no-fund --loglevel=error; }
-	@python3 -c "import django, pytest_django, jwt, cryptography, websockets, redis; assert django.VERSION[:2] == (5, 2)" 2>/dev/null || { \
-		echo "installing Django 5.2, pytest-django and PyJWT (the Django package's tests)"; \
+	@python3 -c "import django, pytest_django, jwt, cryptography, websockets, redis, channels_redis, daphne; assert django.VERSION[:2] == (5, 2)" 2>/dev/null || { \
+		echo "installing Django 5.2, pytest-django, PyJWT, channels and channels_redis (the Django package's tests)"; \
 		python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-			"Django>=5.2,<5.3" pytest pytest-django "PyJWT[crypto]>=2.8" websockets redis; }
-	@test -x $(DJANGO_42)/bin/python || { \
+			"Django>=5.2,<5.3" pytest pytest-django "PyJWT[crypto]>=2.8" websockets redis $(CHANNELS_PACKAGES); }
+	@$(DJANGO_42)/bin/python -c "import django, channels_redis, daphne" 2>/dev/null || { \
 		echo "creating $(DJANGO_42) (the Django package's tests on Django 4.2 LTS)"; \
-		python3 -m venv $(DJANGO_42) && $(DJANGO_42)/bin/pip install --quiet --disable-pip-version-check \
-			"Django>=4.2,<4.3" pytest pytest-django "PyJWT[crypto]>=2.8" websockets redis; }
+		{ test -x $(DJANGO_42)/bin/python || python3 -m venv $(DJANGO_42); } && $(DJANGO_42)/bin/pip install --quiet --disable-pip-version-check \
+			"Django>=4.2,<4.3" pytest pytest-django "PyJWT[crypto]>=2.8" websockets redis $(CHANNELS_PACKAGES); }
 
 ## Formatting and clippy, as CI runs them (the fuzz crate is formatted too).
 lint:

@@ -103,6 +103,15 @@ CONFIGS = [
     '[[channels]]\npattern = "user:{user}"\njoin = "owner"\npublish = "owner"\npresence = true\n'
     '[routes]\ndefault = "http://127.0.0.1:8000/ws/"\n[backend]\ntimeout = "1s"\n',
     '[server]\nrecovery_limit = 50\n[[channels]]\npattern = "chat:*"\nhistory_size = 100\nhistory_ttl = "10m"\n',
+    '[bridge.channels_redis]\nlayer = "core"\nhosts = ["redis://127.0.0.1:6379/0"]\n'
+    'group_expiry = "3s"\n[[bridge.channels_redis.groups]]\ngroup = "org.*.chat_*"\n'
+    'channel = "chat:{2}@{1}"\n',
+]
+# What channels_redis's group_send writes (after the serializer's 12-byte random prefix).
+LAYER_MESSAGES = [
+    {"type": "chat.message", "text": "hi", "__asgi_channel__": ["switchboard.00ff!chat_1"]},
+    {"type": "chat.message", "n": 2**40, "nested": {"a": [1, 2.5, None, True]}},
+    {"type": "x", "__asgi_channel__": "specific.abc!def"},
 ]
 
 
@@ -132,5 +141,7 @@ for index, info in enumerate([{"sub": "u-17", "sid": "s"}, {"sub": 5}, {"name": 
     write("gateway_userinfo", f"userinfo{index}", encoded + "\nu-17")
 for index, answer in enumerate(ANSWERS):
     write("backend_answers", f"answer{index}", json.dumps(answer))
+for index, message in enumerate(LAYER_MESSAGES):
+    write("channels_redis_message", f"message{index}", bytes(range(12)) + msgpack(message))
 for index, config in enumerate(CONFIGS):
     write("config", f"config{index}.toml", config)

@@ -18,6 +18,9 @@
 //!   connect/disconnect hooks, bounded in time and concurrency; what an answer instructs.
 //! - [`broker`]: the `Broker` trait, the sink it pushes into, `MemoryBroker`, `RedisBroker` (and
 //!   the Redis stores it implements for others: the registry's, the Redis sessions').
+//! - [`bridge`]: the channels_redis bridge (`[bridge.channels_redis]`): a decorator of the
+//!   broker that joins Django's channel-layer groups for the channels with local members and
+//!   hands what `group_send` writes there to the broker's sink.
 //! - [`metrics`]: every metric name, the Prometheus recorder.
 //! - [`hub`]: channel-group actors and their table, memberships, outbound queues, channel
 //!   policy, the node's connections (by user, session and channel), the sink the broker delivers
@@ -38,7 +41,9 @@
 //! ## Invariants, stated as absences
 //!
 //! - Only the broker module knows how publications travel between nodes, and only
-//!   `broker::redis` imports `fred` (its `RedisKeys` also serves `auth`'s session lookups).
+//!   `broker::redis` imports `fred` (its `RedisKeys` also serves `auth`'s session lookups),
+//!   with one exception: `bridge` speaks channels_redis's own Redis layout, on clients
+//!   `broker::redis` starts for it.
 //! - `protocol` and `auth` use no actix; only `api` and `connection` touch WebSocket types.
 //! - No actor handler blocks or awaits network IO in place: it spawns the future and maps the
 //!   result back into the actor.
@@ -52,6 +57,7 @@ pub(crate) mod api;
 pub mod api_client;
 pub mod auth;
 pub mod backend;
+pub mod bridge;
 pub mod broker;
 pub mod config;
 pub(crate) mod connection;

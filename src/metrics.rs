@@ -54,6 +54,24 @@ pub const HISTORY_READ_SECONDS: &str = "switchboard_history_read_seconds";
 pub const RECOVERIES: &str = "switchboard_recoveries_total";
 pub const PUBLICATIONS_REPLAYED: &str = "switchboard_publications_replayed_total";
 pub const GAPS: &str = "switchboard_gaps_total";
+pub const BRIDGE_RECEIVED: &str = "switchboard_bridge_received_total";
+pub const BRIDGE_DROPPED: &str = "switchboard_bridge_dropped_total";
+pub const BRIDGE_FULL: &str = "switchboard_bridge_channel_full_total";
+pub const BRIDGE_MEMBERSHIP_WRITES: &str = "switchboard_bridge_membership_writes_total";
+pub const BRIDGE_GROUPS: &str = "switchboard_bridge_groups";
+
+/// The `reason` of [`BRIDGE_DROPPED`].
+pub mod bridge_dropped {
+    /// Not decodable: bad prefix, encryption, MessagePack, or no JSON-compatible dict.
+    pub const DECODE: &str = "decode";
+    /// Older than the layer's `expiry` when popped (core layer).
+    pub const EXPIRED: &str = "expired";
+    /// For a group no rule maps, or for a channel name not of this node.
+    pub const UNMAPPED: &str = "unmapped";
+    /// The node fell behind a pub/sub host's message stream (pub/sub layer).
+    pub const LAGGED: &str = "lagged";
+    pub const ALL: [&str; 4] = [DECODE, EXPIRED, UNMAPPED, LAGGED];
+}
 
 /// The `reason` of [`MESSAGES_DROPPED`].
 pub mod dropped {
@@ -79,6 +97,8 @@ pub mod results {
     pub const REFRESH: [&str; 4] = ["accepted", "refused", "unavailable", "unsupported"];
     /// [`ROUTE_CALLS`](super::ROUTE_CALLS).
     pub const ROUTE_CALL: [&str; 5] = ["ok", "status", "timeout", "unreachable", "invalid"];
+    /// [`BRIDGE_MEMBERSHIP_WRITES`](super::BRIDGE_MEMBERSHIP_WRITES).
+    pub const BRIDGE_MEMBERSHIP: [&str; 2] = ["ok", "failed"];
 }
 
 /// The `result` and `reason` labels of [`RECOVERIES`]: a join with `since` either recovered, or
@@ -171,8 +191,17 @@ pub const INTEGRATION_ONLY: [&str; 5] = [
     REGISTRY_WRITE_FAILURES,
 ];
 
+/// The metrics of the channels_redis bridge: exported by nodes with `[bridge.channels_redis]`.
+pub const BRIDGE_ONLY: [&str; 5] = [
+    BRIDGE_RECEIVED,
+    BRIDGE_DROPPED,
+    BRIDGE_FULL,
+    BRIDGE_MEMBERSHIP_WRITES,
+    BRIDGE_GROUPS,
+];
+
 /// Every metric name, for the test that checks each one is really exported.
-pub const ALL: [&str; 36] = [
+pub const ALL: [&str; 41] = [
     CONNECTIONS,
     CONNECTIONS_ACCEPTED,
     HANDSHAKES_REFUSED,
@@ -209,6 +238,11 @@ pub const ALL: [&str; 36] = [
     RECOVERIES,
     PUBLICATIONS_REPLAYED,
     GAPS,
+    BRIDGE_RECEIVED,
+    BRIDGE_DROPPED,
+    BRIDGE_FULL,
+    BRIDGE_MEMBERSHIP_WRITES,
+    BRIDGE_GROUPS,
 ];
 
 /// Latency buckets, in seconds: 100 µs to 10 s.
@@ -335,6 +369,26 @@ fn describe() {
     describe_counter!(
         JWT_KEY_RELOADS,
         "Readings of [auth.jwt] key files after the start (SIGHUP, a changed file), by result (ok, failed)."
+    );
+    describe_counter!(
+        BRIDGE_RECEIVED,
+        "Messages from channels_redis's group_send handed to this node's members of the mapped channel."
+    );
+    describe_counter!(
+        BRIDGE_DROPPED,
+        "channels_redis messages dropped by the bridge, by reason (decode, expired, unmapped, lagged)."
+    );
+    describe_counter!(
+        BRIDGE_FULL,
+        "Pops that found this node's channels_redis channel at capacity: senders may have refused messages for it then."
+    );
+    describe_counter!(
+        BRIDGE_MEMBERSHIP_WRITES,
+        "Writes of this node's channels_redis group memberships (joins, renewals, withdrawals; subscriptions with pub/sub), by result."
+    );
+    describe_gauge!(
+        BRIDGE_GROUPS,
+        "channels_redis groups this node is a member of (subscribed to, with pub/sub)."
     );
     describe_gauge!(
         SESSIONS,

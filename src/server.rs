@@ -18,6 +18,7 @@ use actix_web::{App, HttpServer, web};
 use crate::api::{self, AppState, HandshakeLimits};
 use crate::auth::{AuthChain, SessionStore};
 use crate::backend::Backend;
+use crate::bridge::BridgedBroker;
 use crate::broker::redis::session_store_config;
 use crate::broker::{
     Broker, BrokerError, BrokerSink, BrokerType, MemoryBroker, RedisBroker, RedisKeys, RedisRoster,
@@ -107,8 +108,17 @@ pub async fn run(
     let policy = ChannelPolicy::new(config.channels.clone());
     let history_rules = policy.history_rules();
     let broker: Arc<dyn Broker> = match config.broker.broker_type {
-        BrokerType::Memory => Arc::new(MemoryBroker::new(sink)),
-        BrokerType::Redis => Arc::new(RedisBroker::start(&config.broker, &history_rules, sink)?),
+        BrokerType::Memory => Arc::new(MemoryBroker::new(sink.clone())),
+        BrokerType::Redis => Arc::new(RedisBroker::start(
+            &config.broker,
+            &history_rules,
+            sink.clone(),
+        )?),
+    };
+    // Django's group_send reaches the channels the bridge maps, alongside the broker.
+    let broker: Arc<dyn Broker> = match &config.bridge.channels_redis {
+        Some(bridge) => Arc::new(BridgedBroker::start(bridge, broker, sink)?),
+        None => broker,
     };
     let hub = Hub::new(
         groups,

@@ -3,7 +3,7 @@
 //! Each module owns its section: its type, its defaults, its validation (problems named by
 //! key, as [`KeyError`]s) and the redaction of its secrets (`auth::AuthConfig`,
 //! `broker::BrokerConfig`, `hub::ChannelRule`, `backend::BackendConfig`, `api::ApiConfig`,
-//! `roster::RosterConfig`, and [`server::ServerConfig`] here). This module only assembles them:
+//! `roster::RosterConfig`, `bridge::BridgeConfig`, and [`server::ServerConfig`] here). This module only assembles them:
 //! it parses the text, applies the environment, hands each section its table, and gathers every
 //! section's problems at once, not just the first. Every key is optional and has a named
 //! default. Any key can be overridden as `SWITCHBOARD_<SECTION>__<KEY>` (e.g.
@@ -23,6 +23,7 @@ use toml::{Table, Value};
 pub use crate::api::ApiConfig;
 use crate::auth::AuthConfig;
 use crate::backend::{BackendConfig, RoutesConfig};
+use crate::bridge::BridgeConfig;
 use crate::broker::BrokerConfig;
 use crate::hub::ChannelRule;
 pub use crate::roster::RosterConfig;
@@ -50,6 +51,8 @@ pub struct Config {
     pub routes: RoutesConfig,
     pub backend: BackendConfig,
     pub roster: RosterConfig,
+    /// `[bridge.channels_redis]`: Django's `group_send` reaching clients (off when absent).
+    pub bridge: BridgeConfig,
     /// Deprecated keys the configuration used (each with what replaces it), for the node to
     /// warn about at start.
     #[serde(skip)]
@@ -67,6 +70,7 @@ impl Default for Config {
             routes: RoutesConfig::new(),
             backend: BackendConfig::default(),
             roster: RosterConfig::default(),
+            bridge: BridgeConfig::default(),
             deprecations: Vec::new(),
         }
     }
@@ -131,9 +135,10 @@ impl Config {
                 "routes" => section(&key, value, &mut errors, |parsed| config.routes = parsed),
                 "backend" => section(&key, value, &mut errors, |parsed| config.backend = parsed),
                 "roster" => section(&key, value, &mut errors, |parsed| config.roster = parsed),
+                "bridge" => section(&key, value, &mut errors, |parsed| config.bridge = parsed),
                 _ => errors.push(KeyError {
                     key,
-                    message: "unknown key (expected one of `server`, `broker`, `auth`, `channels`, `api`, `routes`, `backend`, `roster`)"
+                    message: "unknown key (expected one of `server`, `broker`, `auth`, `channels`, `api`, `routes`, `backend`, `roster`, `bridge`)"
                         .to_owned(),
                 }),
             }
@@ -176,6 +181,7 @@ impl Config {
             problems.extend(rule.problems(&format!("channels[{index}]")));
         }
         problems.extend(self.roster.problems());
+        problems.extend(self.bridge.problems());
         problems
     }
 
@@ -186,6 +192,7 @@ impl Config {
             broker: self.broker.redacted(),
             auth: self.auth.redacted(),
             api: self.api.redacted(),
+            bridge: self.bridge.redacted(),
             ..self.clone()
         };
         toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot render: {err}\n"))

@@ -63,6 +63,50 @@ fn check_config_names_every_bad_key_and_exits_2() {
 }
 
 #[test]
+fn check_config_checks_the_channels_redis_bridge_and_hides_its_keys() {
+    let good = temp_file(
+        "bridge.toml",
+        "[bridge.channels_redis]\nhosts = [\"redis://:hunter2@127.0.0.1:6379/0\"]\n\
+         symmetric_encryption_keys = [\"fernet-secret\"]\n\
+         [[bridge.channels_redis.groups]]\ngroup = \"chat_*\"\nchannel = \"room:{1}\"\n",
+    );
+    let (code, stdout, stderr) = run(
+        &["check-config", "--config", good.to_str().expect("path")],
+        &[("SWITCHBOARD_BRIDGE__CHANNELS_REDIS__LAYER", "pubsub")],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("[bridge.channels_redis]"), "{stdout}");
+    assert!(stdout.contains("layer = \"pubsub\""), "{stdout}");
+    assert!(
+        !stdout.contains("hunter2") && !stdout.contains("fernet-secret"),
+        "{stdout}"
+    );
+    let bad = temp_file(
+        "bad-bridge.toml",
+        "[bridge.channels_redis]\nhosts = [\"http://x\"]\nlayer = \"classic\"\n",
+    );
+    let (code, _, stderr) = run(
+        &["check-config", "--config", bad.to_str().expect("path")],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("bridge.channels_redis.layer"), "{stderr}");
+    let unmapped = temp_file(
+        "rules.toml",
+        "[bridge.channels_redis]\n[[bridge.channels_redis.groups]]\ngroup = \"chat:*\"\nchannel = \"room:{1}\"\n",
+    );
+    let (code, _, stderr) = run(
+        &["check-config", "--config", unmapped.to_str().expect("path")],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("bridge.channels_redis.groups[0]"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_config_reports_unreadable_and_unparsable_files() {
     let (code, _, stderr) = run(
         &["check-config", "--config", "/nonexistent/switchboard.toml"],

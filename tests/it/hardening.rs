@@ -914,7 +914,7 @@ fn exported(text: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn every_metric_exists_from_the_start_at_zero() {
-    use switchboard::metrics::{ALL, AUTH_ONLY, INTEGRATION_ONLY, REDIS_ONLY};
+    use switchboard::metrics::{ALL, AUTH_ONLY, BRIDGE_ONLY, INTEGRATION_ONLY, REDIS_ONLY};
     // A bare memory node, before any traffic.
     let bare = TestServer::start("").await;
     let text = bare.metrics().await;
@@ -922,7 +922,8 @@ async fn every_metric_exists_from_the_start_at_zero() {
     for name in ALL {
         let optional = REDIS_ONLY.contains(&name)
             || AUTH_ONLY.contains(&name)
-            || INTEGRATION_ONLY.contains(&name);
+            || INTEGRATION_ONLY.contains(&name)
+            || BRIDGE_ONLY.contains(&name);
         assert!(
             optional || names.contains(name),
             "{name} missing at start:\n{text}"
@@ -953,8 +954,11 @@ async fn every_metric_exists_from_the_start_at_zero() {
             "[api]\nkey = \"k\"\n[routes]\ndefault = \"http://127.0.0.1:1/route\"\n\
              [auth.jwt]\nsecret = \"s\"\npublic_key_file = {:?}\n\
              [auth.gateway]\ntrusted_proxies = [\"127.0.0.1\"]\n\
-             [auth.introspect]\nurl = \"http://127.0.0.1:1/introspect\"\n[auth.redis_session]\n",
-            key.public_pem_file.to_str().expect("path")
+             [auth.introspect]\nurl = \"http://127.0.0.1:1/introspect\"\n[auth.redis_session]\n\
+             [bridge.channels_redis]\nhosts = [{:?}]\n\
+             [[bridge.channels_redis.groups]]\ngroup = \"chat_*\"\nchannel = \"room:{{1}}\"\n",
+            key.public_pem_file.to_str().expect("path"),
+            redis.url()
         ),
     );
     let full = TestServer::start(&config).await;
@@ -968,6 +972,8 @@ async fn every_metric_exists_from_the_start_at_zero() {
         "switchboard_revalidations_total{authenticator=\"introspect\",result=\"failed_closed\"} 0",
         "switchboard_broker_decode_errors_total{kind=\"channel\"} 0",
         "switchboard_api_requests_total{endpoint=\"publish\",status=\"200\"} 0",
+        "switchboard_bridge_dropped_total{reason=\"decode\"} 0",
+        "switchboard_bridge_membership_writes_total{result=\"failed\"} 0",
     ] {
         assert!(
             text.lines().any(|line| line == series),

@@ -41,38 +41,56 @@ def until(check, what: str, wait: float = WAIT):
         time.sleep(0.02)
 
 
-@pytest.fixture(scope="session")
-def redis_url():
-    port = free_port()
-    directory = tempfile.mkdtemp(prefix="switchboard-django-redis-")
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        cwd=directory,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+class RedisServer:
+    """One `redis-server` on a free loopback port, without persistence."""
 
-    def answers():
+    def __init__(self):
+        self.port = free_port()
+        directory = tempfile.mkdtemp(prefix="switchboard-django-redis-")
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            cwd=directory,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        until(self.answers, "redis-server (make test-deps installs it)")
+        self.url = f"redis://127.0.0.1:{self.port}"
+
+    def answers(self):
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                 return True
         except OSError:
             return False
 
-    until(answers, "redis-server (make test-deps installs it)")
-    yield f"redis://127.0.0.1:{port}"
-    process.kill()
-    process.wait()
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    server = RedisServer()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def second_redis_url():
+    """Another Redis, for a channel layer sharded over two hosts."""
+    server = RedisServer()
+    yield server.url
+    server.stop()
 
 
 class Node:
@@ -122,6 +140,22 @@ class Node:
     def stop(self):
         self.process.kill()
         self.process.wait()
+
+    def terminate(self):
+        """SIGTERM: the node drains and stops by itself."""
+        self.process.terminate()
+        self.process.wait(timeout=WAIT)
+
+    def signal(self, number: int):
+        self.process.send_signal(number)
+
+    def metric(self, series: str) -> float:
+        """The value of one exported series (`name{labels}` as Prometheus prints it), else 0."""
+        with urllib.request.urlopen(self.base + "/metrics", timeout=2) as answer:
+            for line in answer.read().decode().splitlines():
+                if line.startswith(series + " "):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
 
 @pytest.fixture

@@ -13,14 +13,14 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::metrics as names;
 
-pub(super) struct Link {
+pub(crate) struct Link {
     /// `publisher` or `subscriber`, for logs and the reconnect metric.
     name: &'static str,
     up: AtomicBool,
 }
 
 impl Link {
-    pub(super) fn new(name: &'static str) -> Self {
+    pub(crate) fn new(name: &'static str) -> Self {
         Self {
             name,
             up: AtomicBool::new(false),
@@ -28,7 +28,7 @@ impl Link {
     }
 
     /// Whether commands may be handed to `client` now.
-    pub(super) fn is_up(&self, client: &impl ClientLike) -> bool {
+    pub(crate) fn is_up(&self, client: &impl ClientLike) -> bool {
         self.up.load(Ordering::SeqCst) && client.is_connected()
     }
 

@@ -27,7 +27,7 @@
 
 mod functions;
 mod keys;
-mod link;
+pub(crate) mod link;
 mod names;
 mod probe;
 mod publisher;
@@ -209,14 +209,36 @@ fn client_builder(config: &BrokerConfig) -> Result<Builder, BrokerError> {
 }
 
 /// A plain client (no subscriptions) named `name` in logs, connecting in the background and
-/// reconnecting by itself, with the [`Link`] that says when it may be used.
-fn start_client(
+/// reconnecting by itself, with the [`Link`] that says when it may be used. The bridge uses it
+/// for channels_redis's Redis too.
+pub(crate) fn start_client(
     config: &BrokerConfig,
     name: &'static str,
 ) -> Result<(Client, Arc<Link>), BrokerError> {
     let client = client_builder(config)?
         .build()
         .map_err(|err| BrokerError::Config(KeyError::new("broker.url", err.to_string())))?;
+    Ok(launch(client, config, name))
+}
+
+/// A subscriber client named `name`, started like [`start_client`]; fred subscribes its tracked
+/// channels again after each reconnect.
+pub(crate) fn start_subscriber(
+    config: &BrokerConfig,
+    name: &'static str,
+) -> Result<(SubscriberClient, Arc<Link>), BrokerError> {
+    let client = client_builder(config)?
+        .build_subscriber_client()
+        .map_err(|err| BrokerError::Config(KeyError::new("broker.url", err.to_string())))?;
+    drop(client.manage_subscriptions());
+    Ok(launch(client, config, name))
+}
+
+/// Watches `client`'s link and connects it in the background.
+fn launch<C>(client: C, config: &BrokerConfig, name: &'static str) -> (C, Arc<Link>)
+where
+    C: ClientLike + fred::interfaces::EventInterface + Clone + Send + Sync + 'static,
+{
     let link = Arc::new(Link::new(name));
     let watched = (link.clone(), client.clone());
     tokio::spawn(async move { watched.0.watch(watched.1).await });
@@ -228,7 +250,7 @@ fn start_client(
     });
     crate::metrics::register::counter(crate::metrics::BROKER_RECONNECTS, &[("client", name)]);
     tracing::info!(client = name, url = %redacted(&config.url), "redis client starting");
-    Ok((client, link))
+    (client, link)
 }
 
 impl RedisBroker {
