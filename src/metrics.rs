@@ -41,6 +41,9 @@ pub const GATEWAY_UNTRUSTED: &str = "switchboard_gateway_untrusted_total";
 pub const AUTH_BACKEND_DURATION: &str = "switchboard_auth_backend_seconds";
 pub const AUTH_BACKEND_ERRORS: &str = "switchboard_auth_backend_errors_total";
 pub const JWT_KEY_RELOADS: &str = "switchboard_jwt_key_reloads_total";
+pub const JWKS_FETCHES: &str = "switchboard_jwks_fetches_total";
+pub const JWKS_KEYS: &str = "switchboard_jwks_keys";
+pub const JWKS_UNKNOWN_KID_REFRESHES: &str = "switchboard_jwks_unknown_kid_refreshes_total";
 pub const SESSIONS: &str = "switchboard_sessions";
 pub const REVALIDATIONS: &str = "switchboard_revalidations_total";
 pub const REFRESHES: &str = "switchboard_refreshes_total";
@@ -172,11 +175,14 @@ pub const REDIS_ONLY: [&str; 5] = [
 
 /// The metrics of authenticators: exported when an authenticator of that kind is configured (a
 /// node without `[auth.*]` sections never has them).
-pub const AUTH_ONLY: [&str; 6] = [
+pub const AUTH_ONLY: [&str; 9] = [
     GATEWAY_UNTRUSTED,
     AUTH_BACKEND_DURATION,
     AUTH_BACKEND_ERRORS,
     JWT_KEY_RELOADS,
+    JWKS_FETCHES,
+    JWKS_KEYS,
+    JWKS_UNKNOWN_KID_REFRESHES,
     REVALIDATIONS,
     REFRESHES,
 ];
@@ -201,7 +207,7 @@ pub const BRIDGE_ONLY: [&str; 5] = [
 ];
 
 /// Every metric name, for the test that checks each one is really exported.
-pub const ALL: [&str; 41] = [
+pub const ALL: [&str; 44] = [
     CONNECTIONS,
     CONNECTIONS_ACCEPTED,
     HANDSHAKES_REFUSED,
@@ -225,6 +231,9 @@ pub const ALL: [&str; 41] = [
     AUTH_BACKEND_DURATION,
     AUTH_BACKEND_ERRORS,
     JWT_KEY_RELOADS,
+    JWKS_FETCHES,
+    JWKS_KEYS,
+    JWKS_UNKNOWN_KID_REFRESHES,
     SESSIONS,
     REVALIDATIONS,
     REFRESHES,
@@ -389,6 +398,15 @@ fn describe() {
     describe_gauge!(
         BRIDGE_GROUPS,
         "channels_redis groups this node is a member of (subscribed to, with pub/sub)."
+    );
+    describe_counter!(
+        JWKS_FETCHES,
+        "Fetches of identity providers' key sets (jwks_url, oidc_issuer), by issuer and result (ok, failed)."
+    );
+    describe_gauge!(JWKS_KEYS, "Signing keys in each issuer's fetched key set.");
+    describe_counter!(
+        JWKS_UNKNOWN_KID_REFRESHES,
+        "Tokens naming a kid their issuer's set lacks, by issuer and result (fetched: the set was fetched again; limited: within min_refresh_interval)."
     );
     describe_gauge!(
         SESSIONS,

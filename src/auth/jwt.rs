@@ -10,6 +10,9 @@
 //! not exist for the decoder. `iss`, `aud`, `exp` and `nbf` are checked with
 //! `leeway`; `exp` is required unless `require_exp = false`.
 //!
+//! Identity providers' keys (`jwks_url`, `oidc_issuer`) are fetched and kept fresh by
+//! `jwks_remote`, found by `(issuer, kid)` the same way.
+//!
 //! The token is self-contained, so the identity is never re-validated: it lives until `exp`
 //! (then the socket closes with 4001) or until a `refresh` replaces it. The key files are read
 //! again on SIGHUP and when they change (`jwt_reload`), so rotating a mounted key needs no
@@ -28,6 +31,7 @@ use serde_json::{Map, Value};
 
 use super::chain::{AuthError, AuthFuture, Authenticator, RefusalReason};
 use super::identity::id_of;
+use super::jwks_remote::{Lookup, RemoteKey, RemoteKeys};
 use super::{Handshake, Identity};
 use crate::human_duration::HumanDuration;
 
@@ -66,6 +70,46 @@ pub struct JwtConfig {
     /// How often `public_key_file` and `jwks_file` are checked for a change (then read again,
     /// as on SIGHUP); 0: only on SIGHUP.
     pub key_check_interval: HumanDuration,
+    /// JWKS URLs of identity providers: one URL (the keys of `issuer`), or a table of issuer →
+    /// URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<JwksUrl>,
+    /// Issuers whose JWKS URL is discovered (`ISSUER/.well-known/openid-configuration`).
+    #[serde(deserialize_with = "one_or_many")]
+    pub oidc_issuer: Vec<String>,
+    /// Bounds on how long a fetched key set is kept (the provider's `max-age` within them).
+    pub jwks_cache_min: HumanDuration,
+    pub jwks_cache_max: HumanDuration,
+    /// A token naming a `kid` its issuer's set lacks refetches the set at most this often.
+    pub min_refresh_interval: HumanDuration,
+    /// How long one fetch from a provider may take.
+    pub jwks_timeout: HumanDuration,
+    /// Trust only the CA certificates in this PEM file for providers, not the system's.
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Allow `http://` provider URLs (keys fetched without TLS can be forged on the way).
+    pub jwks_allow_http: bool,
+}
+
+/// `jwks_url`: one URL, or URLs by issuer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum JwksUrl {
+    One(String),
+    ByIssuer(std::collections::BTreeMap<String, String>),
+}
+
+impl JwtConfig {
+    /// `(issuer, url)` pairs of `jwks_url`; the issuer is empty for a lone URL (it is `issuer`'s).
+    pub(super) fn jwks_urls(&self) -> Vec<(&str, &str)> {
+        match &self.jwks_url {
+            None => Vec::new(),
+            Some(JwksUrl::One(url)) => vec![("", url.as_str())],
+            Some(JwksUrl::ByIssuer(urls)) => urls
+                .iter()
+                .map(|(issuer, url)| (issuer.as_str(), url.as_str()))
+                .collect(),
+        }
+    }
 }
 
 impl Default for JwtConfig {
@@ -85,19 +129,29 @@ impl Default for JwtConfig {
             query_param: "token".to_owned(),
             cookie: String::new(),
             key_check_interval: HumanDuration::from_secs(5),
+            jwks_url: None,
+            oidc_issuer: Vec::new(),
+            jwks_cache_min: HumanDuration::from_secs(300),
+            jwks_cache_max: HumanDuration::from_secs(86_400),
+            min_refresh_interval: HumanDuration::from_secs(60),
+            jwks_timeout: HumanDuration::from_secs(5),
+            jwks_ca_file: None,
+            jwks_allow_http: false,
         }
     }
 }
 
 /// JWKS keys by `(issuer, kid)`, each with the `alg` its JWK pins, if any.
-type KeysByIssuerAndKid = HashMap<(String, String), (DecodingKey, Option<String>)>;
+type KeysByIssuerAndKid = HashMap<(String, String), Arc<RemoteKey>>;
 
 /// The verifying keys.
 struct Keys {
     secret: Option<DecodingKey>,
     public: Option<DecodingKey>,
-    /// `(issuer, kid)` → key and the `alg` the JWK pins, if any.
+    /// `(issuer, kid)` → key and the `alg` the JWK pins, if any (from `jwks_file`).
     by_issuer_and_kid: KeysByIssuerAndKid,
+    /// Identity providers' keys, shared by every verifier of the authenticator.
+    remote: Option<Arc<RemoteKeys>>,
 }
 
 /// What checks a token: the keys, and the validations they allow. Built from the config and the
@@ -125,7 +179,12 @@ impl JwtAuthenticator {
     /// report, e.g. `("auth.jwt.public_key_file", "cannot read …")`. Inside a runtime, a node
     /// with key files starts watching them.
     pub fn from_config(config: &JwtConfig) -> Result<Self, KeyError> {
-        let verifier = Arc::new(RwLock::new(Arc::new(Verifier::from_config(config)?)));
+        let remote = RemoteKeys::from_config(config)?.map(Arc::new);
+        if let Some(remote) = &remote {
+            remote.start();
+        }
+        let verifier = Verifier::from_config(config, remote)?;
+        let verifier = Arc::new(RwLock::new(Arc::new(verifier)));
         super::jwt_reload::watch(config, &verifier);
         Ok(Self {
             verifier,
@@ -135,7 +194,8 @@ impl JwtAuthenticator {
 
     /// Checks the section and its key files as `from_config` would, watching nothing.
     pub fn check(config: &JwtConfig) -> Result<(), KeyError> {
-        Verifier::from_config(config).map(|_| ())
+        let remote = RemoteKeys::from_config(config)?.map(Arc::new);
+        Verifier::from_config(config, remote).map(|_| ())
     }
 
     /// The verifier in use now.
@@ -149,8 +209,17 @@ impl JwtAuthenticator {
 }
 
 impl Verifier {
-    /// Reads the key files and checks the section (see [`JwtAuthenticator::from_config`]).
-    pub(super) fn from_config(config: &JwtConfig) -> Result<Self, KeyError> {
+    /// The providers' keys this verifier uses, for its successor.
+    pub(super) fn remote(&self) -> Option<Arc<RemoteKeys>> {
+        self.keys.remote.clone()
+    }
+
+    /// Reads the key files and checks the section (see [`JwtAuthenticator::from_config`]);
+    /// `remote` are the providers' keys, kept across reloads.
+    pub(super) fn from_config(
+        config: &JwtConfig,
+        remote: Option<Arc<RemoteKeys>>,
+    ) -> Result<Self, KeyError> {
         let problem =
             |key: &str, message: String| KeyError::new(format!("auth.jwt.{key}"), message);
         if !super::rsa_verify::install() {
@@ -182,22 +251,43 @@ impl Verifier {
             }
             None => HashMap::new(),
         };
-        if secret.is_none() && public.is_none() && by_issuer_and_kid.is_empty() {
+        if secret.is_none() && public.is_none() && by_issuer_and_kid.is_empty() && remote.is_none()
+        {
             return Err(problem(
                 "secret",
-                "no key configured: set secret, public_key_file or jwks_file".to_owned(),
+                "no key configured: set secret, public_key_file, jwks_file, jwks_url or oidc_issuer"
+                    .to_owned(),
             ));
+        }
+        if let Some(remote) = &remote {
+            if let Some((issuer, _)) = by_issuer_and_kid
+                .keys()
+                .find(|(issuer, _)| remote.issuers().any(|remote| remote == issuer))
+            {
+                return Err(problem(
+                    "jwks_file",
+                    format!(
+                        "issuer {issuer:?} also has a jwks_url or oidc_issuer: its keys come from one place"
+                    ),
+                ));
+            }
         }
         if config.user_claim.is_empty() {
             return Err(problem("user_claim", "must not be empty".to_owned()));
         }
 
         let mut families = Vec::new();
+        // A provider's keys are not known yet: any signature family may come.
+        let remote_families = remote.iter().flat_map(|_| {
+            use jsonwebtoken::AlgorithmFamily::{Ec, Ed, Rsa};
+            [Rsa, Ec, Ed]
+        });
         for family in secret
             .iter()
             .chain(public.iter())
-            .chain(by_issuer_and_kid.values().map(|(key, _)| key))
+            .chain(by_issuer_and_kid.values().map(|remote| &remote.key))
             .map(DecodingKey::family)
+            .chain(remote_families)
         {
             if !families.contains(&family) {
                 families.push(family);
@@ -234,10 +324,11 @@ impl Verifier {
         if !config.issuer.is_empty() {
             validation.set_issuer(&[&config.issuer]);
             required.push("iss");
-        } else if !by_issuer_and_kid.is_empty() {
+        } else if !by_issuer_and_kid.is_empty() || remote.is_some() {
             let issuers: HashSet<&str> = by_issuer_and_kid
                 .keys()
                 .map(|(issuer, _)| issuer.as_str())
+                .chain(remote.iter().flat_map(|remote| remote.issuers()))
                 .collect();
             validation.set_issuer(&issuers.into_iter().collect::<Vec<_>>());
             required.push("iss");
@@ -263,6 +354,7 @@ impl Verifier {
                 secret,
                 public,
                 by_issuer_and_kid,
+                remote,
             },
             validations,
         })
@@ -299,25 +391,51 @@ impl JwtAuthenticator {
             .filter(|token| !token.is_empty()))
     }
 
-    /// Verifies `token` and reads the identity out of its claims.
+    /// Verifies `token` and reads the identity out of its claims, with the keys at hand.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_with_current(token).map_err(|miss| miss.error)
+    }
+
+    /// [`verify`](Self::verify), and when the token names a `kid` its provider's set lacks,
+    /// once more after the set is refetched (as often as `min_refresh_interval` allows).
+    pub async fn verify_refreshing(&self, token: &str) -> Result<Identity, AuthError> {
+        match self.verify_with_current(token) {
+            Err(Miss {
+                refetch: Some(issuer),
+                ..
+            }) => {
+                let remote = self.current().keys.remote.clone();
+                if let Some(remote) = remote {
+                    remote.refresh_for_unknown_kid(&issuer).await;
+                }
+                self.verify(token)
+            }
+            other => other.map_err(|miss| miss.error),
+        }
+    }
+
+    fn verify_with_current(&self, token: &str) -> Result<Identity, Miss> {
         let verifier = self.current();
-        let header = jsonwebtoken::decode_header(token).map_err(refusal)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|err| Miss::from(refusal(err)))?;
         let validation = verifier
             .validations
             .iter()
             .find(|(algorithm, _)| *algorithm == header.alg)
             .map(|(_, validation)| validation)
             .ok_or_else(|| {
-                AuthError::refused(
+                Miss::from(AuthError::refused(
                     RefusalReason::InvalidToken,
                     format!("algorithm {:?} is not accepted", header.alg),
-                )
+                ))
             })?;
         let key = verifier.key_for(token, &header)?;
-        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
-            .map_err(refusal)?
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, key.key(), validation)
+            .map_err(|err| Miss::from(refusal(err)))?
             .claims;
+        self.identity_of(&claims).map_err(Miss::from)
+    }
+
+    fn identity_of(&self, claims: &Map<String, Value>) -> Result<Identity, AuthError> {
         let user = claims
             .get(&self.config.user_claim)
             .and_then(id_of)
@@ -352,55 +470,103 @@ impl JwtAuthenticator {
     }
 }
 
+/// Why a token was not verified, and whether refetching its issuer's keys could change that.
+struct Miss {
+    error: AuthError,
+    /// The issuer whose provider's set lacks the token's `kid`.
+    refetch: Option<String>,
+}
+
+impl From<AuthError> for Miss {
+    fn from(error: AuthError) -> Self {
+        Self {
+            error,
+            refetch: None,
+        }
+    }
+}
+
+/// The key a token is checked with: one of the configuration's, or a provider's.
+enum KeyChoice<'a> {
+    Local(&'a DecodingKey),
+    Remote(Arc<RemoteKey>),
+}
+
+impl KeyChoice<'_> {
+    fn key(&self) -> &DecodingKey {
+        match self {
+            KeyChoice::Local(key) => key,
+            KeyChoice::Remote(remote) => &remote.key,
+        }
+    }
+}
+
 impl Verifier {
-    /// The key that must have signed a token with this header: the JWKS key of (issuer, kid)
-    /// when the token names a `kid`, else the secret (HS*) or the PEM key.
-    fn key_for(
-        &self,
-        token: &str,
-        header: &jsonwebtoken::Header,
-    ) -> Result<&DecodingKey, AuthError> {
-        let unknown = |detail: String| AuthError::refused(RefusalReason::UnknownKey, detail);
+    /// The key that must have signed a token with this header: the JWKS key (a file's or a
+    /// provider's) of (issuer, kid) when the token names a `kid`, else the secret (HS*) or the
+    /// PEM key.
+    fn key_for(&self, token: &str, header: &jsonwebtoken::Header) -> Result<KeyChoice<'_>, Miss> {
+        let unknown =
+            |detail: String| Miss::from(AuthError::refused(RefusalReason::UnknownKey, detail));
         if header.alg.family() == jsonwebtoken::AlgorithmFamily::Hmac {
             return self
                 .keys
                 .secret
                 .as_ref()
+                .map(KeyChoice::Local)
                 .ok_or_else(|| unknown("no secret is configured for HS tokens".to_owned()));
         }
-        if let Some(kid) = header
-            .kid
-            .as_deref()
-            .filter(|_| !self.keys.by_issuer_and_kid.is_empty())
-        {
+        let has_jwks = !self.keys.by_issuer_and_kid.is_empty() || self.keys.remote.is_some();
+        if let Some(kid) = header.kid.as_deref().filter(|_| has_jwks) {
             // The issuer is read before verification only to pick the key; `decode` then checks
             // it against the configured issuers and the signature against that issuer's key.
             let issuer =
                 jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(token)
-                    .map_err(refusal)?
+                    .map_err(|err| Miss::from(refusal(err)))?
                     .get("iss")
                     .and_then(Value::as_str)
                     .map(str::to_owned)
                     .unwrap_or_default();
-            let (key, pinned) = self
-                .keys
-                .by_issuer_and_kid
-                .get(&(issuer.clone(), kid.to_owned()))
-                .ok_or_else(|| unknown(format!("no key {kid:?} for issuer {issuer:?}")))?;
-            if pinned
+            let lookup = match &self.keys.remote {
+                Some(remote) => remote.lookup(&issuer, kid),
+                None => Lookup::NotRemote,
+            };
+            let key = match lookup {
+                Lookup::Found(key) => key,
+                Lookup::UnknownKid => {
+                    return Err(Miss {
+                        refetch: Some(issuer.clone()),
+                        ..unknown(format!("no key {kid:?} for issuer {issuer:?}"))
+                    });
+                }
+                Lookup::NotFetched => {
+                    return Err(Miss::from(AuthError::Unavailable(format!(
+                        "the keys of issuer {issuer:?} have not been fetched yet"
+                    ))));
+                }
+                Lookup::NotRemote => self
+                    .keys
+                    .by_issuer_and_kid
+                    .get(&(issuer.clone(), kid.to_owned()))
+                    .cloned()
+                    .ok_or_else(|| unknown(format!("no key {kid:?} for issuer {issuer:?}")))?,
+            };
+            if key
+                .pinned
                 .as_deref()
                 .is_some_and(|pinned| pinned != format!("{:?}", header.alg))
             {
-                return Err(AuthError::refused(
+                return Err(Miss::from(AuthError::refused(
                     RefusalReason::InvalidToken,
                     format!("key {kid:?} is not for {:?}", header.alg),
-                ));
+                )));
             }
-            return Ok(key);
+            return Ok(KeyChoice::Remote(key));
         }
         self.keys
             .public
             .as_ref()
+            .map(KeyChoice::Local)
             .ok_or_else(|| unknown("the token names no kid and no public key is configured".into()))
     }
 }
@@ -417,14 +583,14 @@ impl Authenticator for JwtAuthenticator {
     fn authenticate<'a>(&'a self, handshake: &'a Handshake) -> AuthFuture<'a, Option<Identity>> {
         Box::pin(async move {
             match self.token_of(handshake)? {
-                Some(token) => self.verify(token).map(Some),
+                Some(token) => self.verify_refreshing(token).await.map(Some),
                 None => Ok(None),
             }
         })
     }
 
     fn refresh<'a>(&'a self, token: &'a str) -> Option<AuthFuture<'a, Identity>> {
-        Some(Box::pin(async move { self.verify(token) }))
+        Some(Box::pin(async move { self.verify_refreshing(token).await }))
     }
 }
 
@@ -486,7 +652,10 @@ fn read_jwks(path: &std::path::Path, issuer: &str) -> Result<KeysByIssuerAndKid,
                 .common
                 .key_algorithm
                 .map(|algorithm| algorithm.to_string());
-            keys.insert((set_issuer.clone(), kid), (key, pinned));
+            keys.insert(
+                (set_issuer.clone(), kid),
+                Arc::new(RemoteKey { key, pinned }),
+            );
         }
     }
     if keys.is_empty() {

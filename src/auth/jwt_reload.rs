@@ -116,7 +116,12 @@ async fn run(config: JwtConfig, files: Vec<PathBuf>, verifier: Weak<RwLock<Arc<V
 }
 
 fn reload(config: &JwtConfig, current: &CurrentVerifier, why: &str) {
-    match Verifier::from_config(config) {
+    // The providers' keys are not the files': the same ones serve the new verifier.
+    let remote = match current.read() {
+        Ok(verifier) => verifier.remote(),
+        Err(poisoned) => poisoned.into_inner().remote(),
+    };
+    match Verifier::from_config(config, remote) {
         Ok(fresh) => {
             match current.write() {
                 Ok(mut slot) => *slot = Arc::new(fresh),

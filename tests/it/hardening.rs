@@ -952,7 +952,7 @@ async fn every_metric_exists_from_the_start_at_zero() {
         &redis.url(),
         &format!(
             "[api]\nkey = \"k\"\n[routes]\ndefault = \"http://127.0.0.1:1/route\"\n\
-             [auth.jwt]\nsecret = \"s\"\npublic_key_file = {:?}\n\
+             [auth.jwt]\nsecret = \"s\"\npublic_key_file = {:?}\noidc_issuer = \"https://127.0.0.1:1/idp\"\n\
              [auth.gateway]\ntrusted_proxies = [\"127.0.0.1\"]\n\
              [auth.introspect]\nurl = \"http://127.0.0.1:1/introspect\"\n[auth.redis_session]\n\
              [bridge.channels_redis]\nhosts = [{:?}]\n\
@@ -973,6 +973,7 @@ async fn every_metric_exists_from_the_start_at_zero() {
         "switchboard_broker_decode_errors_total{kind=\"channel\"} 0",
         "switchboard_api_requests_total{endpoint=\"publish\",status=\"200\"} 0",
         "switchboard_bridge_dropped_total{reason=\"decode\"} 0",
+        "switchboard_jwks_unknown_kid_refreshes_total{issuer=\"https://127.0.0.1:1/idp\",result=\"limited\"} 0",
         "switchboard_bridge_membership_writes_total{result=\"failed\"} 0",
     ] {
         assert!(

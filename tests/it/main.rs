@@ -14,6 +14,7 @@ mod handshake;
 mod hardening;
 mod history;
 mod integration;
+mod jwks;
 mod lifecycle;
 mod load_tool;
 mod multinode;

@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod credentials;
+pub mod idp;
 pub mod in_process;
 pub mod redis;
 
