@@ -30,6 +30,9 @@
 //!   cluster-wide queries (connections, channels, presence).
 //! - `sessions`: the node's table of back-end sessions, re-validated once per session per
 //!   interval; a dead one closes all its sockets with 4001.
+//! - [`limits`]: connections per user and per client address across the cluster (through a
+//!   store the Redis broker implements), the handshake rate per address, the client address
+//!   behind trusted proxies.
 //! - `connection`: the per-socket actor (lifecycle, inbound frames, memberships, back-end calls),
 //!   its outbound body (queue to socket), inbound rate limits.
 //! - [`config`]: assembles the sections of the TOML + environment configuration; each section
@@ -64,6 +67,7 @@ pub(crate) mod connection;
 pub mod hub;
 pub mod human_duration;
 pub(crate) mod key_file;
+pub mod limits;
 pub mod metrics;
 pub(crate) mod outbound_http;
 pub mod protocol;

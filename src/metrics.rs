@@ -57,6 +57,8 @@ pub const HISTORY_READ_SECONDS: &str = "switchboard_history_read_seconds";
 pub const RECOVERIES: &str = "switchboard_recoveries_total";
 pub const PUBLICATIONS_REPLAYED: &str = "switchboard_publications_replayed_total";
 pub const GAPS: &str = "switchboard_gaps_total";
+pub const LIMIT_REFUSALS: &str = "switchboard_limit_refusals_total";
+pub const LIMIT_DEGRADED: &str = "switchboard_limit_degraded_total";
 pub const BRIDGE_RECEIVED: &str = "switchboard_bridge_received_total";
 pub const BRIDGE_DROPPED: &str = "switchboard_bridge_dropped_total";
 pub const BRIDGE_FULL: &str = "switchboard_bridge_channel_full_total";
@@ -197,6 +199,9 @@ pub const INTEGRATION_ONLY: [&str; 5] = [
     REGISTRY_WRITE_FAILURES,
 ];
 
+/// The metrics of `[limits]`: exported by nodes with a limit on.
+pub const LIMITS_ONLY: [&str; 2] = [LIMIT_REFUSALS, LIMIT_DEGRADED];
+
 /// The metrics of the channels_redis bridge: exported by nodes with `[bridge.channels_redis]`.
 pub const BRIDGE_ONLY: [&str; 5] = [
     BRIDGE_RECEIVED,
@@ -207,7 +212,7 @@ pub const BRIDGE_ONLY: [&str; 5] = [
 ];
 
 /// Every metric name, for the test that checks each one is really exported.
-pub const ALL: [&str; 44] = [
+pub const ALL: [&str; 46] = [
     CONNECTIONS,
     CONNECTIONS_ACCEPTED,
     HANDSHAKES_REFUSED,
@@ -252,6 +257,8 @@ pub const ALL: [&str; 44] = [
     BRIDGE_FULL,
     BRIDGE_MEMBERSHIP_WRITES,
     BRIDGE_GROUPS,
+    LIMIT_REFUSALS,
+    LIMIT_DEGRADED,
 ];
 
 /// Latency buckets, in seconds: 100 µs to 10 s.
@@ -378,6 +385,14 @@ fn describe() {
     describe_counter!(
         JWT_KEY_RELOADS,
         "Readings of [auth.jwt] key files after the start (SIGHUP, a changed file), by result (ok, failed)."
+    );
+    describe_counter!(
+        LIMIT_REFUSALS,
+        "Handshakes refused with 429 by a [limits] limit (per_user, per_ip, handshake_rate)."
+    );
+    describe_counter!(
+        LIMIT_DEGRADED,
+        "Limit checks this node decided alone because the cluster-wide store (Redis) did not answer."
     );
     describe_counter!(
         BRIDGE_RECEIVED,

@@ -21,12 +21,14 @@ use crate::backend::Backend;
 use crate::bridge::BridgedBroker;
 use crate::broker::redis::session_store_config;
 use crate::broker::{
-    Broker, BrokerError, BrokerSink, BrokerType, MemoryBroker, RedisBroker, RedisKeys, RedisRoster,
+    Broker, BrokerError, BrokerSink, BrokerType, MemoryBroker, RedisBroker, RedisKeys, RedisLimits,
+    RedisRoster,
 };
 use crate::config::{Config, KeyError};
 use crate::connection::ConnectionSettings;
 use crate::connection::admission::Admission;
 use crate::hub::{ChannelPolicy, ConnectionDirectory, GroupTable, HistoryPolicy, Hub, HubSink};
+use crate::limits::{LimitStore, Limits};
 use crate::metrics::{Metrics, MetricsError};
 use crate::roster::{ChangeLog, Roster};
 use crate::sessions::SessionKeeper;
@@ -165,6 +167,20 @@ pub async fn run(
         policy,
         backend: backend.clone(),
     });
+    // Per-user and per-address counts are cluster-wide through Redis with the Redis broker.
+    let connection_limits = if config.limits.any() {
+        let store: Option<Arc<dyn LimitStore>> = match config.broker.broker_type {
+            BrokerType::Redis => Some(Arc::new(RedisLimits::start(
+                &config.broker,
+                &hub.directory().node(),
+                config.roster.node_ttl.0,
+            )?)),
+            BrokerType::Memory => None,
+        };
+        Some(Arc::new(Limits::new(&config.limits, store)?))
+    } else {
+        None
+    };
     let state = web::Data::new(AppState {
         hub,
         auth,
@@ -178,6 +194,7 @@ pub async fn run(
             outbound_queue_bytes: server_config.outbound_queue_bytes,
         },
         admission: Admission::new(server_config.max_connections),
+        connection_limits,
         metrics: metrics.clone(),
         roster,
         api_key: (!config.api.key.is_empty()).then(|| config.api.key.clone()),

@@ -68,6 +68,8 @@ pub(crate) struct AppState {
     pub limits: HandshakeLimits,
     /// The node's connection limit (`server.max_connections`).
     pub admission: Admission,
+    /// `[limits]`, when any is on: connections per user and address, handshakes per address.
+    pub connection_limits: Option<Arc<crate::limits::Limits>>,
     pub metrics: Metrics,
     /// The connection registry the API answers from.
     pub roster: Roster,

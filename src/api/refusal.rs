@@ -68,6 +68,11 @@ impl Refusal {
         Self::new(code, err.client_reason()).labelled(err.label())
     }
 
+    /// A handshake over a `[limits]` limit: 429 `too_many_connections`, the reason naming it.
+    pub(crate) fn over_limit(over: crate::limits::OverLimit) -> Self {
+        Self::new(RefusalCode::TooManyConnections, over.reason)
+    }
+
     /// An API call the broker could not carry out: a neutral reason, the detail in the log.
     pub(crate) fn broker_unavailable(err: &BrokerError) -> Self {
         tracing::warn!(error = %err, "server API call failed: the broker is unavailable");

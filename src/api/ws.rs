@@ -62,7 +62,7 @@ async fn accept(
     })?;
     check_origin(request, &state.limits)?;
     let encoding = negotiate_encoding(request)?;
-    let ticket = state.admission.try_admit().ok_or_else(|| {
+    let mut ticket = state.admission.try_admit().ok_or_else(|| {
         Refusal::new(
             RefusalCode::TooManyConnections,
             format!(
@@ -73,11 +73,27 @@ async fn accept(
     })?;
 
     let handshake = handshake_of(request);
+    // The address's limits before authentication: a flood costs no authenticator work.
+    if let Some(limits) = &state.connection_limits {
+        let address = limits.client_address(&handshake);
+        let held = limits
+            .admit_address(address)
+            .await
+            .map_err(Refusal::over_limit)?;
+        ticket.hold(held);
+    }
     let identity = state
         .auth
         .authenticate(&handshake)
         .await
         .map_err(Refusal::from_auth)?;
+    if let Some(limits) = &state.connection_limits {
+        let held = limits
+            .admit_user(identity.user.as_deref())
+            .await
+            .map_err(Refusal::over_limit)?;
+        ticket.hold(held);
+    }
     let initial_channels: Vec<String> = handshake.query_all("channel").map(str::to_owned).collect();
     let (key, id) = state.hub.directory().allocate();
     let connect_instructions = match &state.backend {

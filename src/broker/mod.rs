@@ -40,7 +40,7 @@ use crate::protocol::{ChannelName, ControlOp, Position, PublicationKind};
 
 pub use history::{History, HistoryQuery, HistoryRule, HistoryRules};
 pub use memory::MemoryBroker;
-pub use redis::{RedisBroker, RedisKeys, RedisRoster};
+pub use redis::{RedisBroker, RedisKeys, RedisLimits, RedisRoster};
 
 /// What a publication is addressed to, and what a node subscribes to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -3,7 +3,7 @@
 //! Each module owns its section: its type, its defaults, its validation (problems named by
 //! key, as [`KeyError`]s) and the redaction of its secrets (`auth::AuthConfig`,
 //! `broker::BrokerConfig`, `hub::ChannelRule`, `backend::BackendConfig`, `api::ApiConfig`,
-//! `roster::RosterConfig`, `bridge::BridgeConfig`, and [`server::ServerConfig`] here). This module only assembles them:
+//! `roster::RosterConfig`, `bridge::BridgeConfig`, `limits::LimitsConfig`, and [`server::ServerConfig`] here). This module only assembles them:
 //! it parses the text, applies the environment, hands each section its table, and gathers every
 //! section's problems at once, not just the first. Every key is optional and has a named
 //! default. Any key can be overridden as `SWITCHBOARD_<SECTION>__<KEY>` (e.g.
@@ -26,6 +26,7 @@ use crate::backend::{BackendConfig, RoutesConfig};
 use crate::bridge::BridgeConfig;
 use crate::broker::BrokerConfig;
 use crate::hub::ChannelRule;
+use crate::limits::LimitsConfig;
 pub use crate::roster::RosterConfig;
 pub use key_error::KeyError;
 pub use server::ServerConfig;
@@ -53,6 +54,8 @@ pub struct Config {
     pub roster: RosterConfig,
     /// `[bridge.channels_redis]`: Django's `group_send` reaching clients (off when absent).
     pub bridge: BridgeConfig,
+    /// `[limits]`: connections per user and per address, handshakes per address.
+    pub limits: LimitsConfig,
     /// Deprecated keys the configuration used (each with what replaces it), for the node to
     /// warn about at start.
     #[serde(skip)]
@@ -71,6 +74,7 @@ impl Default for Config {
             backend: BackendConfig::default(),
             roster: RosterConfig::default(),
             bridge: BridgeConfig::default(),
+            limits: LimitsConfig::default(),
             deprecations: Vec::new(),
         }
     }
@@ -136,9 +140,10 @@ impl Config {
                 "backend" => section(&key, value, &mut errors, |parsed| config.backend = parsed),
                 "roster" => section(&key, value, &mut errors, |parsed| config.roster = parsed),
                 "bridge" => section(&key, value, &mut errors, |parsed| config.bridge = parsed),
+                "limits" => section(&key, value, &mut errors, |parsed| config.limits = parsed),
                 _ => errors.push(KeyError {
                     key,
-                    message: "unknown key (expected one of `server`, `broker`, `auth`, `channels`, `api`, `routes`, `backend`, `roster`, `bridge`)"
+                    message: "unknown key (expected one of `server`, `broker`, `auth`, `channels`, `api`, `routes`, `backend`, `roster`, `bridge`, `limits`)"
                         .to_owned(),
                 }),
             }
@@ -182,6 +187,7 @@ impl Config {
         }
         problems.extend(self.roster.problems());
         problems.extend(self.bridge.problems());
+        problems.extend(self.limits.problems());
         problems
     }
 

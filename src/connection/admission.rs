@@ -17,10 +17,27 @@ pub(crate) struct Admission {
     admitted: Arc<AtomicUsize>,
 }
 
-/// One admitted connection's slot; released on drop.
-#[derive(Debug)]
+/// One admitted connection's slot; released on drop, with whatever else the connection's
+/// admission holds ([`Ticket::hold`]: its places under `[limits]`).
 pub(crate) struct Ticket {
     admitted: Arc<AtomicUsize>,
+    held: Vec<Box<dyn Send>>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Ticket")
+            .field("held", &self.held.len())
+            .finish()
+    }
+}
+
+impl Ticket {
+    /// Keeps `slot` until the connection is over (it is dropped with the ticket).
+    pub(crate) fn hold(&mut self, slot: impl Send + 'static) {
+        self.held.push(Box::new(slot));
+    }
 }
 
 impl Admission {
@@ -49,6 +66,7 @@ impl Admission {
             .ok()
             .map(|_| Ticket {
                 admitted: self.admitted.clone(),
+                held: Vec::new(),
             })
     }
 

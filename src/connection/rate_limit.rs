@@ -23,6 +23,14 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket would be full at `now` (nothing taken lately: safe to forget).
+    pub(crate) fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        self.tokens + elapsed * self.per_second >= self.capacity
+    }
+
     /// Takes one token if there is one.
     pub(crate) fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now

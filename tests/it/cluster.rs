@@ -115,3 +115,31 @@ async fn with_redis_cluster_channel_traffic_uses_sharded_pub_sub_across_nodes() 
         .await;
     assert_eq!(target.expect_close().await.0, 4002);
 }
+
+#[tokio::test]
+async fn connection_limits_hold_across_nodes_on_redis_cluster() {
+    // The limit keys share the registry key's slot (its name is their hash tag), so the check
+    // script may read both under Cluster.
+    let cluster = RedisCluster::start().await;
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let extra = "cluster = true\n[limits]\nmax_connections_per_ip = 2\n";
+        let node = TestServer::start(&node_config(&cluster.url(), extra)).await;
+        node.wait_for_readiness(200).await;
+        nodes.push(node);
+    }
+    let _first = nodes[0].client().await;
+    let _second = nodes[1].client().await;
+    for node in &nodes {
+        let refused = crate::support::Client::connect(&node.ws_url("/ws"), &[])
+            .await
+            .err()
+            .expect("over the per-address limit");
+        assert_eq!(refused.status, 429, "{:?}", refused.body);
+    }
+    assert_eq!(
+        nodes[0].metric("switchboard_limit_degraded_total").await,
+        Some(0.0),
+        "decided by the cluster, not alone"
+    );
+}

@@ -914,7 +914,9 @@ fn exported(text: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn every_metric_exists_from_the_start_at_zero() {
-    use switchboard::metrics::{ALL, AUTH_ONLY, BRIDGE_ONLY, INTEGRATION_ONLY, REDIS_ONLY};
+    use switchboard::metrics::{
+        ALL, AUTH_ONLY, BRIDGE_ONLY, INTEGRATION_ONLY, LIMITS_ONLY, REDIS_ONLY,
+    };
     // A bare memory node, before any traffic.
     let bare = TestServer::start("").await;
     let text = bare.metrics().await;
@@ -923,7 +925,8 @@ async fn every_metric_exists_from_the_start_at_zero() {
         let optional = REDIS_ONLY.contains(&name)
             || AUTH_ONLY.contains(&name)
             || INTEGRATION_ONLY.contains(&name)
-            || BRIDGE_ONLY.contains(&name);
+            || BRIDGE_ONLY.contains(&name)
+            || LIMITS_ONLY.contains(&name);
         assert!(
             optional || names.contains(name),
             "{name} missing at start:\n{text}"
@@ -955,6 +958,7 @@ async fn every_metric_exists_from_the_start_at_zero() {
              [auth.jwt]\nsecret = \"s\"\npublic_key_file = {:?}\noidc_issuer = \"https://127.0.0.1:1/idp\"\n\
              [auth.gateway]\ntrusted_proxies = [\"127.0.0.1\"]\n\
              [auth.introspect]\nurl = \"http://127.0.0.1:1/introspect\"\n[auth.redis_session]\n\
+             [limits]\nmax_connections_per_user = 100\n\
              [bridge.channels_redis]\nhosts = [{:?}]\n\
              [[bridge.channels_redis.groups]]\ngroup = \"chat_*\"\nchannel = \"room:{{1}}\"\n",
             key.public_pem_file.to_str().expect("path"),
@@ -973,6 +977,7 @@ async fn every_metric_exists_from_the_start_at_zero() {
         "switchboard_broker_decode_errors_total{kind=\"channel\"} 0",
         "switchboard_api_requests_total{endpoint=\"publish\",status=\"200\"} 0",
         "switchboard_bridge_dropped_total{reason=\"decode\"} 0",
+        "switchboard_limit_refusals_total{limit=\"handshake_rate\"} 0",
         "switchboard_jwks_unknown_kid_refreshes_total{issuer=\"https://127.0.0.1:1/idp\",result=\"limited\"} 0",
         "switchboard_bridge_membership_writes_total{result=\"failed\"} 0",
     ] {

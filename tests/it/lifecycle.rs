@@ -135,6 +135,9 @@ async fn metrics_export_every_named_series_after_traffic() {
         if switchboard::metrics::INTEGRATION_ONLY.contains(&name) {
             continue; // covered by the back-end integration tests
         }
+        if switchboard::metrics::LIMITS_ONLY.contains(&name) {
+            continue; // covered by the limits tests
+        }
         if switchboard::metrics::BRIDGE_ONLY.contains(&name) {
             continue; // covered by the bridge's tests (integrations/django/tests/test_bridge.py)
         }

@@ -16,6 +16,7 @@ mod history;
 mod integration;
 mod jwks;
 mod lifecycle;
+mod limits;
 mod load_tool;
 mod multinode;
 mod protections;

@@ -27,6 +27,7 @@
 
 mod functions;
 mod keys;
+mod limits;
 pub(crate) mod link;
 mod names;
 mod probe;
@@ -57,6 +58,7 @@ use crate::config::KeyError;
 use crate::protocol::{ChannelName, ControlOp, Envelope};
 use functions::Functions;
 pub use keys::{RedisKeys, session_store_config};
+pub use limits::RedisLimits;
 use link::Link;
 use names::Names;
 use probe::{PROBE_INTERVAL, Probe};

@@ -295,7 +295,7 @@ fn parse_records<'a>(node: &str, values: impl Iterator<Item = &'a str>) -> Vec<C
         .collect()
 }
 
-fn unix_millis() -> u64 {
+pub(super) fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
