@@ -158,3 +158,41 @@ pub fn jwt_section(key: &KeyPair, extra: &str) -> String {
         key.public_pem_file.to_str().expect("path")
     )
 }
+
+/// A CA made for one test and a certificate it signed for `127.0.0.1` (servers started by the
+/// tests: TLS Redis, the HTTPS identity provider).
+pub struct LoopbackTls {
+    pub ca_pem: String,
+    pub certificate_pem: String,
+    pub certificate_der: Vec<u8>,
+    pub key_pem: String,
+    pub key_der: Vec<u8>,
+}
+
+/// Makes a CA named `ca_name` and a `127.0.0.1` certificate signed by it.
+pub fn loopback_tls(ca_name: &str) -> LoopbackTls {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    // OpenSSL (redis-cli) matches the server certificate's issuer by name.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA certificate");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("server params")
+        .signed_by(&key, &ca)
+        .expect("server certificate");
+    LoopbackTls {
+        ca_pem: ca.pem(),
+        certificate_pem: certificate.pem(),
+        certificate_der: certificate.der().to_vec(),
+        key_pem: key.serialize_pem(),
+        key_der: key.serialize_der(),
+    }
+}

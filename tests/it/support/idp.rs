@@ -44,31 +44,16 @@ pub struct IdentityProvider {
 
 impl IdentityProvider {
     pub async fn start() -> Self {
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "switchboard test IdP CA");
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA certificate");
-        let key = rcgen::KeyPair::generate().expect("server key");
-        let certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .expect("server params")
-            .signed_by(&key, &ca)
-            .expect("server certificate");
-        let ca_file = temp_file("idp-ca.pem", &ca.pem());
+        let tls = crate::support::credentials::loopback_tls("switchboard test IdP CA");
+        let ca_file = temp_file("idp-ca.pem", &tls.ca_pem);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
             .with_no_client_auth()
             .with_single_cert(
-                vec![CertificateDer::from(certificate.der().to_vec())],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+                vec![CertificateDer::from(tls.certificate_der)],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(tls.key_der)),
             )
             .expect("TLS config");
         let acceptor = TlsAcceptor::from(Arc::new(config));

@@ -78,31 +78,15 @@ impl RedisServer {
     /// the test (its PEM file is `tls_ca`).
     pub async fn start_tls() -> Self {
         let mut server = Self::new(free_port(), false);
-        let ca = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
-        // OpenSSL (redis-cli) matches the server certificate's issuer by name.
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "switchboard test CA");
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca).expect("CA certificate");
-        let key = rcgen::KeyPair::generate().expect("server key");
-        let certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .expect("server params")
-            .signed_by(&key, &ca)
-            .expect("server certificate");
+        let tls = crate::support::credentials::loopback_tls("switchboard test CA");
         let write = |name: &str, pem: String| {
             let path = server.directory.join(name);
             std::fs::write(&path, pem).expect("write pem");
             path
         };
-        let ca_path = write("ca.pem", ca.pem());
-        write("server.pem", certificate.pem());
-        write("server.key", key.serialize_pem());
+        let ca_path = write("ca.pem", tls.ca_pem);
+        write("server.pem", tls.certificate_pem);
+        write("server.key", tls.key_pem);
         server.tls_ca = Some(ca_path);
         server.spawn().await;
         server
