@@ -119,7 +119,7 @@ fmt:
 ## against a release node (benches/load.sh; docs/performance.md has the full-size runs).
 bench:
 	$(CARGO) bench --bench codec --bench fanout
-	$(CARGO) build --release --bin switchboard --bin switchboard-load
+	$(CARGO) build --release --bin switchboard --bin switchboard-load --example fanout-floor
 	benches/load.sh
 
 build:
