@@ -46,6 +46,10 @@ class RedisServer:
 
     def __init__(self):
         self.port = free_port()
+        self.start()
+        self.url = f"redis://127.0.0.1:{self.port}"
+
+    def start(self):
         directory = tempfile.mkdtemp(prefix="switchboard-django-redis-")
         self.process = subprocess.Popen(
             [
@@ -64,7 +68,11 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         until(self.answers, "redis-server (make test-deps installs it)")
-        self.url = f"redis://127.0.0.1:{self.port}"
+
+    def restart(self):
+        """Killed and started again on the same port, empty (a crash without persistence)."""
+        self.stop()
+        self.start()
 
     def answers(self):
         try:

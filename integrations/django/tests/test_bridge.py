@@ -22,7 +22,7 @@ from channels.testing import WebsocketCommunicator
 from channels_redis.utils import _consistent_hash
 from websockets.sync.client import connect
 
-from .conftest import REPO, until
+from .conftest import REPO, RedisServer, until
 from .project.consumers import ChatConsumer
 
 # Django rotates keys by putting the new one first; the node's order does not matter.
@@ -244,6 +244,30 @@ def test_hostile_or_stale_entries_are_dropped(stack, start_node, channel_layer, 
     assert node.metric('switchboard_bridge_dropped_total{reason="unmapped"}') == 1
     async_to_sync(django_layer.group_send)("chat_13", {"type": "chat.message", "n": 1})
     assert messages(socket, 1)[0]["data"] == {"type": "chat.message", "n": 1}
+
+
+@pytest.mark.parametrize("layer", ["core", "pubsub"])
+def test_a_restarted_layer_redis_gets_the_nodes_back_by_itself(
+    stack, start_node, channel_layer, redis_url, layer
+):
+    layer_redis = RedisServer()
+    try:
+        node = start_node(node_config(redis_url, layer, [layer_redis.url]))
+        socket = joined(stack, node.ws, "21")
+        bridged(node, 1)
+        layer_redis.restart()  # empty: the membership (or subscription) is gone
+        django_layer = channel_layer(layer, [layer_redis.url])
+
+        def delivered():
+            async_to_sync(django_layer.group_send)("chat_21", {"type": "chat.message", "n": 1})
+            try:
+                return json.loads(socket.recv(timeout=0.3))["data"]["n"] == 1
+            except TimeoutError:
+                return False
+
+        until(delivered, "group_send to reach the node again after the restart")
+    finally:
+        layer_redis.stop()
 
 
 def test_unmapped_channels_join_no_group(stack, start_node, redis_url):
