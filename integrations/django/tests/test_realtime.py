@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import subprocess
 import time
 from contextlib import ExitStack
 
@@ -19,7 +21,7 @@ from websockets.sync.client import connect
 import switchboard_django as sb
 from switchboard_django.tokens import for_user
 
-from .conftest import JWT_SECRET
+from .conftest import BINARY, JWT_SECRET
 from .project import views
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -332,6 +334,39 @@ def test_the_config_command_prints_what_the_nodes_need(switchboard, capsys, redi
     assert '[routes]\nsend_message = "http://django.internal:8000/realtime/send_message/"' in out
     assert 'connect = "http://django.internal:8000/realtime/connect/"' in out
     assert "test-api-key" not in out
+    assert "[bridge" not in out, "no channel layer, no bridge"
+
+
+def test_the_config_command_mirrors_the_channel_layer_for_the_bridge(
+    switchboard, settings, capsys, redis_url, tmp_path
+):
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [redis_url, ("127.0.0.1", 6380)],
+                "prefix": "myapp",
+                "group_expiry": 3600,
+                "capacity": 500,
+                "symmetric_encryption_keys": ["not-printed"],
+            },
+        }
+    }
+    call_command("switchboard", "config", "--site", "http://django.internal:8000")
+    out = capsys.readouterr().out
+    assert "not-printed" not in out
+    assert f'# hosts = ["{redis_url}", "redis://127.0.0.1:6380"]' in out
+    # Uncommented, the section is a valid node config.
+    uncommented = re.sub(
+        r"^# (\[\[?bridge|layer|hosts|prefix|group|channel|capacity)", r"\1", out, flags=re.M
+    )
+    path = tmp_path / "node.toml"
+    path.write_text(uncommented)
+    checked = subprocess.run(
+        [BINARY, "check-config", "--config", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert 'prefix = "myapp"' in checked.stdout and "capacity = 500" in checked.stdout
 
 
 def test_the_async_variants_publish_and_read(redis_url, start_node, switchboard):

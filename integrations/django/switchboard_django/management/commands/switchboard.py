@@ -137,9 +137,68 @@ def render_config(site: str) -> str:
             f'url = "{settings.redis_url}"',
             f'prefix = "{settings.prefix}"',
         ]
+    lines += _bridge_lines()
     lines += [
         "",
         "# [api] key: SWITCHBOARD['API_KEY'], given to the nodes as SWITCHBOARD_API__KEY",
         "# (not printed here: it is a secret)",
     ]
     return "\n".join(lines) + "\n"
+
+
+_LAYERS = {
+    "channels_redis.core.RedisChannelLayer": "core",
+    "channels_redis.pubsub.RedisPubSubChannelLayer": "pubsub",
+}
+
+
+def _host_url(host) -> str | None:
+    """A channels_redis `hosts` entry as a Redis URL (`None` for Sentinel entries)."""
+    if isinstance(host, str):
+        return host
+    if isinstance(host, (tuple, list)) and len(host) == 2:
+        return f"redis://{host[0]}:{host[1]}"
+    if isinstance(host, dict) and isinstance(host.get("address"), str):
+        return host["address"]
+    return None
+
+
+def _bridge_lines() -> list[str]:
+    """`[bridge.channels_redis]` mirroring CHANNEL_LAYERS['default'], commented out: its group
+    rules are the project's to write (docs/migrating-from-channels.md)."""
+    layer = getattr(django_settings, "CHANNEL_LAYERS", {}).get("default", {})
+    kind = _LAYERS.get(layer.get("BACKEND", ""))
+    if kind is None:
+        return []
+    config = layer.get("CONFIG", {})
+    hosts = [_host_url(host) for host in config.get("hosts") or ["redis://localhost:6379"]]
+    if None in hosts:
+        return ["", "# CHANNEL_LAYERS uses Sentinel hosts, which the bridge cannot reach"]
+    bridge = [
+        "[bridge.channels_redis]",
+        f'layer = "{kind}"',
+        f"hosts = {json.dumps(hosts)}",
+    ]
+    for key, default in (("prefix", "asgi"), ("expiry", 60), ("group_expiry", 86400)):
+        value = config.get(key, default)
+        if value != default:
+            bridge.append(f"{key} = {json.dumps(value if key == 'prefix' else f'{value}s')}")
+    if config.get("capacity", 100) != 100:
+        bridge.append(f"capacity = {int(config['capacity'])}")
+    if "random_prefix_length" in config:
+        bridge.append(f"random_prefix_length = {int(config['random_prefix_length'])}")
+    bridge += [
+        "[[bridge.channels_redis.groups]]",
+        'group = "chat_*"',
+        'channel = "room:{1}"',
+    ]
+    lines = [
+        "",
+        "# Django's group_send reaching the nodes' clients: map your groups, then uncomment.",
+    ]
+    if config.get("symmetric_encryption_keys"):
+        lines.append(
+            "# symmetric_encryption_keys: give the nodes CHANNEL_LAYERS' keys as"
+            " SWITCHBOARD_BRIDGE__CHANNELS_REDIS__SYMMETRIC_ENCRYPTION_KEYS (a secret)"
+        )
+    return lines + [f"# {line}" for line in bridge]
