@@ -87,9 +87,13 @@ pub async fn run(
     crate::hub::register_metrics();
     crate::connection::register_metrics();
     crate::api::register_metrics(!config.api.key.is_empty());
-    let arbiters: Vec<Arbiter> = (0..thread_count(config.server.group_arbiters))
-        .map(|_| Arbiter::new())
-        .collect();
+    // With groups on the workers, no arbiter: the hub starts each group where it is asked to.
+    let arbiter_count = if config.server.groups_on_workers {
+        0
+    } else {
+        thread_count(config.server.group_arbiters)
+    };
+    let arbiters: Vec<Arbiter> = (0..arbiter_count).map(|_| Arbiter::new()).collect();
     let groups = GroupTable::new();
     // With Redis, the registry is shared: the directory's changes go to a change log the
     // roster writes out; with the memory broker, the node is the whole registry.

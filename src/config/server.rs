@@ -44,6 +44,10 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Threads running channel-group actors; 0: one per core.
     pub group_arbiters: usize,
+    /// Run each channel's group on the HTTP worker thread of the connection that started it,
+    /// instead of on the group arbiters: no hand-off between threads for members on that
+    /// worker (a node on one core: none at all).
+    pub groups_on_workers: bool,
     /// The most publications one `join` with `since` may replay; a client that missed more is
     /// answered `recovered: false` (docs/protocol.md §7), as is one whose replay would not fit
     /// its outbound queue.
@@ -70,6 +74,7 @@ impl Default for ServerConfig {
             presence_burst: 20,
             workers: 0,
             group_arbiters: 0,
+            groups_on_workers: false,
             recovery_limit: 1000,
         }
     }

@@ -242,12 +242,20 @@ impl Hub {
         receiver
     }
 
-    /// Starts a group on its arbiter (chosen by hash of the name) with its first join.
+    /// Starts a group on its arbiter (chosen by hash of the name) with its first join; without
+    /// arbiters (`server.groups_on_workers`), on the thread asking (the first joiner's worker).
     fn start_group(&self, channel: &ChannelName, first: Join) -> Addr<Group> {
         let mut hasher = DefaultHasher::new();
         channel.hash(&mut hasher);
         let arbiters = &self.inner.arbiters;
-        let arbiter = &arbiters[(hasher.finish() as usize) % arbiters.len().max(1)];
+        let here;
+        let arbiter = match arbiters.get((hasher.finish() as usize) % arbiters.len().max(1)) {
+            Some(arbiter) => arbiter,
+            None => {
+                here = Arbiter::current();
+                &here
+            }
+        };
         Group::start(
             arbiter,
             channel.clone(),

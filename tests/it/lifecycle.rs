@@ -54,6 +54,35 @@ async fn ten_thousand_channels_joined_and_left_leave_zero_groups_and_zero_subscr
 }
 
 #[tokio::test]
+async fn with_groups_on_the_workers_groups_start_deliver_and_retire_the_same() {
+    let config = format!("{TEN_THOUSAND_CHANNELS}workers = 2\ngroups_on_workers = true\n");
+    let server = TestServer::start(&config).await;
+    // Members on both workers (connections are spread over them), the group on one.
+    let mut members = Vec::new();
+    for _ in 0..4 {
+        members.push(server.client_in(&["room:1"]).await);
+    }
+    let mut publisher = server.client().await;
+    for n in 0..3 {
+        let reply = publisher
+            .request(
+                json!({"action": "publish", "channel": "room:1", "data": n}),
+                n,
+            )
+            .await;
+        assert_eq!(reply["type"], "reply", "{reply}");
+    }
+    for member in &mut members {
+        for n in 0..3 {
+            assert_eq!(member.recv().await["data"], n);
+        }
+    }
+    drop(members);
+    server.wait_for_metric("switchboard_channels", 0.0).await;
+    join_and_leave_ten_thousand_channels(&server).await;
+}
+
+#[tokio::test]
 async fn a_closed_connection_leaves_its_channels() {
     let server = TestServer::start("").await;
     let mut client = server.client().await;
