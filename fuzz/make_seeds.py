@@ -94,6 +94,11 @@ ANSWERS = [
     {"reply": {"ok": True}, "join": ["room:1"], "leave": ["room:0"],
      "publish": [{"channel": "room:1", "data": "hi"}]},
     {"_auth_user_id": "9", "_auth_user_backend": "django.contrib.auth.backends.ModelBackend"},
+    # An identity provider's JWKS and discovery documents.
+    {"keys": [{"kty": "EC", "crv": "P-256", "kid": "k", "use": "sig",
+               "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+               "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]},
+    {"issuer": "https://idp.test", "jwks_uri": "https://idp.test/certs"},
 ]
 CONFIGS = [
     '[server]\nbind = "127.0.0.1:0"\nmax_frame_bytes = 1024\nheartbeat_interval = "5s"\nidle_timeout = "20s"\n',

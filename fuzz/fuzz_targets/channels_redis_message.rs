@@ -10,7 +10,9 @@ use switchboard::bridge::message::{ASGI_CHANNEL, Decoder};
 fuzz_target!(|data: &[u8]| {
     let plain = Decoder::new(12, &[], None);
     let encrypted = Decoder::new(0, &["fuzz-key".to_owned()], None);
-    for decoder in [&plain, &encrypted] {
+    // The core layer's decoder checks the token's age too (a forged timestamp must not overflow).
+    let aged = Decoder::new(12, &["fuzz-key".to_owned()], Some(std::time::Duration::MAX));
+    for decoder in [&plain, &encrypted, &aged] {
         if let Ok(decoded) = decoder.decode(data) {
             let object = decoded.data.as_object().expect("a dict");
             assert!(!object.contains_key(ASGI_CHANNEL));

@@ -1,5 +1,6 @@
-//! A trusted proxy's identity headers: `X-Userinfo` (base64 JSON) and a plain user header, as
-//! any bytes. Nothing may panic.
+//! A trusted proxy's headers: `X-Userinfo` (base64 JSON) and a plain user header, as any
+//! bytes, and `X-Forwarded-For` as `[limits]` reads it. Nothing may panic; the client address is
+//! always found (the proxy's, when the header says nothing usable).
 #![no_main]
 
 use std::sync::LazyLock;
@@ -8,7 +9,7 @@ use futures_util::FutureExt;
 use libfuzzer_sys::fuzz_target;
 use switchboard::auth::Authenticator;
 use switchboard::auth::Handshake;
-use switchboard::auth::gateway::{GatewayAuthenticator, GatewayConfig};
+use switchboard::auth::gateway::{AddressBlock, GatewayAuthenticator, GatewayConfig};
 
 static GATEWAY: LazyLock<GatewayAuthenticator> = LazyLock::new(|| {
     GatewayAuthenticator::from_config(&GatewayConfig {
@@ -35,4 +36,14 @@ fuzz_target!(|data: &[u8]| {
     // The gateway does no IO: its answer is ready at once.
     let answer = GATEWAY.authenticate(&handshake).now_or_never();
     assert!(answer.is_some(), "the gateway authenticator never waits");
+    let forwarded = Handshake {
+        headers: vec![("x-forwarded-for".to_owned(), text.into_owned())],
+        ..handshake
+    };
+    let client = switchboard::limits::client_address(&forwarded, &PROXIES);
+    assert!(client.is_some());
+    let _ = client.map(|address| switchboard::limits::address_key(address, 64));
 });
+
+static PROXIES: LazyLock<Vec<AddressBlock>> =
+    LazyLock::new(|| vec![AddressBlock::parse("127.0.0.0/8").expect("block")]);

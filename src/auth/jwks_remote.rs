@@ -278,13 +278,7 @@ impl RemoteKeys {
             Source::Discovery(issuer) => self.discover(&provider.issuer, issuer).await?,
         };
         let (body, max_age) = self.get(&url).await?;
-        let set: JwkSet =
-            serde_json::from_slice(&body).map_err(|err| format!("the JWKS is invalid: {err}"))?;
-        let keys = usable_keys(&set.keys);
-        if keys.is_empty() {
-            return Err("the JWKS holds no usable signing key (with a kid)".into());
-        }
-        Ok((keys, max_age))
+        Ok((signing_keys(&body)?, max_age))
     }
 
     /// The JWKS URL in the issuer's discovery document, which must name that same issuer.
@@ -293,16 +287,7 @@ impl RemoteKeys {
         let url = Url::parse(&format!("{base}/.well-known/openid-configuration"))
             .map_err(|err| format!("no discovery URL: {err}"))?;
         let (body, _) = self.get(&url).await?;
-        let document: Value = serde_json::from_slice(&body)
-            .map_err(|err| format!("the discovery document is not JSON: {err}"))?;
-        if document.get("issuer").and_then(Value::as_str) != Some(issuer) {
-            return Err("the discovery document names another issuer".into());
-        }
-        let jwks_uri = document
-            .get("jwks_uri")
-            .and_then(Value::as_str)
-            .ok_or("the discovery document has no jwks_uri")?;
-        checked_url(jwks_uri, self.allow_http)
+        jwks_uri_in(&body, issuer, self.allow_http)
     }
 
     /// A `GET` answered 200, its body (bounded) and its `max-age`.
@@ -337,6 +322,37 @@ impl Provider {
             Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
+}
+
+/// A provider's JWKS document (bytes from outside): its signing keys by `kid`, or why none.
+fn signing_keys(document: &[u8]) -> Result<KeySet, String> {
+    let set: JwkSet =
+        serde_json::from_slice(document).map_err(|err| format!("the JWKS is invalid: {err}"))?;
+    let keys = usable_keys(&set.keys);
+    if keys.is_empty() {
+        return Err("the JWKS holds no usable signing key (with a kid)".into());
+    }
+    Ok(keys)
+}
+
+/// How many signing keys a JWKS document holds (for the fuzz target).
+pub fn signing_keys_in(document: &[u8]) -> Result<usize, String> {
+    signing_keys(document).map(|keys| keys.len())
+}
+
+/// The JWKS URL an OpenID discovery document names, if it is `issuer`'s and the URL may be
+/// fetched.
+pub fn jwks_uri_in(document: &[u8], issuer: &str, allow_http: bool) -> Result<Url, String> {
+    let document: Value = serde_json::from_slice(document)
+        .map_err(|err| format!("the discovery document is not JSON: {err}"))?;
+    if document.get("issuer").and_then(Value::as_str) != Some(issuer) {
+        return Err("the discovery document names another issuer".into());
+    }
+    let jwks_uri = document
+        .get("jwks_uri")
+        .and_then(Value::as_str)
+        .ok_or("the discovery document has no jwks_uri")?;
+    checked_url(jwks_uri, allow_http)
 }
 
 /// Fetches one provider's set whenever it is due, until the keys are dropped.

@@ -21,7 +21,7 @@ pub mod gateway;
 mod handshake;
 mod identity;
 pub mod introspect;
-mod jwks_remote;
+pub mod jwks_remote;
 pub mod jwt;
 mod jwt_reload;
 pub mod redis_session;

@@ -112,11 +112,13 @@ impl ChannelsRedisConfig {
                 "may hold only ASCII letters, digits, '-', '_' and '.'",
             ));
         }
-        if self.expiry < HumanDuration::from_secs(1) {
-            problems.push(KeyError::new(key("expiry"), "must be at least 1s"));
+        // Redis refuses an EXPIRE beyond its range; a year is far past any channel layer's.
+        let year = HumanDuration::from_secs(365 * 86_400);
+        if self.expiry < HumanDuration::from_secs(1) || self.expiry > year {
+            problems.push(KeyError::new(key("expiry"), "must be 1s to 8760h"));
         }
-        if self.group_expiry < HumanDuration::from_secs(2) {
-            problems.push(KeyError::new(key("group_expiry"), "must be at least 2s"));
+        if self.group_expiry < HumanDuration::from_secs(2) || self.group_expiry > year {
+            problems.push(KeyError::new(key("group_expiry"), "must be 2s to 8760h"));
         }
         if !(1..=10_000).contains(&self.capacity) {
             problems.push(KeyError::new(key("capacity"), "must be 1 to 10000"));
@@ -211,6 +213,7 @@ mod tests {
         let config = ChannelsRedisConfig {
             hosts: vec!["http://x".into()],
             prefix: "a:b".into(),
+            group_expiry: HumanDuration::from_secs(u64::MAX),
             capacity: 0,
             symmetric_encryption_keys: vec![String::new()],
             ..Default::default()
@@ -219,6 +222,7 @@ mod tests {
         for expected in [
             "bridge.channels_redis.hosts[0]",
             "bridge.channels_redis.prefix",
+            "bridge.channels_redis.group_expiry",
             "bridge.channels_redis.capacity",
             "bridge.channels_redis.symmetric_encryption_keys",
             "bridge.channels_redis.groups",

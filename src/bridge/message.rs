@@ -88,14 +88,36 @@ impl Decoder {
 
     fn decrypt(&self, token: &[u8]) -> Result<Vec<u8>, DecodeError> {
         let token = std::str::from_utf8(token).map_err(|_| DecodeError::Undecryptable)?;
-        self.fernets
+        // The age is checked here, after the signature: the fernet crate's own ttl check adds
+        // the token's (not yet authenticated) timestamp to the ttl, which overflows for a
+        // forged timestamp near u64::MAX.
+        let plain = self
+            .fernets
             .iter()
-            .find_map(|fernet| match self.ttl {
-                Some(ttl) => fernet.decrypt_with_ttl(token, ttl.as_secs()).ok(),
-                None => fernet.decrypt(token).ok(),
-            })
-            .ok_or(DecodeError::Undecryptable)
+            .find_map(|fernet| fernet.decrypt(token).ok())
+            .ok_or(DecodeError::Undecryptable)?;
+        if let Some(ttl) = self.ttl {
+            let issued = issued_at(token).ok_or(DecodeError::Undecryptable)?;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs());
+            if now.saturating_sub(issued) > ttl.as_secs() {
+                return Err(DecodeError::Undecryptable);
+            }
+        }
+        Ok(plain)
     }
+}
+
+/// When a Fernet token says it was made: the big-endian seconds after its version byte (the
+/// first 9 bytes are the first 12 characters of its URL-safe base64).
+fn issued_at(token: &str) -> Option<u64> {
+    use base64::Engine;
+    let head = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.get(..12)?)
+        .ok()?;
+    let seconds: [u8; 8] = head.get(1..9)?.try_into().ok()?;
+    Some(u64::from_be_bytes(seconds))
 }
 
 /// Python's `channels_redis` key derivation: the Fernet key is the URL-safe base64 of the
@@ -188,6 +210,36 @@ mod tests {
         let decoded = decoder.decode(PYTHON_TOKEN.as_bytes()).expect("decrypts");
         assert_eq!(decoded.data, json!({"type": "chat.message", "text": "hi"}));
         assert!(decoded.targets.is_empty());
+    }
+
+    #[test]
+    fn a_forged_timestamp_cannot_overflow_the_age_check() {
+        use base64::Engine;
+        // Version, timestamp u64::MAX, an IV, a block of ciphertext, a (wrong) HMAC.
+        let mut raw = vec![0x80];
+        raw.extend([0xff; 8]);
+        raw.extend([0; 16 + 16 + 32]);
+        let token = base64::engine::general_purpose::URL_SAFE.encode(raw);
+        let decoder = Decoder::new(0, &["k".to_owned()], Some(Duration::from_secs(u64::MAX)));
+        assert_eq!(
+            decoder.decode(token.as_bytes()),
+            Err(DecodeError::Undecryptable)
+        );
+        // A genuine token older than the ttl is refused, a fresh one is not. `old` is Python's
+        // `Fernet(key).encrypt_at_time(<PLAIN's body>, 1000)` under channels_redis's key for "k".
+        let old = "gAAAAAAAAAPoDpRE3aoQWy4imz_67N2nSZgkZ3ZGKV-KMKvCTr9LBylbrqAQSOZJkxnQw3SpRGGAVDdnqpPtOxjrPVCzvYbXFvp7UtVeomjwDbNWagxvEZ_OOlNvjBtbQZsoHU5yVzzsCwTM7Ft_xKZq5Hlz1epBaCacmk2ZUXz3yzVQpmmmiMA=";
+        let fresh = fernet_for("k").encrypt(&hex(PLAIN)[12..]);
+        let lenient = Decoder::new(0, &["k".to_owned()], None);
+        assert!(
+            lenient.decode(old.as_bytes()).is_ok(),
+            "the key derivation matches"
+        );
+        let strict = Decoder::new(0, &["k".to_owned()], Some(Duration::from_secs(70)));
+        assert_eq!(
+            strict.decode(old.as_bytes()),
+            Err(DecodeError::Undecryptable)
+        );
+        assert!(strict.decode(fresh.as_bytes()).is_ok());
     }
 
     #[test]

@@ -211,7 +211,7 @@ impl BridgedBroker {
         let tasks = match config.layer {
             Layer::Core => {
                 // channels_redis checks a token's age against expiry + 10 s.
-                let ttl = config.expiry.0 + Duration::from_secs(10);
+                let ttl = config.expiry.0.saturating_add(Duration::from_secs(10));
                 let decoder = Decoder::new(
                     config.random_prefix_length(),
                     &config.symmetric_encryption_keys,

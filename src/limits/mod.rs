@@ -268,6 +268,11 @@ impl Limits {
         if rates.len() >= MAX_TRACKED_ADDRESSES && !rates.contains_key(key) {
             // Forget the addresses that have not handshaken lately (their buckets are full).
             rates.retain(|_, bucket| !bucket.is_full(now));
+            if rates.len() >= MAX_TRACKED_ADDRESSES {
+                // Still as many active addresses: this one goes untracked rather than the
+                // table growing without bound (each address still opens at most its sockets).
+                return true;
+            }
         }
         rates
             .entry(key.to_owned())
