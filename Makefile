@@ -2,7 +2,8 @@
 CARGO ?= cargo
 CONFIG ?=
 
-.PHONY: run demo test test-deps lint fmt bench build release clean fuzz fuzz-smoke fuzz-deps
+.PHONY: run demo test test-deps lint fmt bench build release clean fuzz fuzz-smoke fuzz-smoke-build \
+	fuzz-smoke-run fuzz-deps
 
 ## The virtualenv the Django package's tests run in on Django 4.2 LTS (5.2 runs on the machine's
 ## Python).
@@ -34,13 +35,21 @@ demo:
 ## Install what the tests need (redis-server, openssl, nginx, prometheus, chromium; python
 ## websockets, redis, kubernetes-validate; cargo-fuzz; the JS client's npm packages) if missing,
 ## then run every test (Rust, the JS client in Node and in Chromium, the Django package on Django
-## 5.2 and 4.2), and each fuzz target briefly.
+## 5.2 and 4.2), and each fuzz target briefly. The fuzz targets build (another toolchain, another
+## target directory) beside the tests at the lowest CPU priority, on what the tests leave idle;
+## they run last.
 test: test-deps
-	$(CARGO) test --all-targets
-	cd clients/js && npm test
-	cd integrations/django && python3 -m pytest -q
-	cd integrations/django && $(abspath $(DJANGO_42))/bin/python -m pytest -q
-	$(MAKE) fuzz-smoke
+	@mkdir -p fuzz/target; \
+	setsid nice -n 19 $(MAKE) --no-print-directory fuzz-smoke-build >fuzz/target/smoke-build.log 2>&1 & \
+	fuzz_build=$$!; status=0; \
+	{ $(CARGO) test --all-targets && \
+	  (cd clients/js && npm test) && \
+	  (cd integrations/django && python3 -m pytest -q) && \
+	  (cd integrations/django && $(abspath $(DJANGO_42))/bin/python -m pytest -q); } || status=$$?; \
+	if [ $$status != 0 ]; then kill -TERM -- -$$fuzz_build 2>/dev/null; exit $$status; fi; \
+	echo "== waiting for the fuzz targets' build"; \
+	wait $$fuzz_build || { tail -n 60 fuzz/target/smoke-build.log; exit 1; }; \
+	$(MAKE) --no-print-directory fuzz-smoke-run
 
 test-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -96,8 +105,13 @@ fuzz: fuzz-deps
 
 ## A short, bounded run of every fuzz target (what make test and CI do): an unoptimized build
 ## with debug assertions (so arithmetic overflow is a crash too), no sanitizer, 5 s each.
-fuzz-smoke: fuzz-deps
+fuzz-smoke: fuzz-smoke-build
+	@$(MAKE) --no-print-directory fuzz-smoke-run
+
+fuzz-smoke-build: fuzz-deps
 	cd fuzz && cargo +nightly fuzz build --dev --sanitizer none
+
+fuzz-smoke-run:
 	@for target in $(FUZZ_TARGETS); do \
 		mkdir -p fuzz/corpus/$$target; \
 		echo "== fuzz smoke $$target (5 s)"; \
