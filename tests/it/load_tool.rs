@@ -142,11 +142,15 @@ async fn fanout_and_rooms_against_a_real_node_lose_nothing() {
     let server = TestServer::start(BENCH_CONFIG).await;
     let url = server.ws_url("/ws");
     let pid = server.pid().to_string();
+    // A second watched process (this test's own): its CPU is reported apart, in order.
+    let me = std::process::id().to_string();
     let fanout = load(&[
         "--url",
         &url,
         "--server-pid",
         &pid,
+        "--server-pid",
+        &me,
         "fanout",
         "--subscribers",
         "50",
@@ -161,6 +165,14 @@ async fn fanout_and_rooms_against_a_real_node_lose_nothing() {
     let cpu = &fanout["server_cpu"];
     assert!(cpu["seconds"].as_f64().expect("cpu") > 0.0, "{fanout}");
     assert!(cpu["work_per_cpu_second"].as_f64().expect("ratio") > 0.0);
+    let each = cpu["per_process"].as_array().expect("per process");
+    assert_eq!(each.len(), 2, "{fanout}");
+    assert_eq!(each[0]["pid"].to_string(), pid);
+    assert_eq!(each[1]["pid"].to_string(), me);
+    assert!(each[0]["seconds"].as_f64().expect("node cpu") > 0.0, "{fanout}");
+    let sum: f64 = each.iter().filter_map(|process| process["seconds"].as_f64()).sum();
+    let total = cpu["seconds"].as_f64().expect("cpu");
+    assert!((sum - total).abs() < 1e-6, "{sum} vs {total}");
 
     let rated = load(&[
         "--url",

@@ -1,6 +1,7 @@
 //! What the server processes use, read from `/proc/PID/stat` (CPU time: `utime + stime`, in
-//! clock ticks) and `/proc/PID/status` (`VmRSS`). Given several PIDs (one per node), the
-//! figures are summed.
+//! clock ticks) and `/proc/PID/status` (`VmRSS`). Given several PIDs (one per node, and Redis),
+//! the figures are summed, and each process's CPU time is kept too (the capacity model in
+//! `benches/cluster.sh` separates the nodes' CPU from Redis's).
 
 use std::time::Duration;
 
@@ -34,18 +35,20 @@ impl Servers {
         self.pids.is_empty()
     }
 
-    /// CPU time used so far by all of them; `None` without PIDs.
-    pub(crate) fn cpu_time(&self) -> Result<Option<Duration>, ProcessError> {
+    /// CPU time used so far by each of them, in the order given; `None` without PIDs.
+    pub(crate) fn cpu_time(&self) -> Result<Option<CpuTimes>, ProcessError> {
         if self.pids.is_empty() {
             return Ok(None);
         }
-        let mut ticks = 0;
+        let mut each = Vec::with_capacity(self.pids.len());
         for &pid in &self.pids {
-            ticks += cpu_ticks(pid)?;
+            let ticks = cpu_ticks(pid)?;
+            each.push((
+                pid,
+                Duration::from_secs_f64(ticks as f64 / self.ticks_per_second as f64),
+            ));
         }
-        Ok(Some(Duration::from_secs_f64(
-            ticks as f64 / self.ticks_per_second as f64,
-        )))
+        Ok(Some(CpuTimes { each }))
     }
 
     /// Resident memory of all of them, in bytes; `None` without PIDs.
@@ -58,6 +61,28 @@ impl Servers {
             bytes += resident(pid)?;
         }
         Ok(Some(bytes))
+    }
+}
+
+/// One reading of the watched processes' CPU time.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CpuTimes {
+    /// (PID, CPU time used so far), in the order the PIDs were given.
+    pub(crate) each: Vec<(u32, Duration)>,
+}
+
+impl CpuTimes {
+    pub(crate) fn total(&self) -> Duration {
+        self.each.iter().map(|(_, time)| *time).sum()
+    }
+
+    /// Per process, the CPU time used since `earlier` (a reading of the same processes).
+    pub(crate) fn since(&self, earlier: &CpuTimes) -> Vec<(u32, Duration)> {
+        self.each
+            .iter()
+            .zip(&earlier.each)
+            .map(|((pid, now), (_, then))| (*pid, now.saturating_sub(*then)))
+            .collect()
     }
 }
 
@@ -125,7 +150,15 @@ mod tests {
         while spin.elapsed() < Duration::from_millis(30) {
             std::hint::black_box(spin.elapsed());
         }
-        assert!(me.cpu_time().expect("stat").expect("pid") > Duration::ZERO);
+        let reading = me.cpu_time().expect("stat").expect("pid");
+        assert!(reading.total() > Duration::ZERO);
+        assert_eq!(reading.each.len(), 1);
+        assert_eq!(reading.each[0].0, std::process::id());
+        let zero = CpuTimes {
+            each: vec![(std::process::id(), Duration::ZERO)],
+        };
+        assert_eq!(reading.since(&zero), reading.each);
+        assert_eq!(zero.since(&reading), vec![(std::process::id(), Duration::ZERO)]);
         assert!(me.resident_bytes().expect("status").expect("pid") > 1024 * 1024);
         assert!(Servers::new(Vec::new()).cpu_time().expect("none").is_none());
         assert!(Servers::new(vec![u32::MAX]).cpu_time().is_err());

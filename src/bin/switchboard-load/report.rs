@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::histogram::Histogram;
+use crate::process::CpuTimes;
 use crate::received::Received;
 
 #[derive(Debug, Default, Serialize)]
@@ -91,27 +92,41 @@ pub(crate) struct ServerCpu {
     pub(crate) utilisation: f64,
     /// Deliveries (or handshakes) per second of server CPU time.
     pub(crate) work_per_cpu_second: f64,
+    /// Each watched process's share of `seconds`, in the order of `--server-pid`.
+    pub(crate) per_process: Vec<ProcessCpu>,
+}
+
+/// One watched process's CPU time over the measured interval.
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub(crate) struct ProcessCpu {
+    pub(crate) pid: u32,
+    pub(crate) seconds: f64,
 }
 
 impl ServerCpu {
-    pub(crate) fn new(cpu: Duration, wall: Duration, work: u64) -> Self {
-        let seconds = cpu.as_secs_f64();
-        Self {
-            seconds,
-            utilisation: ratio(seconds, wall.as_secs_f64()),
-            work_per_cpu_second: ratio(work as f64, seconds),
-        }
-    }
-
     /// From two readings of the servers' CPU time, taken around the measured interval; `None`
     /// when no server process was given to read.
     pub(crate) fn between(
-        before: Option<Duration>,
-        after: Option<Duration>,
+        before: Option<CpuTimes>,
+        after: Option<CpuTimes>,
         wall: Duration,
         work: u64,
     ) -> Option<Self> {
-        Some(Self::new(after?.saturating_sub(before?), wall, work))
+        let (before, after) = (before?, after?);
+        let seconds = after.total().saturating_sub(before.total()).as_secs_f64();
+        Some(Self {
+            seconds,
+            utilisation: ratio(seconds, wall.as_secs_f64()),
+            work_per_cpu_second: ratio(work as f64, seconds),
+            per_process: after
+                .since(&before)
+                .into_iter()
+                .map(|(pid, time)| ProcessCpu {
+                    pid,
+                    seconds: time.as_secs_f64(),
+                })
+                .collect(),
+        })
     }
 }
 
@@ -132,7 +147,7 @@ impl Report {
         expected: u64,
         received: Received,
         started_at: u64,
-        cpu: (Option<Duration>, Option<Duration>),
+        cpu: (Option<CpuTimes>, Option<CpuTimes>),
     ) {
         let wall = Duration::from_micros(received.last_at.saturating_sub(started_at));
         self.delivery = Some(Delivery::new(
@@ -213,6 +228,14 @@ impl Report {
                 cpu.utilisation * 100.0,
                 cpu.work_per_cpu_second
             );
+            if cpu.per_process.len() > 1 {
+                let each: Vec<String> = cpu
+                    .per_process
+                    .iter()
+                    .map(|process| format!("{} {:.2} s", process.pid, process.seconds))
+                    .collect();
+                out += &format!("    by process: {}\n", each.join(", "));
+            }
         }
         if self.errors > 0 {
             out += &format!(
