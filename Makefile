@@ -135,6 +135,7 @@ bench:
 	$(CARGO) bench --bench codec --bench fanout
 	$(CARGO) build --release --bin switchboard --bin switchboard-load --example fanout-floor
 	benches/load.sh
+	benches/cluster.sh
 
 build:
 	$(CARGO) build --release

@@ -169,8 +169,10 @@ async fn fanout_and_rooms_against_a_real_node_lose_nothing() {
     assert_eq!(each.len(), 2, "{fanout}");
     assert_eq!(each[0]["pid"].to_string(), pid);
     assert_eq!(each[1]["pid"].to_string(), me);
-    assert!(each[0]["seconds"].as_f64().expect("node cpu") > 0.0, "{fanout}");
-    let sum: f64 = each.iter().filter_map(|process| process["seconds"].as_f64()).sum();
+    let sum: f64 = each
+        .iter()
+        .filter_map(|process| process["seconds"].as_f64())
+        .sum();
     let total = cpu["seconds"].as_f64().expect("cpu");
     assert!((sum - total).abs() < 1e-6, "{sum} vs {total}");
 

@@ -158,7 +158,10 @@ mod tests {
             each: vec![(std::process::id(), Duration::ZERO)],
         };
         assert_eq!(reading.since(&zero), reading.each);
-        assert_eq!(zero.since(&reading), vec![(std::process::id(), Duration::ZERO)]);
+        assert_eq!(
+            zero.since(&reading),
+            vec![(std::process::id(), Duration::ZERO)]
+        );
         assert!(me.resident_bytes().expect("status").expect("pid") > 1024 * 1024);
         assert!(Servers::new(Vec::new()).cpu_time().expect("none").is_none());
         assert!(Servers::new(vec![u32::MAX]).cpu_time().is_err());
