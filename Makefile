@@ -12,8 +12,8 @@ DJANGO_42 = integrations/django/.venv-django4.2
 CHANNELS_PACKAGES = "channels[daphne]>=4.3,<4.4" "channels_redis>=4.3,<4.4" cryptography
 
 ## The fuzz targets (fuzz/fuzz_targets/), one per decoder of outside bytes.
-FUZZ_TARGETS = client_frame_json client_frame_msgpack broker_envelope control_op jwt \
-	gateway_userinfo backend_answers config channels_redis_message
+FUZZ_TARGETS = client_websocket_frames client_frame_json client_frame_msgpack broker_envelope \
+	control_op jwt gateway_userinfo backend_answers config channels_redis_message
 ## How long `make fuzz` runs each target.
 FUZZ_SECONDS ?= 60
 

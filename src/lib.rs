@@ -1,8 +1,9 @@
 //! # Switchboard
 //!
-//! A realtime WebSocket channel server. Every connection is an actix actor (over `actix-ws`),
-//! authenticates once at the handshake, joins channel-group actors keyed by name, and receives
-//! what is published to those channels. `ARCHITECTURE.md` is the guided tour; this is the map.
+//! A realtime WebSocket channel server. Every connection is an actix actor that owns its
+//! upgraded socket (taken from actix-http at the upgrade), authenticates once at the handshake,
+//! joins channel-group actors keyed by name, and receives what is published to those channels.
+//! `ARCHITECTURE.md` is the guided tour; this is the map.
 //!
 //! ## Codemap (dependencies flow downward only)
 //!
@@ -34,10 +35,11 @@
 //!   store the Redis broker implements), the handshake rate per address, the client address
 //!   behind trusted proxies.
 //! - `connection`: the per-socket actor (lifecycle, inbound frames, memberships, back-end calls),
-//!   its outbound body (queue to socket), inbound rate limits.
+//!   its socket (a reader of client messages, a writer task draining the outbound queue),
+//!   inbound rate limits.
 //! - [`config`]: assembles the sections of the TOML + environment configuration; each section
 //!   validates itself with errors that name the key.
-//! - `api`: HTTP edges: `GET /ws`, `/metrics`, `/healthz`, `/readyz`, the server API.
+//! - `api`: HTTP edges: `/ws` (the upgrade service the HTTP server hands handshakes to), `/metrics`, `/healthz`, `/readyz`, the server API.
 //! - [`api_client`]: the server API's client, behind the CLI's management commands.
 //! - [`server`]: the composition root and graceful shutdown.
 //!

@@ -1,5 +1,8 @@
 //! The composition root: builds the broker, the hub, the authenticators and the HTTP server from
-//! the configuration, runs them on an already-bound listener, and drains on shutdown.
+//! the configuration, runs them on an already-bound listener, and drains on shutdown. The HTTP
+//! server is actix-http's, built here rather than through actix-web's `HttpServer` because only
+//! it can hand WebSocket upgrades to a service of their own (`api::ws::serve`), which takes the
+//! TCP stream away from the HTTP dispatcher; everything else goes to the actix-web application.
 //!
 //! Shutdown (SIGTERM/SIGINT in `main`, or any future the caller passes): `/readyz` turns 503 and
 //! new handshakes are refused with 503, every socket is closed with 1012 `restart`, and the
@@ -13,7 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Arbiter;
-use actix_web::{App, HttpServer, web};
+use actix_http::HttpService;
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
+use actix_web::dev::AppConfig;
+use actix_web::{App, web};
 
 use crate::api::{self, AppState, HandshakeLimits};
 use crate::auth::{AuthChain, SessionStore};
@@ -40,6 +46,10 @@ const DRAIN_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// The HTTP server's own graceful stop (closing the drained TCP connections), kept at the end of
 /// the grace.
 const HTTP_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an idle HTTP/1.1 connection (health checks, `/metrics`, the server API) stays open.
+const HTTP_KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request's head (a handshake's included).
+const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -210,16 +220,31 @@ pub async fn run(
     let grace = server_config.shutdown_grace.0;
     prepare_listener(&listener, server_config.write_timeout.0).map_err(ServerError::Listen)?;
     let app_state = state.clone();
-    let http = HttpServer::new(move || App::new().app_data(state.clone()).configure(api::routes))
+    let local_address = listener.local_addr().map_err(ServerError::Listen)?;
+    let http = actix_server::Server::build()
         .workers(thread_count(server_config.workers))
         .disable_signals()
-        // The TCP connection closes as soon as a response (a WebSocket's: the close handshake)
-        // is over, with no linger: the connection actor already waited for the client's close
-        // frame, and clients that wait for the server to close (as RFC 6455 asks) are not kept
-        // waiting.
-        .client_disconnect_timeout(Duration::ZERO)
         .shutdown_timeout(HTTP_STOP_TIMEOUT.as_secs())
-        .listen(listener)
+        .listen("switchboard", listener, move || {
+            let upgrade_state = state.clone();
+            let app = App::new()
+                .app_data(state.clone())
+                .configure(api::routes)
+                .into_factory()
+                .map_err(|err: actix_web::Error| err.error_response());
+            HttpService::build()
+                .keep_alive(HTTP_KEEP_ALIVE)
+                .client_request_timeout(HTTP_REQUEST_TIMEOUT)
+                // A refused handshake or an API answer closes at once, with no linger.
+                .client_disconnect_timeout(Duration::ZERO)
+                .local_addr(local_address)
+                // WebSocket handshakes leave the HTTP server with their socket (`api::ws`).
+                .upgrade(fn_service(move |(request, framed)| {
+                    api::ws::serve(request, framed, upgrade_state.clone())
+                }))
+                .finish(map_config(app, move |()| AppConfig::default()))
+                .tcp()
+        })
         .map_err(ServerError::Listen)?
         .run();
     let handle = http.handle();
@@ -250,7 +275,7 @@ pub async fn run(
     tracing::info!(connections = app_state.admission.admitted(), "draining");
     app_state.hub.drain();
     // A connection is over once its close frame is handed to the socket (or the socket is
-    // gone), which is when its response body releases the admission ticket.
+    // gone), which is when its outbound drain releases the admission ticket.
     // With a shared registry, the node's withdrawal from it gets its time at the end too.
     let withdrawal = if app_state.roster.is_cluster_wide() {
         crate::roster::WITHDRAW_TIMEOUT

@@ -8,7 +8,7 @@
 mod health;
 mod refusal;
 pub(crate) mod server_api;
-mod ws;
+pub(crate) mod ws;
 
 use std::sync::Arc;
 
@@ -116,7 +116,7 @@ pub(crate) fn register_metrics(api_on: bool) {
 /// Registers every route.
 pub(crate) fn routes(config: &mut web::ServiceConfig) {
     config
-        .route("/ws", web::get().to(ws::upgrade))
+        .route(ws::PATH, web::get().to(ws::not_an_upgrade))
         .route("/metrics", web::get().to(health::metrics))
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))

@@ -1,47 +1,188 @@
-//! `GET /ws`: checks a handshake, authenticates it once, and starts a [`Connection`] actor whose
-//! outbound queue becomes the response body. Every refusal happens here, before the upgrade, as an HTTP error.
+//! `/ws`, the WebSocket handshake. The HTTP server hands every WebSocket upgrade request to
+//! [`serve`] (actix-http's upgrade service, see `server`), with the TCP stream: the handshake is
+//! checked and authenticated once, then the `101` is written by the socket's writer (with the
+//! `welcome`) and a [`Connection`] actor reads the socket (`connection::socket`). Every refusal
+//! happens here, before the upgrade, as an HTTP error, after which the TCP connection closes. A
+//! plain `GET /ws` (no upgrade headers) reaches the application's route, [`not_an_upgrade`],
+//! and is refused the same way; an upgrade request for any other path gets a bare 404.
+
+use std::rc::Rc;
+use std::sync::Arc;
 
 use actix::Actor;
+use actix_codec::{Encoder, Framed, FramedParts};
+use actix_http::body::{BodySize, BoxBody, MessageBody};
+use actix_http::h1::{self, Message};
+use actix_http::{ConnectionType, Request, RequestHead, Response};
+use actix_rt::net::TcpStream;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::{Bytes, BytesMut};
+use serde_json::json;
 
 use super::refusal::Refusal;
 use super::{AppState, HandshakeLimits};
-use std::sync::Arc;
-
-use serde_json::json;
-
 use crate::auth::{Handshake, Identity};
 use crate::backend::{Backend, BackendError, CONNECT_HOOK, Caller, Instructions};
-use crate::connection::outbound::OutboundBody;
+use crate::connection::outbound::OutboundDrain;
+use crate::connection::socket::{SocketReader, SocketWriter};
 use crate::connection::{Connection, ConnectionParts};
 use crate::hub::outbound_queue;
 use crate::metrics as names;
 use crate::protocol::{Encoding, RefusalCode};
 
-pub(super) async fn upgrade(
-    request: HttpRequest,
-    body: web::Payload,
+/// The path WebSocket clients connect to.
+pub(super) const PATH: &str = "/ws";
+
+/// Serves one WebSocket upgrade request: the handshake, then the connection, or a refusal.
+/// Never fails: a socket that breaks during the handshake is the client's affair (logged at
+/// debug); the error type is the HTTP server's.
+pub(crate) async fn serve(
+    request: Request,
+    framed: Framed<TcpStream, h1::Codec>,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    match accept(&request, body, &state).await {
-        Ok(response) => {
+) -> Result<(), actix_web::Error> {
+    let FramedParts {
+        io,
+        mut codec,
+        read_buf,
+        mut write_buf,
+        ..
+    } = framed.into_parts();
+    let socket = Rc::new(io);
+    if request.path() != PATH {
+        let not_found = Response::new(StatusCode::NOT_FOUND);
+        respond(&socket, &mut codec, &mut write_buf, not_found).await;
+        return Ok(());
+    }
+    let accepted = accept(request.head(), &state).await;
+    match accepted {
+        Ok(accepted) => {
             metrics::counter!(names::CONNECTIONS_ACCEPTED).increment(1);
-            response
+            let mut head = write_buf.split();
+            let encoded = codec.encode(
+                Message::Item((accepted.response, BodySize::None)),
+                &mut head,
+            );
+            if let Err(err) = encoded {
+                tracing::error!(error = %err, "cannot encode the handshake's response");
+                return Ok(());
+            }
+            drop(write_buf);
+            // Bytes the client sent right behind its handshake are its first frames.
+            let reader = SocketReader::new(socket.clone(), &read_buf, accepted.max_frame_bytes);
+            drop(read_buf);
+            actix_rt::spawn(SocketWriter::new(socket, accepted.drain, head.freeze()));
+            let mut parts = accepted.parts;
+            parts.inbound = Some(reader);
+            Connection::new(
+                parts,
+                state.hub.clone(),
+                state.auth.clone(),
+                state.sessions.clone(),
+                state.settings.clone(),
+            )
+            .start();
         }
         Err(refusal) => {
-            metrics::counter!(names::HANDSHAKES_REFUSED, "reason" => refusal.label).increment(1);
-            tracing::debug!(code = refusal.code.as_str(), reason = %refusal.reason, "handshake refused");
-            refusal.response()
+            count_refusal(&refusal);
+            respond(
+                &socket,
+                &mut codec,
+                &mut write_buf,
+                refusal.response().into(),
+            )
+            .await;
         }
     }
+    Ok(())
 }
 
-async fn accept(
-    request: &HttpRequest,
-    body: web::Payload,
-    state: &AppState,
-) -> Result<HttpResponse, Refusal> {
+/// `GET /ws` without the upgrade headers: refused as a handshake would be.
+pub(super) async fn not_an_upgrade(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let refusal = match ready_to_serve(&state) {
+        Err(refusal) => refusal,
+        Ok(()) => match actix_http::ws::verify_handshake(request.head()) {
+            Err(err) => not_a_websocket_upgrade(&err),
+            Ok(()) => Refusal::new(
+                RefusalCode::BadRequest,
+                "not a WebSocket upgrade: the Connection header must include upgrade",
+            ),
+        },
+    };
+    count_refusal(&refusal);
+    refusal.response()
+}
+
+fn count_refusal(refusal: &Refusal) {
+    metrics::counter!(names::HANDSHAKES_REFUSED, "reason" => refusal.label).increment(1);
+    tracing::debug!(code = refusal.code.as_str(), reason = %refusal.reason, "handshake refused");
+}
+
+fn not_a_websocket_upgrade(err: &actix_http::ws::HandshakeError) -> Refusal {
+    Refusal::new(
+        RefusalCode::BadRequest,
+        format!("not a WebSocket upgrade: {err}"),
+    )
+}
+
+/// Writes a whole HTTP response (a refusal) and ends the TCP connection.
+async fn respond(
+    socket: &TcpStream,
+    codec: &mut h1::Codec,
+    buffer: &mut BytesMut,
+    response: Response<BoxBody>,
+) {
+    let (mut head, body) = response.into_parts();
+    head.head_mut().set_connection_type(ConnectionType::Close);
+    let body = body.try_into_bytes().unwrap_or_default();
+    let encode = || -> std::io::Result<()> {
+        codec.encode(
+            Message::Item((head, BodySize::Sized(body.len() as u64))),
+            buffer,
+        )?;
+        if !body.is_empty() {
+            codec.encode(Message::Chunk(Some(body)), buffer)?;
+        }
+        codec.encode(Message::Chunk(None), buffer)
+    };
+    let written = match encode() {
+        Ok(()) => write_all(socket, buffer.split().freeze()).await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = written {
+        tracing::debug!(error = %err, "cannot write a refusal");
+    }
+    let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
+}
+
+async fn write_all(socket: &TcpStream, mut bytes: Bytes) -> std::io::Result<()> {
+    use bytes::Buf;
+    while !bytes.is_empty() {
+        socket.writable().await?;
+        match socket.try_write(&bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => bytes.advance(written),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// An accepted handshake: the `101` to write, the connection to start, what its writer drains.
+struct Accepted {
+    response: Response<()>,
+    parts: ConnectionParts,
+    drain: OutboundDrain,
+    max_frame_bytes: usize,
+}
+
+/// Whether this node takes handshakes now.
+fn ready_to_serve(state: &AppState) -> Result<(), Refusal> {
     if state.hub.is_draining() {
         return Err(Refusal::not_serving(
             "the server is draining for a restart; connect to another node",
@@ -54,14 +195,14 @@ async fn accept(
             "the server cannot reach its message broker; connect to another node or retry",
         ));
     }
-    actix_http::ws::verify_handshake(request.head()).map_err(|err| {
-        Refusal::new(
-            RefusalCode::BadRequest,
-            format!("not a WebSocket upgrade: {err}"),
-        )
-    })?;
+    Ok(())
+}
+
+async fn accept(request: &RequestHead, state: &AppState) -> Result<Accepted, Refusal> {
+    ready_to_serve(state)?;
+    actix_http::ws::verify_handshake(request).map_err(|err| not_a_websocket_upgrade(&err))?;
     check_origin(request, &state.limits)?;
-    let encoding = negotiate_encoding(request)?;
+    let (encoding, protocol) = negotiate_encoding(request)?;
     let mut ticket = state.admission.try_admit().ok_or_else(|| {
         Refusal::new(
             RefusalCode::TooManyConnections,
@@ -103,15 +244,11 @@ async fn accept(
         None => None,
     };
 
-    let body = ending_at_hang_up(request, body)?;
-    let (response, _session, inbound) =
-        actix_ws::handle_with_protocols(request, body, &Encoding::PROTOCOLS)
-            .map_err(|err| Refusal::new(RefusalCode::BadRequest, err.to_string()))?;
-    let max_frame_bytes = state.limits.max_frame_bytes;
-    let inbound = inbound
-        .max_frame_size(max_frame_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(max_frame_bytes);
+    let mut response = actix_http::ws::handshake_response(request);
+    if let Some(protocol) = protocol {
+        response.insert_header((header::SEC_WEBSOCKET_PROTOCOL, protocol));
+    }
+    let response = response.finish().drop_body();
     let (queue, queue_receiver) = outbound_queue(
         state.limits.outbound_queue,
         state.limits.outbound_queue_bytes,
@@ -119,21 +256,13 @@ async fn accept(
     let (closer, close_receiver) = tokio::sync::oneshot::channel();
     let (welcome, welcome_receiver) = tokio::sync::oneshot::channel();
     let (lifeline, actor_gone) = crate::connection::outbound::lifeline();
-    // The connection's outbound queue becomes the response body; actix-ws's own body (and its
-    // `Session`) are not used for sending. See `connection::outbound`.
-    let response = response
-        .map_body(|_, handshake_body| {
-            OutboundBody::new(
-                queue_receiver,
-                close_receiver,
-                actor_gone,
-                Some(welcome_receiver),
-                handshake_body,
-                ticket,
-            )
-        })
-        .map_into_boxed_body();
-
+    let drain = OutboundDrain::new(
+        queue_receiver,
+        close_receiver,
+        actor_gone,
+        Some(welcome_receiver),
+        ticket,
+    );
     let parts = ConnectionParts {
         key,
         id,
@@ -141,21 +270,18 @@ async fn accept(
         encoding,
         initial_channels,
         connect_instructions,
-        inbound,
+        inbound: None,
         queue,
         welcome,
         closer,
         lifeline,
     };
-    Connection::new(
+    Ok(Accepted {
+        response,
         parts,
-        state.hub.clone(),
-        state.auth.clone(),
-        state.sessions.clone(),
-        state.settings.clone(),
-    )
-    .start();
-    Ok(response)
+        drain,
+        max_frame_bytes: state.limits.max_frame_bytes,
+    })
 }
 
 /// The refusal label of a socket the `connect` hook refused or could not be asked about.
@@ -217,7 +343,7 @@ async fn call_connect_hook(
 /// own origin (the `Origin` host equals the `Host` header), since a cookie would let any site
 /// open an authenticated socket in its visitor's name (cross-site WebSocket hijacking). No
 /// `Origin` header means not a browser, which is not checked.
-fn check_origin(request: &HttpRequest, limits: &HandshakeLimits) -> Result<(), Refusal> {
+fn check_origin(request: &RequestHead, limits: &HandshakeLimits) -> Result<(), Refusal> {
     let Some(origin) = request.headers().get(header::ORIGIN) else {
         return Ok(());
     };
@@ -256,8 +382,9 @@ fn origin_host(origin: &str) -> &str {
         .trim_end_matches('/')
 }
 
-/// JSON when the client offers no subprotocol; else the first one offered that we speak.
-fn negotiate_encoding(request: &HttpRequest) -> Result<Encoding, Refusal> {
+/// JSON when the client offers no subprotocol; else the first one offered that we speak, and
+/// its name for the response's `Sec-WebSocket-Protocol`.
+fn negotiate_encoding(request: &RequestHead) -> Result<(Encoding, Option<&'static str>), Refusal> {
     let offered: Vec<&str> = request
         .headers()
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -267,11 +394,12 @@ fn negotiate_encoding(request: &HttpRequest) -> Result<Encoding, Refusal> {
         .filter(|protocol| !protocol.is_empty())
         .collect();
     if offered.is_empty() {
-        return Ok(Encoding::Json);
+        return Ok((Encoding::Json, None));
     }
     offered
         .iter()
         .find_map(|protocol| Encoding::from_protocol(protocol))
+        .map(|encoding| (encoding, Some(encoding.protocol())))
         .ok_or_else(|| {
             Refusal::new(
                 RefusalCode::BadRequest,
@@ -284,9 +412,9 @@ fn negotiate_encoding(request: &HttpRequest) -> Result<Encoding, Refusal> {
         })
 }
 
-fn handshake_of(request: &HttpRequest) -> Handshake {
+fn handshake_of(request: &RequestHead) -> Handshake {
     Handshake {
-        peer: request.peer_addr().map(|address| address.ip()),
+        peer: request.peer_addr.map(|address| address.ip()),
         headers: request
             .headers()
             .iter()
@@ -297,36 +425,8 @@ fn handshake_of(request: &HttpRequest) -> Handshake {
                     .map(|value| (name.as_str().to_owned(), value.to_owned()))
             })
             .collect(),
-        query: form_urlencoded::parse(request.query_string().as_bytes())
+        query: form_urlencoded::parse(request.uri.query().unwrap_or_default().as_bytes())
             .map(|(key, value)| (key.into_owned(), value.into_owned()))
             .collect(),
-    }
-}
-
-/// The socket's inbound bytes, ending cleanly where the peer hung up. actix-http reports a
-/// connection that ended (EOF, or a reset) as an error, and actix-ws drops what it had read but
-/// not yet decoded when it sees one: the frames a client sent just before hanging up, its last
-/// `publish` among them, would be lost. Ended here instead, every complete frame is handled,
-/// then the stream ends (a close without a close frame, 1006, as before).
-fn ending_at_hang_up(request: &HttpRequest, body: web::Payload) -> Result<web::Payload, Refusal> {
-    use actix_web::FromRequest;
-    use actix_web::error::PayloadError;
-    use futures_util::{FutureExt, StreamExt};
-    let ending = body.scan((), |(), chunk| {
-        std::future::ready(match chunk {
-            Err(PayloadError::Incomplete(_)) => None,
-            other => Some(other),
-        })
-    });
-    let boxed: std::pin::Pin<
-        Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, PayloadError>>>,
-    > = Box::pin(ending);
-    let mut payload = actix_web::dev::Payload::from(boxed);
-    match web::Payload::from_request(request, &mut payload).now_or_never() {
-        Some(Ok(payload)) => Ok(payload),
-        _ => Err(Refusal::new(
-            RefusalCode::BadRequest,
-            "cannot read the request body",
-        )),
     }
 }

@@ -1,8 +1,8 @@
 //! Admission: the node's connection limit, counted exactly.
 //!
 //! A handshake takes a [`Ticket`] before anything else (authentication included); the
-//! connection's response body holds it until the socket's close frame is handed over, and
-//! dropping it (the body finished or dropped, or the handshake was refused after admission)
+//! connection's outbound drain holds it until the socket's close frame is handed over, and
+//! dropping it (the drain finished or dropped, or the handshake was refused after admission)
 //! gives the slot back. So a
 //! burst of simultaneous handshakes can never overshoot `server.max_connections`, and
 //! [`Admission::admitted`] is the number of sockets still open, which the drain waits on.

@@ -10,7 +10,6 @@
 use std::time::Instant;
 
 use actix::prelude::*;
-use actix_ws::{AggregatedMessage, ProtocolError};
 use serde_json::{Value, json};
 
 use super::Connection;
@@ -19,6 +18,7 @@ use crate::auth::AuthError;
 use crate::broker::Publication;
 use crate::hub::Outbound;
 use crate::metrics as names;
+use crate::protocol::client_messages::{ClientMessage, InboundError};
 use crate::protocol::codec::{decode_binary, decode_text};
 use crate::protocol::frame::FrameError;
 use crate::protocol::{ClientFrame, ClientRequest, CloseCode, CloseReason, ErrorCode, ServerFrame};
@@ -157,58 +157,23 @@ impl Connection {
     }
 }
 
-/// How an inbound stream error ends the socket.
-#[derive(Debug, PartialEq, Eq)]
-enum StreamEnd {
-    /// A frame, or a message fragmented into continuation frames, over `max_frame_bytes`: 1009.
-    TooBig,
-    /// The TCP connection failed or ended under the stream (a reset, a hang-up mid-frame): an
-    /// abnormal closure (1006) that the client caused, not a protocol violation.
-    ConnectionLost,
-    /// The client broke the WebSocket rules (bad framing, invalid UTF-8 in a text frame): 1002.
-    ProtocolError,
-}
-
-/// Sorts an inbound stream error. actix-ws reports a continuation over the size limit only as
-/// an `Io` error with this text (`AggregatedMessageStream`'s size error), hence the match on it
-/// (the integration test `a_fragmented_message_over_the_size_limit_closes_with_1009` pins it);
-/// invalid UTF-8 arrives as `Io` of kind `InvalidData`; every other `Io` error is the
-/// connection's own.
-fn classify(err: &ProtocolError) -> StreamEnd {
-    match err {
-        ProtocolError::Overflow => StreamEnd::TooBig,
-        ProtocolError::Io(io) if io.to_string() == "Exceeded maximum continuation size" => {
-            StreamEnd::TooBig
-        }
-        ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
-            StreamEnd::ProtocolError
-        }
-        ProtocolError::Io(_) => StreamEnd::ConnectionLost,
-        _ => StreamEnd::ProtocolError,
-    }
-}
-
-impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
-    fn handle(
-        &mut self,
-        message: Result<AggregatedMessage, ProtocolError>,
-        ctx: &mut Self::Context,
-    ) {
+impl StreamHandler<Result<ClientMessage, InboundError>> for Connection {
+    fn handle(&mut self, message: Result<ClientMessage, InboundError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
         if self.closing {
             // Only the end of the close handshake matters now: the client's close frame, or
             // the socket ending.
-            if matches!(message, Ok(AggregatedMessage::Close(_)) | Err(_)) {
+            if matches!(message, Ok(ClientMessage::Close(_)) | Err(_)) {
                 ctx.stop();
             }
             return;
         }
         match message {
-            Ok(AggregatedMessage::Text(text)) => self.on_data_frame(ctx, decode_text(&text)),
-            Ok(AggregatedMessage::Binary(bytes)) => self.on_data_frame(ctx, decode_binary(&bytes)),
-            Ok(AggregatedMessage::Ping(bytes)) => self.enqueue(ctx, Outbound::Pong(bytes)),
-            Ok(AggregatedMessage::Pong(_)) => {}
-            Ok(AggregatedMessage::Close(reason)) => {
+            Ok(ClientMessage::Text(text)) => self.on_data_frame(ctx, decode_text(&text)),
+            Ok(ClientMessage::Binary(bytes)) => self.on_data_frame(ctx, decode_binary(&bytes)),
+            Ok(ClientMessage::Ping(bytes)) => self.enqueue(ctx, Outbound::Pong(bytes)),
+            Ok(ClientMessage::Pong) => {}
+            Ok(ClientMessage::Close(reason)) => {
                 let code = reason.as_ref().map_or(CloseCode::Normal, |reason| {
                     CloseCode::from_code(u16::from(reason.code))
                 });
@@ -235,19 +200,15 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for Connection {
                 }
                 ctx.stop();
             }
-            Err(err) => match classify(&err) {
-                StreamEnd::TooBig => {
-                    self.close(ctx, CloseReason::TOO_BIG);
-                }
-                StreamEnd::ConnectionLost => {
-                    tracing::debug!(connection = %self.id, error = %err, "connection lost");
-                    self.ended(ctx, CloseCode::Abnormal, "client");
-                }
-                StreamEnd::ProtocolError => {
-                    tracing::debug!(connection = %self.id, error = %err, "websocket protocol error");
-                    self.close(ctx, CloseReason::PROTOCOL_ERROR);
-                }
-            },
+            Err(InboundError::TooBig) => self.close(ctx, CloseReason::TOO_BIG),
+            Err(err @ InboundError::ConnectionLost(_)) => {
+                tracing::debug!(connection = %self.id, error = %err, "connection lost");
+                self.ended(ctx, CloseCode::Abnormal, "client");
+            }
+            Err(err @ InboundError::Protocol(_)) => {
+                tracing::debug!(connection = %self.id, error = %err, "websocket protocol error");
+                self.close(ctx, CloseReason::PROTOCOL_ERROR);
+            }
         }
     }
 

@@ -2,21 +2,23 @@
 //!
 //! This file holds the actor's lifecycle: what it is started with, registering on the node, its
 //! timers (the credential's expiry, the heartbeat and idle timeout), sending frames through its
-//! bounded outbound queue (the response body, [`outbound`]), and the close (a handshake: the
-//! close frame, then the client's answer or a timeout). Its other jobs, one file each:
+//! bounded outbound queue ([`outbound`], written by the socket's writer, [`socket`]), and the
+//! close (a handshake: the close frame, then the client's answer or a timeout). Its other jobs,
+//! one file each:
 //! - [`inbound`]: the client's frames, decoded, rate-limited and dispatched; `publish`,
 //!   `refresh`; how the stream ended;
 //! - [`membership`]: the one join/leave path (the handshake's channels and `welcome`, client
 //!   frames, back-end instructions, the close) and presence announcements;
 //! - [`backend`]: action routes and their instructions, the connect hook's publications, the
 //!   `disconnect` hook;
-//! - [`rate_limit`], [`admission`]: the inbound token bucket and strikes, the connection limit.
+//! - [`rate_limit`], [`admission`]: the inbound token bucket and strikes, the connection limit;
+//! - [`socket`]: the upgraded TCP stream, read into client messages and written from the drain.
 //!
 //! No handler awaits IO in place: joins, publishes, refreshes and back-end route calls are
 //! spawned futures whose results are mapped back into the actor.
 //!
 //! What it is not: it does not encode publications (groups do, once) and it never writes to the
-//! socket directly (the HTTP dispatcher polls [`outbound::OutboundBody`]).
+//! socket directly (its writer task drains [`outbound::OutboundDrain`]).
 
 pub(crate) mod admission;
 mod backend;
@@ -24,13 +26,13 @@ mod inbound;
 mod membership;
 pub(crate) mod outbound;
 pub(crate) mod rate_limit;
+pub(crate) mod socket;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_ws::AggregatedMessageStream;
 use serde_json::Value;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::oneshot;
@@ -118,12 +120,13 @@ pub(crate) struct ConnectionParts {
     /// What the `connect` hook answered: channels joined without consulting the channel rules,
     /// publications made once the welcome is out.
     pub connect_instructions: Option<Instructions>,
-    pub inbound: AggregatedMessageStream,
+    /// The client's frames (set by the handshake once the socket is handed over).
+    pub inbound: Option<socket::SocketReader>,
     pub queue: OutboundSender,
     /// Where the `welcome` goes: ahead of everything queued (see `outbound`).
     pub welcome: oneshot::Sender<OutboundFrame>,
     pub closer: oneshot::Sender<CloseRequest>,
-    /// Held while the actor runs: the outbound body ends once it is dropped.
+    /// Held while the actor runs: the outbound drain ends once it is dropped.
     pub lifeline: Lifeline,
 }
 
@@ -158,7 +161,7 @@ pub(crate) struct Connection {
     connect_instructions: Option<Instructions>,
     /// The close code, once known (for the `disconnect` hook).
     closed_with: Option<(CloseCode, String)>,
-    inbound: Option<AggregatedMessageStream>,
+    inbound: Option<socket::SocketReader>,
     rate: TokenBucket,
     rate_strikes: StrikeWindow,
     /// The client's joins and leaves of presence channels (each one is an event to every member).
@@ -215,7 +218,7 @@ impl Connection {
             initial_channels: parts.initial_channels,
             connect_instructions: parts.connect_instructions,
             closed_with: None,
-            inbound: Some(parts.inbound),
+            inbound: parts.inbound,
             last_heard: now,
         }
     }
@@ -245,7 +248,7 @@ impl Connection {
                     .increment(1);
                 self.close(ctx, CloseReason::SLOW_CONSUMER);
             }
-            // The body closed the queue behind its close frame, or the socket is gone.
+            // The drain closed the queue behind its close frame, or the socket is gone.
             Err(TrySendError::Closed(_)) if self.closing => {}
             Err(TrySendError::Closed(_)) => ctx.stop(),
         }

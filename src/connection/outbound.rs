@@ -1,43 +1,37 @@
-//! The outbound half of a connection: its HTTP response body, which the actix-http dispatcher
-//! polls whenever the socket can take more. Each poll drains everything waiting in the
-//! connection's bounded outbound queue and hands it over as one buffer, so frames that piled up
-//! while the socket was busy leave in one write. Frames arrive already framed for the wire (one
-//! encoding per publication, shared by every member), so a single waiting frame is handed over
-//! as it is, without a copy.
+//! The outbound half of a connection: [`OutboundDrain`], what the socket's writer
+//! (`connection::socket`) writes whenever the socket can take more. Each poll drains everything
+//! waiting in the connection's bounded outbound queue and hands it over as one buffer, so frames
+//! that piled up while the socket was busy leave in one write. Frames arrive already framed for
+//! the wire (one encoding per publication, shared by every member), so a single waiting frame
+//! is handed over as it is, without a copy.
 //!
-//! There is no task and no second channel between the queue and the socket: a delivery is one
-//! `try_send` into the queue and one wake of the connection's own dispatcher.
-//!
-//! actix-ws still performs the handshake and reads the client's frames (its `MessageStream`).
-//! Its own response body is kept here unpolled and dropped with this one, which is how that
-//! stream learns the connection is gone.
+//! There is no second channel between the queue and the socket: a delivery is one `try_send`
+//! into the queue and one wake of the connection's writer.
 //!
 //! The `welcome` is the first frame (docs/protocol.md §1), though the channels joined at the
 //! handshake deliver as soon as each join completes, before the welcome (which lists them) is
-//! ready: until the connection hands the body its welcome, the body hands over nothing, and
+//! ready: until the connection hands the drain its welcome, the drain hands over nothing, and
 //! what members queue meanwhile waits behind it (bounded as always).
 //!
 //! On a close request, what is already queued (a last `error` frame, say) is written first,
 //! then the close frame; for a slow consumer (4010) the queue is the problem, so the close
-//! overtakes it. The body then stays open, the socket still reading, until the close handshake is
-//! over: the connection actor holds a [`Lifeline`] and drops it when the client has answered
+//! overtakes it. The drain then stays open, the socket still reading, until the close handshake
+//! is over: the connection actor holds a [`Lifeline`] and drops it when the client has answered
 //! with its own close frame, hung up, or let the close timeout pass (or at once, when the close
-//! was the echo of the client's). Only then does the body end, and the HTTP server closes the
-//! TCP connection at once (no linger), so a client that waits for the server to close, as RFC
-//! 6455 asks, is not kept waiting.
+//! was the echo of the client's). Only then does the drain end, and the writer ends the TCP
+//! connection at once (no linger), so a client that waits for the server to close, as RFC 6455
+//! asks, is not kept waiting.
 //!
-//! The body holds the connection's admission [`Ticket`] until it ends (or is dropped, when the
+//! The drain holds the connection's admission [`Ticket`] until it ends (or is dropped, when the
 //! socket fails), so the node's connection count and the drain on shutdown see exactly the open
 //! sockets. A peer that stops reading cannot hold its socket forever: the kernel's write deadline
 //! (`server.write_timeout`, set on every accepted socket) fails the connection, which drops the
-//! body.
+//! drain.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use actix_web::body::{BodySize, BoxBody, MessageBody};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
@@ -46,7 +40,7 @@ use crate::hub::{Outbound, OutboundReceiver};
 use crate::protocol::websocket::{self, Opcode};
 use crate::protocol::{CloseCode, OutboundFrame};
 
-/// Bytes handed to the dispatcher per poll at most; it asks again while its own buffer has room.
+/// Bytes handed to the writer per poll at most; it asks again once they are written.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// The close frame the connection actor asks for.
@@ -56,20 +50,20 @@ pub(crate) struct CloseRequest {
     pub reason: String,
 }
 
-/// Held by the connection actor while it runs; the body ends once it is dropped (after its close
+/// Held by the connection actor while it runs; the drain ends once it is dropped (after its close
 /// frame, if one was asked for).
 #[derive(Debug)]
 pub(crate) struct Lifeline {
     _held: oneshot::Sender<()>,
 }
 
-/// A lifeline, and the end the body watches.
+/// A lifeline, and the end the drain watches.
 pub(crate) fn lifeline() -> (Lifeline, oneshot::Receiver<()>) {
     let (sender, receiver) = oneshot::channel();
     (Lifeline { _held: sender }, receiver)
 }
 
-/// Where the body is in the connection's life.
+/// Where the drain is in the connection's life.
 enum Stage {
     /// Draining the queue; a close request may come.
     Open,
@@ -79,20 +73,18 @@ enum Stage {
     Finished,
 }
 
-/// A connection's response body: its outbound queue, drained into the socket.
-pub(crate) struct OutboundBody {
+/// A connection's outbound queue, drained into its socket.
+pub(crate) struct OutboundDrain {
     queue: OutboundReceiver,
     close: oneshot::Receiver<CloseRequest>,
     actor: oneshot::Receiver<()>,
     /// Until the welcome is handed over: where it comes from.
     welcome: Option<oneshot::Receiver<OutboundFrame>>,
     stage: Stage,
-    /// actix-ws's response body, never polled; dropping it ends the inbound `MessageStream`.
-    _handshake_body: BoxBody,
     ticket: Option<Ticket>,
 }
 
-impl OutboundBody {
+impl OutboundDrain {
     /// `actor` is the watched end of the connection actor's [`Lifeline`]; `welcome`, where the
     /// first frame comes from (nothing is handed over before it; `None`: no welcome to wait for).
     pub(crate) fn new(
@@ -100,7 +92,6 @@ impl OutboundBody {
         close: oneshot::Receiver<CloseRequest>,
         actor: oneshot::Receiver<()>,
         welcome: Option<oneshot::Receiver<OutboundFrame>>,
-        handshake_body: BoxBody,
         ticket: Ticket,
     ) -> Self {
         Self {
@@ -109,12 +100,11 @@ impl OutboundBody {
             actor,
             welcome,
             stage: Stage::Open,
-            _handshake_body: handshake_body,
             ticket: Some(ticket),
         }
     }
 
-    /// Ends the body: nothing more is handed over, and the admission slot is free.
+    /// Ends the drain: nothing more is handed over, and the admission slot is free.
     fn end(&mut self) {
         self.stage = Stage::Finished;
         self.ticket = None;
@@ -186,18 +176,10 @@ impl Batch {
     }
 }
 
-impl MessageBody for OutboundBody {
-    type Error = Infallible;
-
-    fn size(&self) -> BodySize {
-        BodySize::Stream
-    }
-
-    fn poll_next(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        let this = self.get_mut();
+impl OutboundDrain {
+    /// The next bytes to write; `None` once the connection is over.
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let this = self;
         match this.stage {
             Stage::Finished => return Poll::Ready(None),
             Stage::Closing => {
@@ -224,7 +206,7 @@ impl MessageBody for OutboundBody {
                     this.end();
                 }
             }
-            return Poll::Ready(batch.into_bytes().map(Ok));
+            return Poll::Ready(batch.into_bytes());
         }
         if let Some(welcome) = &mut this.welcome {
             match Pin::new(welcome).poll(cx) {
@@ -248,7 +230,7 @@ impl MessageBody for OutboundBody {
             }
         }
         match batch.into_bytes() {
-            Some(bytes) => Poll::Ready(Some(Ok(bytes))),
+            Some(bytes) => Poll::Ready(Some(bytes)),
             None => Poll::Pending,
         }
     }
@@ -263,22 +245,22 @@ mod tests {
     use futures_util::task::noop_waker_ref;
 
     struct Parts {
-        body: OutboundBody,
+        drain: OutboundDrain,
         queue: crate::hub::OutboundSender,
         closer: oneshot::Sender<CloseRequest>,
         lifeline: Lifeline,
         admission: Admission,
     }
 
-    fn body(capacity: usize) -> Parts {
+    fn drain(capacity: usize) -> Parts {
         let admission = Admission::new(0);
         let ticket = admission.try_admit().expect("no limit");
         let (queue, receiver) = outbound_queue(capacity, usize::MAX);
         let (closer, close) = oneshot::channel();
         let (lifeline, actor) = lifeline();
-        let body = OutboundBody::new(receiver, close, actor, None, BoxBody::new(()), ticket);
+        let drain = OutboundDrain::new(receiver, close, actor, None, ticket);
         Parts {
-            body,
+            drain,
             queue,
             closer,
             lifeline,
@@ -286,11 +268,9 @@ mod tests {
         }
     }
 
-    fn poll(body: &mut OutboundBody) -> Poll<Option<Bytes>> {
+    fn poll(drain: &mut OutboundDrain) -> Poll<Option<Bytes>> {
         let mut cx = Context::from_waker(noop_waker_ref());
-        Pin::new(body)
-            .poll_next(&mut cx)
-            .map(|item| item.map(|bytes| bytes.unwrap_or_else(|never| match never {})))
+        drain.poll_next(&mut cx)
     }
 
     fn pong(id: u64) -> Outbound {
@@ -304,27 +284,27 @@ mod tests {
     #[test]
     fn one_waiting_frame_is_handed_over_as_it_is_and_several_leave_together() {
         let Parts {
-            mut body,
+            mut drain,
             queue,
             closer: _closer,
             lifeline: _lifeline,
             ..
-        } = body(8);
-        assert_eq!(poll(&mut body), Poll::Pending);
+        } = drain(8);
+        assert_eq!(poll(&mut drain), Poll::Pending);
         let single = pong(1);
         let Outbound::Frame(frame) = &single else {
             unreachable!()
         };
         let address = frame.wire().as_ptr();
         queue.try_send(single.clone()).expect("room");
-        match poll(&mut body) {
+        match poll(&mut drain) {
             Poll::Ready(Some(bytes)) => assert_eq!(bytes.as_ptr(), address, "no copy"),
             other => panic!("expected the frame, got {other:?}"),
         }
         for id in 2..5 {
             queue.try_send(pong(id)).expect("room");
         }
-        let Poll::Ready(Some(bytes)) = poll(&mut body) else {
+        let Poll::Ready(Some(bytes)) = poll(&mut drain) else {
             panic!("expected one buffer")
         };
         let text = String::from_utf8_lossy(&bytes);
@@ -339,21 +319,14 @@ mod tests {
         let (_closer, close) = oneshot::channel();
         let (_lifeline, actor) = lifeline();
         let (welcome, welcome_receiver) = oneshot::channel();
-        let mut body = OutboundBody::new(
-            receiver,
-            close,
-            actor,
-            Some(welcome_receiver),
-            BoxBody::new(()),
-            ticket,
-        );
+        let mut drain = OutboundDrain::new(receiver, close, actor, Some(welcome_receiver), ticket);
         queue.try_send(pong(1)).expect("room");
-        assert_eq!(poll(&mut body), Poll::Pending, "held behind the welcome");
+        assert_eq!(poll(&mut drain), Poll::Pending, "held behind the welcome");
         let hello = Encoding::Json
             .encode(&ServerFrame::Pong { id: Some(0) })
             .expect("encode");
-        welcome.send(hello).expect("body waiting");
-        let Poll::Ready(Some(bytes)) = poll(&mut body) else {
+        welcome.send(hello).expect("drain waiting");
+        let Poll::Ready(Some(bytes)) = poll(&mut drain) else {
             panic!("expected the welcome and what waited")
         };
         let text = String::from_utf8_lossy(&bytes);
@@ -365,12 +338,12 @@ mod tests {
     #[test]
     fn a_close_flushes_the_queue_first_and_ends_the_body_once_the_actor_is_gone() {
         let Parts {
-            mut body,
+            mut drain,
             queue,
             closer,
             lifeline,
             admission,
-        } = body(8);
+        } = drain(8);
         queue.try_send(pong(7)).expect("room");
         closer
             .send(CloseRequest {
@@ -378,32 +351,32 @@ mod tests {
                 reason: "bye".into(),
             })
             .expect("open");
-        let Poll::Ready(Some(bytes)) = poll(&mut body) else {
+        let Poll::Ready(Some(bytes)) = poll(&mut drain) else {
             panic!("expected the last bytes")
         };
         let close = websocket::close(1012, "bye");
         assert!(bytes.ends_with(&close), "close frame last");
         assert!(bytes.len() > close.len(), "the queued pong first");
         assert_eq!(
-            poll(&mut body),
+            poll(&mut drain),
             Poll::Pending,
             "the close handshake is not over"
         );
         assert_eq!(admission.admitted(), 1, "still an open socket");
         drop(lifeline);
-        assert_eq!(poll(&mut body), Poll::Ready(None));
+        assert_eq!(poll(&mut drain), Poll::Ready(None));
         assert_eq!(admission.admitted(), 0);
     }
 
     #[test]
     fn a_slow_consumer_close_overtakes_the_queue() {
         let Parts {
-            mut body,
+            mut drain,
             queue,
             closer,
             lifeline: _lifeline,
             ..
-        } = body(8);
+        } = drain(8);
         queue.try_send(pong(7)).expect("room");
         closer
             .send(CloseRequest {
@@ -411,7 +384,7 @@ mod tests {
                 reason: "outbound queue overflowed".into(),
             })
             .expect("open");
-        let Poll::Ready(Some(bytes)) = poll(&mut body) else {
+        let Poll::Ready(Some(bytes)) = poll(&mut drain) else {
             panic!("expected the close frame")
         };
         assert_eq!(bytes, websocket::close(4010, "outbound queue overflowed"));
@@ -420,17 +393,17 @@ mod tests {
     #[test]
     fn the_actor_gone_without_a_request_closes_without_a_code() {
         let Parts {
-            mut body,
+            mut drain,
             queue,
             closer,
             lifeline,
             admission,
-        } = body(8);
+        } = drain(8);
         drop(closer);
         drop(lifeline);
         drop(queue);
         assert_eq!(
-            poll(&mut body),
+            poll(&mut drain),
             Poll::Ready(Some(Bytes::from_static(&[0x88, 0])))
         );
         assert_eq!(admission.admitted(), 0);

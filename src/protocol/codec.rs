@@ -30,6 +30,14 @@ impl Encoding {
         }
     }
 
+    /// The subprotocol's name (`Sec-WebSocket-Protocol`).
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Encoding::Json => Self::JSON_PROTOCOL,
+            Encoding::MessagePack => Self::MESSAGEPACK_PROTOCOL,
+        }
+    }
+
     /// Encodes a server frame as a complete WebSocket frame (text for JSON, binary for
     /// MessagePack). Called once per frame per encoding; the result is shared by reference among
     /// every member that receives it.

@@ -1,14 +1,16 @@
 //! The wire contract, and nothing else: the frames clients and servers exchange, channel names,
 //! close codes and reasons, error codes, refusal codes, the broker envelope, control operations,
-//! the two encodings (JSON, MessagePack) and their nesting limit, and the WebSocket framing of
-//! what the server sends (`websocket`). Everything a client or a back end can be told is named
+//! the two encodings (JSON, MessagePack) and their nesting limit, the WebSocket framing of what
+//! the server sends (`websocket`) and of what clients send (`client_messages`). Everything a client or a back end can be told is named
 //! here once: [`CloseReason`], [`ErrorCode`], [`RefusalCode`].
 //!
-//! This module does no IO and knows nothing of actix, sockets or Redis. Everything here is pure
+//! This module does no IO and knows nothing of actors, sockets or Redis (of actix it uses only
+//! actix-http's WebSocket frame decoder, a pure function of bytes). Everything here is pure
 //! data and pure functions, so it is tested by unit tests and benchmarked without a server.
 //! `docs/protocol.md` is the prose version of this module.
 
 pub mod channel;
+pub mod client_messages;
 pub mod close;
 pub mod codec;
 pub mod control;

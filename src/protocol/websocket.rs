@@ -63,8 +63,33 @@ pub fn close(code: u16, reason: &str) -> Bytes {
 
 /// The header of a final, unmasked frame, and how many of the bytes are used.
 fn header(opcode: Opcode, length: usize) -> ([u8; HEADER_ROOM], usize) {
-    let mut header = [0u8; HEADER_ROOM];
+    let (mut header, used) = length_header(length);
     header[0] = 0x80 | opcode as u8;
+    (header, used)
+}
+
+/// A client's frame, masked with `mask` as RFC 6455 §5.3 asks of clients: for this protocol's
+/// clients (the load tool, the tests). `opcode` is the raw opcode (0 for a continuation);
+/// `fin` ends the message.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let (mut header, used) = length_header(payload.len());
+    header[0] = if fin { 0x80 } else { 0 } | (opcode & 0x0F);
+    header[1] |= 0x80;
+    let mut frame = Vec::with_capacity(used + mask.len() + payload.len());
+    frame.extend_from_slice(&header[..used]);
+    frame.extend_from_slice(&mask);
+    frame.extend(
+        payload
+            .iter()
+            .zip(mask.iter().cycle())
+            .map(|(byte, mask)| byte ^ mask),
+    );
+    frame
+}
+
+/// A header's length bytes (the second byte and the extended length), the first byte left 0.
+fn length_header(length: usize) -> ([u8; HEADER_ROOM], usize) {
+    let mut header = [0u8; HEADER_ROOM];
     match length {
         0..=125 => {
             header[1] = length as u8;
@@ -108,6 +133,19 @@ mod tests {
         }
         let binary = frame(Opcode::Binary, &[1, 2, 3]);
         assert_eq!(&binary[..], &[0x82, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn client_frames_are_masked_and_carry_their_fin_bit() {
+        let frame = client_frame(false, 0x1, b"abcde", [1, 2, 3, 4]);
+        assert_eq!(&frame[..6], &[0x01, 0x80 | 5, 1, 2, 3, 4]);
+        assert_eq!(
+            &frame[6..],
+            &[b'a' ^ 1, b'b' ^ 2, b'c' ^ 3, b'd' ^ 4, b'e' ^ 1]
+        );
+        let long = client_frame(true, 0x2, &[0u8; 300], [0; 4]);
+        assert_eq!(&long[..4], &[0x82, 0x80 | 126, 0x01, 0x2C]);
+        assert_eq!(long.len(), 4 + 4 + 300);
     }
 
     #[test]

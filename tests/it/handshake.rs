@@ -157,3 +157,64 @@ async fn without_anonymous_access_an_unauthenticated_handshake_gets_401() {
         Some(1.0)
     );
 }
+
+/// Writes a raw handshake for `path` (and any bytes behind it in the same write) and reads
+/// until `until` has arrived or the server ends the connection.
+async fn raw_exchange(server: &InProcessServer, path: &str, behind: &[u8], until: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(server.address)
+        .await
+        .expect("connect");
+    let mut bytes = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.address
+    )
+    .into_bytes();
+    bytes.extend_from_slice(behind);
+    socket.write_all(&bytes).await.expect("write");
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while !String::from_utf8_lossy(&received).contains(until) {
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(read) => received.extend_from_slice(&chunk[..read]),
+            }
+        }
+        true
+    })
+    .await;
+    let received = String::from_utf8_lossy(&received).into_owned();
+    assert!(answered.is_ok(), "no answer in time: {received:?}");
+    received
+}
+
+#[tokio::test]
+async fn frames_sent_in_the_same_write_as_the_handshake_are_answered_after_the_welcome() {
+    let server = InProcessServer::start("");
+    let payload = br#"{"action":"ping","id":7}"#;
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, byte)| byte ^ mask[i % 4]),
+    );
+    let received = raw_exchange(&server, "/ws", &frame, r#""type":"pong""#).await;
+    assert!(received.starts_with("HTTP/1.1 101"), "{received}");
+    assert!(received.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    let welcome = received.find(r#""type":"welcome""#).expect("a welcome");
+    let pong = received.find(r#""type":"pong","id":7"#).expect("the pong");
+    assert!(welcome < pong, "{received}");
+}
+
+#[tokio::test]
+async fn an_upgrade_request_for_another_path_is_not_found() {
+    let server = InProcessServer::start("");
+    let received = raw_exchange(&server, "/elsewhere", &[], "never").await;
+    assert!(received.starts_with("HTTP/1.1 404"), "{received}");
+    assert!(received.to_ascii_lowercase().contains("connection: close"));
+}

@@ -39,6 +39,22 @@ async fn a_fragmented_message_over_the_size_limit_closes_with_1009() {
     assert!(reason.contains("max_frame_bytes"), "{reason}");
 }
 
+/// A header that declares a huge frame is refused at once: the server does not wait for (and
+/// buffer) bytes it would refuse anyway.
+#[tokio::test]
+async fn a_header_declaring_a_huge_frame_closes_with_1009_before_its_payload() {
+    let server = TestServer::start("[server]\nmax_frame_bytes = 1024\n").await;
+    let mut client = SilentSocket::connect(server.address, "/ws").await;
+    // A binary frame of 2^40 bytes, masked; only the header and a few payload bytes are sent.
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4, 0, 0, 0, 0]);
+    client.send_raw(&header).await;
+    let (code, reason) = client.close_frame().await;
+    assert_eq!(code, 1009);
+    assert!(reason.contains("max_frame_bytes"), "{reason}");
+}
+
 #[tokio::test]
 async fn flooding_gets_rate_limited_errors_then_a_4008_close() {
     let server = TestServer::start("[server]\nrate_limit = 5\nrate_limit_burst = 5\n").await;

@@ -239,27 +239,8 @@ impl Client {
     }
 
     async fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> Result<(), WireError> {
-        let mut frame = Vec::with_capacity(payload.len() + 14);
-        frame.push(0x80 | opcode);
-        match payload.len() {
-            len @ 0..=125 => frame.push(0x80 | len as u8),
-            len @ 126..=0xFFFF => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            len => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
         let mask = fastrand::u32(..).to_be_bytes();
-        frame.extend_from_slice(&mask);
-        frame.extend(
-            payload
-                .iter()
-                .enumerate()
-                .map(|(index, byte)| byte ^ mask[index % 4]),
-        );
+        let frame = switchboard::protocol::websocket::client_frame(true, opcode, payload, mask);
         self.stream.write_all(&frame).await?;
         Ok(())
     }

@@ -530,28 +530,19 @@ impl SilentSocket {
 
     /// Writes one client frame (masked, as clients must) with the given opcode and FIN bit.
     pub async fn send_frame(&mut self, opcode: u8, fin: bool, payload: &[u8]) {
-        use tokio::io::AsyncWriteExt;
-        let mut frame = vec![if fin { 0x80 } else { 0x00 } | opcode];
-        match payload.len() {
-            length @ 0..=125 => frame.push(0x80 | length as u8),
-            length @ 126..=0xffff => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(length as u16).to_be_bytes());
-            }
-            length => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(length as u64).to_be_bytes());
-            }
-        }
-        let mask = [0x11, 0x22, 0x33, 0x44];
-        frame.extend_from_slice(&mask);
-        frame.extend(
-            payload
-                .iter()
-                .enumerate()
-                .map(|(index, byte)| byte ^ mask[index % 4]),
+        let frame = switchboard::protocol::websocket::client_frame(
+            fin,
+            opcode,
+            payload,
+            [0x11, 0x22, 0x33, 0x44],
         );
-        self.stream.write_all(&frame).await.expect("write frame");
+        self.send_raw(&frame).await;
+    }
+
+    /// Writes raw bytes (a hand-made frame header, say).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.expect("write bytes");
     }
 
     /// Shuts the connection at once, without a close frame: what a client that sent its last
