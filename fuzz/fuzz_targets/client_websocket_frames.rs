@@ -27,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
                         ClientMessage::Binary(bytes) | ClientMessage::Ping(bytes) => bytes.len(),
                         ClientMessage::Pong | ClientMessage::Close(_) => 0,
                     };
-                    assert!(length <= limit, "a message over the limit: {length} > {limit}");
+                    assert!(
+                        length <= limit,
+                        "a message over the limit: {length} > {limit}"
+                    );
                 }
                 Ok(None) => break,
                 Err(_) => return,
