@@ -58,21 +58,23 @@ pub(crate) async fn serve(
     let accepted = accept(request.head(), &state).await;
     match accepted {
         Ok(accepted) => {
-            metrics::counter!(names::CONNECTIONS_ACCEPTED).increment(1);
-            let mut head = write_buf.split();
             let encoded = codec.encode(
                 Message::Item((accepted.response, BodySize::None)),
-                &mut head,
+                &mut write_buf,
             );
             if let Err(err) = encoded {
                 tracing::error!(error = %err, "cannot encode the handshake's response");
                 return Ok(());
             }
+            metrics::counter!(names::CONNECTIONS_ACCEPTED).increment(1);
+            // The head and any leftover bytes are copied out, so the HTTP server's buffers
+            // are freed now rather than held until the welcome is written.
+            let head = Bytes::copy_from_slice(&write_buf);
             drop(write_buf);
             // Bytes the client sent right behind its handshake are its first frames.
             let reader = SocketReader::new(socket.clone(), &read_buf, accepted.max_frame_bytes);
             drop(read_buf);
-            actix_rt::spawn(SocketWriter::new(socket, accepted.drain, head.freeze()));
+            actix_rt::spawn(SocketWriter::new(socket, accepted.drain, head));
             let mut parts = accepted.parts;
             parts.inbound = Some(reader);
             Connection::new(
