@@ -9,13 +9,20 @@
 //! a replay ([`Outbound::Frames`]), one item however many frames it holds. The byte
 //! count is taken when a frame is queued and given back when the socket side takes it, so
 //! concurrent senders may overshoot the bound by at most one frame each.
+//!
+//! The queue is a locked `VecDeque` and a waker rather than a channel: it allocates nothing for
+//! items until the first is queued and frees a large buffer once drained, so an idle connection
+//! holds a few dozen bytes here (tokio's bounded channel allocated a 32-slot block, 1.8 KiB with
+//! its state, for every connection up front). Senders are groups, the directory and the
+//! connection; the lock is held for one push or pop.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 
 use crate::protocol::OutboundFrame;
@@ -45,44 +52,82 @@ impl Outbound {
     }
 }
 
-/// The bytes queued and their bound, shared by both ends.
+/// What both ends share: the items, the byte count, the receiver's waker, the senders' count.
 #[derive(Debug)]
-struct ByteBudget {
-    queued: AtomicUsize,
-    limit: usize,
+struct Shared {
+    state: Mutex<State>,
+    /// The most items waiting at once.
+    capacity: usize,
+    queued_bytes: AtomicUsize,
+    byte_limit: usize,
+    receiver: AtomicWaker,
+    senders: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Outbound>,
+    /// The receiver closed the queue (or is gone): senders are refused.
+    closed: bool,
+}
+
+/// The item storage a drained queue keeps; beyond it, an empty queue frees its buffer, so a
+/// burst does not leave an idle connection holding a thousand slots.
+const KEPT_SLOTS: usize = 8;
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves a consistent queue (every change is one call).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pop(&self) -> Option<Outbound> {
+        let mut state = self.state();
+        let item = state.items.pop_front();
+        if state.items.is_empty() && state.items.capacity() > KEPT_SLOTS {
+            state.items = VecDeque::new();
+        }
+        drop(state);
+        if let Some(item) = &item {
+            self.queued_bytes
+                .fetch_sub(item.wire_len(), Ordering::AcqRel);
+        }
+        item
+    }
+
+    fn senders_gone(&self) -> bool {
+        self.senders.load(Ordering::Acquire) == 0
+    }
 }
 
 /// The producing end; cheap to clone (every group the connection is in holds one).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct OutboundSender {
-    frames: mpsc::Sender<Outbound>,
-    bytes: Arc<ByteBudget>,
+    shared: Arc<Shared>,
 }
 
 /// The consuming end, drained by the socket side (`connection::outbound`).
 #[derive(Debug)]
 pub struct OutboundReceiver {
-    frames: mpsc::Receiver<Outbound>,
-    bytes: Arc<ByteBudget>,
+    shared: Arc<Shared>,
 }
 
 /// Creates a connection's outbound queue holding at most `frames` items and (beyond its first
-/// item) `bytes` bytes.
+/// item) `bytes` bytes. Nothing is allocated for items until the first is queued.
 pub fn outbound_queue(frames: usize, bytes: usize) -> (OutboundSender, OutboundReceiver) {
-    let (sender, receiver) = mpsc::channel(frames.max(1));
-    let budget = Arc::new(ByteBudget {
-        queued: AtomicUsize::new(0),
-        limit: bytes.max(1),
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        capacity: frames.max(1),
+        queued_bytes: AtomicUsize::new(0),
+        byte_limit: bytes.max(1),
+        receiver: AtomicWaker::new(),
+        senders: AtomicUsize::new(1),
     });
     (
         OutboundSender {
-            frames: sender,
-            bytes: budget.clone(),
+            shared: shared.clone(),
         },
-        OutboundReceiver {
-            frames: receiver,
-            bytes: budget,
-        },
+        OutboundReceiver { shared },
     )
 }
 
@@ -90,56 +135,108 @@ impl OutboundSender {
     /// Queues `item`, or gives it back: `Full` when either bound is reached, `Closed` when the
     /// socket side is gone.
     pub fn try_send(&self, item: Outbound) -> Result<(), TrySendError<Outbound>> {
+        let shared = &*self.shared;
         let length = item.wire_len();
-        let before = self.bytes.queued.fetch_add(length, Ordering::AcqRel);
-        if before > 0 && before.saturating_add(length) > self.bytes.limit {
-            self.bytes.queued.fetch_sub(length, Ordering::AcqRel);
-            return Err(TrySendError::Full(item));
+        let before = shared.queued_bytes.fetch_add(length, Ordering::AcqRel);
+        let refused = |item| {
+            shared.queued_bytes.fetch_sub(length, Ordering::AcqRel);
+            Err(item)
+        };
+        if before > 0 && before.saturating_add(length) > shared.byte_limit {
+            return refused(TrySendError::Full(item));
         }
-        self.frames.try_send(item).inspect_err(|_| {
-            self.bytes.queued.fetch_sub(length, Ordering::AcqRel);
-        })
+        let mut state = shared.state();
+        if state.closed {
+            drop(state);
+            return refused(TrySendError::Closed(item));
+        }
+        if state.items.len() >= shared.capacity {
+            drop(state);
+            return refused(TrySendError::Full(item));
+        }
+        state.items.push_back(item);
+        drop(state);
+        shared.receiver.wake();
+        Ok(())
     }
 
     /// Bytes waiting in the queue now.
     pub fn queued_bytes(&self) -> usize {
-        self.bytes.queued.load(Ordering::Acquire)
+        self.shared.queued_bytes.load(Ordering::Acquire)
     }
 
     /// Whether one more item of `bytes` bytes fits now: a free place, and room for its bytes
     /// or an empty queue (a replay is queued whole or not at all).
     pub fn fits(&self, bytes: usize) -> bool {
         let queued = self.queued_bytes();
-        self.frames.capacity() > 0
-            && (queued == 0 || queued.saturating_add(bytes) <= self.bytes.limit)
+        let waiting = self.shared.state().items.len();
+        waiting < self.shared.capacity
+            && (queued == 0 || queued.saturating_add(bytes) <= self.shared.byte_limit)
+    }
+}
+
+impl Clone for OutboundSender {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::AcqRel);
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for OutboundSender {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last one: the receiver learns that nothing more can come.
+            self.shared.receiver.wake();
+        }
     }
 }
 
 impl OutboundReceiver {
-    fn taken(&self, item: &Outbound) {
-        self.bytes
-            .queued
-            .fetch_sub(item.wire_len(), Ordering::AcqRel);
-    }
-
-    /// The next item, when one is waiting; `Ready(None)` once every sender is gone.
+    /// The next item, when one is waiting; `Ready(None)` once every sender is gone (or the
+    /// queue is closed) and nothing is left.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
-        let polled = self.frames.poll_recv(cx);
-        if let Poll::Ready(Some(item)) = &polled {
-            self.taken(item);
+        if let Some(item) = self.shared.pop() {
+            return Poll::Ready(Some(item));
         }
-        polled
+        self.shared.receiver.register(cx.waker());
+        // Checked again after registering: an item or the last sender's drop in between woke
+        // a waker that may not have been the current one.
+        if let Some(item) = self.shared.pop() {
+            return Poll::Ready(Some(item));
+        }
+        if self.shared.senders_gone() || self.shared.state().closed {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 
     pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
-        let item = self.frames.try_recv()?;
-        self.taken(&item);
-        Ok(item)
+        match self.shared.pop() {
+            Some(item) => Ok(item),
+            None if self.shared.senders_gone() => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
+        }
     }
 
     /// Refuses further items (senders then see `Closed`); queued ones can still be taken.
     pub fn close(&mut self) {
-        self.frames.close();
+        self.shared.state().closed = true;
+    }
+}
+
+impl Drop for OutboundReceiver {
+    /// Senders are refused from now on, and what waited is freed now, not when the last
+    /// sender (a group's member entry, say) lets go.
+    fn drop(&mut self) {
+        let items = {
+            let mut state = self.shared.state();
+            state.closed = true;
+            std::mem::take(&mut state.items)
+        };
+        let bytes: usize = items.iter().map(Outbound::wire_len).sum();
+        self.shared.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
 
@@ -216,5 +313,77 @@ mod tests {
             Err(TrySendError::Closed(_))
         ));
         assert_eq!(sender.queued_bytes(), 0);
+    }
+
+    /// Counts its wakes.
+    struct CountingWaker(AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_send_wakes_the_waiting_receiver_and_the_last_senders_drop_ends_the_queue() {
+        let (sender, mut receiver) = outbound_queue(4, 1000);
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(receiver.poll_recv(&mut cx).is_pending());
+        let second = sender.clone();
+        second.try_send(frame(3)).expect("room");
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "woken by the send");
+        assert!(matches!(receiver.poll_recv(&mut cx), Poll::Ready(Some(_))));
+        drop(second);
+        assert!(
+            receiver.poll_recv(&mut cx).is_pending(),
+            "one sender is left"
+        );
+        drop(sender);
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            2,
+            "woken by the last drop"
+        );
+        assert!(matches!(receiver.poll_recv(&mut cx), Poll::Ready(None)));
+        assert!(matches!(
+            receiver.try_recv(),
+            Err(TryRecvError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn an_idle_queue_holds_no_item_buffer_and_a_drained_burst_frees_its_own() {
+        let (sender, mut receiver) = outbound_queue(1024, usize::MAX);
+        assert_eq!(
+            receiver.shared.state().items.capacity(),
+            0,
+            "nothing up front"
+        );
+        for _ in 0..100 {
+            sender.try_send(frame(1)).expect("room");
+        }
+        while receiver.try_recv().is_ok() {}
+        assert_eq!(
+            receiver.shared.state().items.capacity(),
+            0,
+            "the burst's buffer is freed"
+        );
+        sender.try_send(frame(1)).expect("room");
+        let _ = receiver.try_recv();
+        assert!(receiver.shared.state().items.capacity() <= KEPT_SLOTS);
+    }
+
+    #[test]
+    fn a_dropped_receiver_refuses_senders_and_gives_back_what_waited() {
+        let (sender, receiver) = outbound_queue(4, 1000);
+        sender.try_send(frame(10)).expect("room");
+        drop(receiver);
+        assert_eq!(sender.queued_bytes(), 0);
+        assert!(matches!(
+            sender.try_send(frame(10)),
+            Err(TrySendError::Closed(_))
+        ));
     }
 }
