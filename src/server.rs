@@ -242,6 +242,8 @@ pub async fn run(
                 .upgrade(fn_service(move |(request, framed)| {
                     api::ws::serve(request, framed, upgrade_state.clone())
                 }))
+                // The application's config only serves URL generation and `ConnectionInfo`'s
+                // fallback when a request has no `Host`; no handler here uses either.
                 .finish(map_config(app, move |()| AppConfig::default()))
                 .tcp()
         })

@@ -17,7 +17,7 @@ use actix_http::{ConnectionType, Request, RequestHead, Response};
 use actix_rt::net::TcpStream;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde_json::json;
 
 use super::refusal::Refusal;
@@ -25,7 +25,7 @@ use super::{AppState, HandshakeLimits};
 use crate::auth::{Handshake, Identity};
 use crate::backend::{Backend, BackendError, CONNECT_HOOK, Caller, Instructions};
 use crate::connection::outbound::OutboundDrain;
-use crate::connection::socket::{SocketReader, SocketWriter};
+use crate::connection::socket::{SocketReader, SocketWriter, poll_write_all};
 use crate::connection::{Connection, ConnectionParts};
 use crate::hub::outbound_queue;
 use crate::metrics as names;
@@ -69,10 +69,11 @@ pub(crate) async fn serve(
             metrics::counter!(names::CONNECTIONS_ACCEPTED).increment(1);
             // The head and any leftover bytes are copied out, so the HTTP server's buffers
             // are freed now rather than held until the welcome is written.
-            let head = Bytes::copy_from_slice(&write_buf);
+            let head = BytesMut::from(&write_buf[..]);
             drop(write_buf);
             // Bytes the client sent right behind its handshake are its first frames.
-            let reader = SocketReader::new(socket.clone(), &read_buf, accepted.max_frame_bytes);
+            let max_frame_bytes = state.limits.max_frame_bytes;
+            let reader = SocketReader::new(socket.clone(), &read_buf, max_frame_bytes);
             drop(read_buf);
             actix_rt::spawn(SocketWriter::new(socket, accepted.drain, head));
             let mut parts = accepted.parts;
@@ -152,7 +153,10 @@ async fn respond(
         codec.encode(Message::Chunk(None), buffer)
     };
     let written = match encode() {
-        Ok(()) => write_all(socket, buffer.split().freeze()).await,
+        Ok(()) => {
+            let mut bytes = buffer.split().freeze();
+            std::future::poll_fn(|cx| poll_write_all(socket, &mut bytes, cx)).await
+        }
         Err(err) => Err(err),
     };
     if let Err(err) = written {
@@ -161,26 +165,11 @@ async fn respond(
     let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write);
 }
 
-async fn write_all(socket: &TcpStream, mut bytes: Bytes) -> std::io::Result<()> {
-    use bytes::Buf;
-    while !bytes.is_empty() {
-        socket.writable().await?;
-        match socket.try_write(&bytes) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(written) => bytes.advance(written),
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
-}
-
 /// An accepted handshake: the `101` to write, the connection to start, what its writer drains.
 struct Accepted {
     response: Response<()>,
     parts: ConnectionParts,
     drain: OutboundDrain,
-    max_frame_bytes: usize,
 }
 
 /// Whether this node takes handshakes now.
@@ -282,7 +271,6 @@ async fn accept(request: &RequestHead, state: &AppState) -> Result<Accepted, Ref
         response,
         parts,
         drain,
-        max_frame_bytes: state.limits.max_frame_bytes,
     })
 }
 

@@ -133,18 +133,36 @@ impl Stream for SocketReader {
     }
 }
 
+/// Writes `bytes` out, advancing past what is written: `Ready(Ok)` once all of it is.
+pub(crate) fn poll_write_all(
+    socket: &TcpStream,
+    bytes: &mut Bytes,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while !bytes.is_empty() {
+        std::task::ready!(socket.poll_write_ready(cx))?;
+        match socket.try_write(bytes) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(written) => bytes.advance(written),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => return Poll::Ready(Err(err)),
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
 /// The server's side of the socket: writes what the drain hands over until it ends.
 pub(crate) struct SocketWriter {
     socket: Rc<TcpStream>,
     drain: OutboundDrain,
     /// The `101` response's head, written with the first bytes the drain hands over.
-    head: Option<Bytes>,
+    head: Option<BytesMut>,
     /// Bytes handed over and not yet written.
     pending: Bytes,
 }
 
 impl SocketWriter {
-    pub(crate) fn new(socket: Rc<TcpStream>, drain: OutboundDrain, head: Bytes) -> Self {
+    pub(crate) fn new(socket: Rc<TcpStream>, drain: OutboundDrain, head: BytesMut) -> Self {
         Self {
             socket,
             drain,
@@ -153,28 +171,12 @@ impl SocketWriter {
         }
     }
 
-    /// Writes `pending` out: `Ready(Ok)` once all of it is written.
-    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.pending.is_empty() {
-            std::task::ready!(self.socket.poll_write_ready(cx))?;
-            match self.socket.try_write(&self.pending) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(written) => self.pending.advance(written),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return Poll::Ready(Err(err)),
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-
     /// The bytes to write next: the head first, in the same buffer as the first frames.
     fn next_bytes(&mut self, bytes: Bytes) -> Bytes {
         match self.head.take() {
-            Some(head) => {
-                let mut joined = BytesMut::with_capacity(head.len() + bytes.len());
-                joined.extend_from_slice(&head);
-                joined.extend_from_slice(&bytes);
-                joined.freeze()
+            Some(mut head) => {
+                head.extend_from_slice(&bytes);
+                head.freeze()
             }
             None => bytes,
         }
@@ -187,7 +189,7 @@ impl std::future::Future for SocketWriter {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         for _ in 0..WRITES_PER_POLL {
-            match this.poll_write_pending(cx) {
+            match poll_write_all(&this.socket, &mut this.pending, cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(err)) => {
                     tracing::debug!(error = %err, "socket write failed");
@@ -314,7 +316,7 @@ mod tests {
             admission.try_admit().expect("no limit"),
         );
         let head = Bytes::from_static(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
-        let writer = actix_rt::spawn(SocketWriter::new(server, drain, head.clone()));
+        let writer = actix_rt::spawn(SocketWriter::new(server, drain, BytesMut::from(&head[..])));
         queue
             .try_send(Outbound::Ping(Bytes::from_static(b"hi")))
             .expect("room");
