@@ -379,9 +379,14 @@ async fn one_publisher_reaches_members_in_order() {
 #[tokio::test]
 async fn welcome_is_the_first_frame_even_while_a_joined_channel_is_busy() {
     // A channel joined at the handshake delivers as soon as the join completes, and the welcome
-    // waits for every join: the body holds what arrives until the welcome is out.
-    let server =
-        InProcessServer::start("[server]\nrate_limit = 100000\nrate_limit_burst = 100000\n");
+    // waits for every join: the queue holds what arrives until the welcome is out. The queue is
+    // made larger than the whole run (20,000 small frames), so what is checked is the order and
+    // not how many frames a loaded machine lets pile up while fifty joins complete (with the
+    // default 1,024, a slow CI machine closed the socket with 4010 before the welcome).
+    let server = InProcessServer::start(
+        "[server]\nrate_limit = 100000\nrate_limit_burst = 100000\n\
+         outbound_queue = 32768\noutbound_queue_bytes = 16777216\n",
+    );
     let mut publisher = Client::connect(&server.ws_url("/ws"), &[])
         .await
         .expect("publisher");
